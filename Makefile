@@ -1,0 +1,34 @@
+# Two entry points, both safe on a fresh clone of main on a fresh machine:
+#   make demo   train on UC Merced (../shared/datasets), evaluate, build an index, query it
+#   make test   run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/datasets/ucmerced
+RUNS   ?= runs/ucmerced
+
+.PHONY: install test demo lint
+
+install: $(VENV)/.installed
+
+# torch and torchvision are pinned to the builds that lie on this machine's disk; PyPI's
+# torchvision does not load beside other torch builds.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+demo: install
+	$(VENV)/bin/dahash-index train --data $(DATA) --bits 64 --out $(RUNS)/model.pt
+	$(VENV)/bin/dahash-index eval --data $(DATA) --model $(RUNS)/model.pt --out $(RUNS)/eval
+	$(VENV)/bin/dahash-index build --shards $(DATA) --index $(RUNS)/index --model $(RUNS)/model.pt
+	$(VENV)/bin/dahash-index query ../shared/datasets/ucmerced-tif-sample/airplane/airplane00.tif \
+		--index $(RUNS)/index --top 10

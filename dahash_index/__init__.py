@@ -1,0 +1,1 @@
+"""dahash-index: dual-channel-attention deep hashing for remote-sensing image retrieval."""

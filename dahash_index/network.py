@@ -1,0 +1,128 @@
+"""The attention-hash network of METHOD.md: channel attention on pooled backbone features,
+then a hash head with a Sigmoid output h in [0, 1]^K.
+
+Variants (one constructor each): ``dahash_net`` (dual channel attention fusion and its
+ablations) and ``milan_net`` (the MiLAN baseline head). Both are rebuilt from a plain
+``NetConfig`` stored in every checkpoint, so a checkpoint needs no code but this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from dahash_index.codes import check_bits
+
+# w = Sigmoid(g_A + g_B) is METHOD.md's choice; 'dual-literal' is the patent legend's literal
+# reading w = Sigmoid(Sigmoid(g_A) + Sigmoid(g_B)); 'single' and 'none' are the ablations.
+ATTENTION_MODES = ("dual", "dual-literal", "single", "none")
+HEADS = ("dahash", "milan")
+
+
+def _squeeze_excite(channels: int, reduction: int) -> nn.Sequential:
+    """g(x) = W2 . ReLU(W1 . x), the logits of one squeeze-excitation branch."""
+    hidden = max(1, channels // reduction)
+    return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+
+class ChannelAttention(nn.Module):
+    """Channel re-weighting x~ = x * w of pooled features: (N, C) -> (N, C)."""
+
+    def __init__(self, channels: int = 2048, reduction: int = 16, mode: str = "dual") -> None:
+        super().__init__()
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
+        self.mode = mode
+        self.branch_a = _squeeze_excite(channels, reduction) if mode != "none" else None
+        self.branch_b = _squeeze_excite(channels, reduction) if mode.startswith("dual") else None
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel weights w: (N, C) in (0, 1); all ones for mode 'none'."""
+        if self.mode == "none":
+            return torch.ones_like(x)
+        if self.mode == "single":
+            return torch.sigmoid(self.branch_a(x))
+        if self.mode == "dual":
+            return torch.sigmoid(self.branch_a(x) + self.branch_b(x))
+        return torch.sigmoid(torch.sigmoid(self.branch_a(x)) + torch.sigmoid(self.branch_b(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weights(x)
+
+
+def dahash_head(in_features: int, bits: int, dropout: float = 0.0) -> nn.Sequential:
+    """FC(C->2048) ReLU -> FC(2048->512) ReLU -> FC(512->K) Sigmoid.
+
+    ``dropout`` (before each hidden FC's input) is an option for small training sets; 0 is
+    the plain head of METHOD.md.
+    """
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, 2048),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(2048, 512),
+        nn.ReLU(),
+        nn.Linear(512, bits),
+        nn.Sigmoid(),
+    )
+
+
+def milan_head(in_features: int, bits: int) -> nn.Sequential:
+    """MiLAN's head: FC(C->1024) LeakyReLU(0.2) -> FC(1024->512) LeakyReLU(0.2) -> FC(512->K) Sigmoid."""
+    return nn.Sequential(
+        nn.Linear(in_features, 1024),
+        nn.LeakyReLU(0.2),
+        nn.Linear(1024, 512),
+        nn.LeakyReLU(0.2),
+        nn.Linear(512, bits),
+        nn.Sigmoid(),
+    )
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """What it takes to rebuild a hash network (stored in checkpoints as a dict)."""
+
+    bits: int = 64
+    head: str = "dahash"
+    attention: str = "dual"
+    reduction: int = 16
+    dropout: float = 0.0
+    in_features: int = 2048
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HashNet(nn.Module):
+    """Pooled backbone features (N, C) float32 -> hash-layer outputs h (N, K) in [0, 1]."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        check_bits(config.bits)
+        if config.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
+        self.config = config
+        self.attention = ChannelAttention(config.in_features, config.reduction, config.attention)
+        if config.head == "dahash":
+            self.head = dahash_head(config.in_features, config.bits, config.dropout)
+        else:
+            self.head = milan_head(config.in_features, config.bits)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attention(features))
+
+
+def dahash_net(
+    bits: int = 64, attention: str = "dual", reduction: int = 16, dropout: float = 0.0
+) -> HashNet:
+    """The method's network: channel attention (``attention`` mode) + the three-layer head."""
+    return HashNet(NetConfig(bits, "dahash", attention, reduction, dropout))
+
+
+def milan_net(bits: int = 64) -> HashNet:
+    """The MiLAN re-implementation's network: no attention, MiLAN's head."""
+    return HashNet(NetConfig(bits, "milan", "none"))

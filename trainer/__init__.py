@@ -1,0 +1,1 @@
+"""Learning the attention-hash network: features, sampling, losses, training, evaluation."""

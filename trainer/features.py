@@ -1,0 +1,165 @@
+"""Backbone features, computed once per (dataset files, backbone weights) and cached.
+
+The backbone is frozen and the attention acts on pooled channels, so training and
+evaluation never need to run it again (METHOD.md section 1). A cache file records the
+fingerprint of the files it was built from and the backbone's weights checksum; a cache
+whose record does not match is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dahash_index.backbones import FEATURE_DIM, InceptionBackbone, image_to_tensor
+from dahash_index.images import SceneDecodeError, decode_scene
+from trainer.data import ImageFolder
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$DAHASH_INDEX_CACHE`` or ``~/.cache/dahash-index/features``."""
+    env = os.environ.get("DAHASH_INDEX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dahash-index" / "features"
+
+
+def dataset_fingerprint(data: ImageFolder) -> str:
+    """SHA-256 over every scene's relative path, label and bytes: any change is a new cache."""
+    digest = hashlib.sha256()
+    for rel, label in zip(data.paths, data.labels):
+        digest.update(f"{rel}\0{data.classes[label]}\0".encode())
+        with open(data.root / rel, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class _SceneFiles(Dataset):
+    """Decodes scenes to (3, 299, 299) float tensors; a bad file yields None and its reason."""
+
+    def __init__(self, root: Path, paths: list[str]) -> None:
+        self.root = root
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.root / self.paths[i]
+        try:
+            image, _ = decode_scene(path.read_bytes(), path.name)
+        except (SceneDecodeError, OSError) as err:
+            return i, None, f"{path}: {err}"
+        return i, image_to_tensor(image), None
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+def _one_thread_worker(_: int) -> None:
+    # A decode worker must not start its own pool of OpenMP threads next to the backbone's.
+    torch.set_num_threads(1)
+
+
+@dataclass
+class FeatureSet:
+    """features (N, 2048) float32 for ``paths``; ``errors`` maps unreadable paths to reasons."""
+
+    features: np.ndarray
+    paths: list[str]
+    errors: dict[str, str]
+
+
+def extract_features(
+    backbone: InceptionBackbone,
+    root: Path,
+    paths: list[str],
+    batch_size: int = 32,
+    workers: int = 1,
+    progress: bool = True,
+) -> FeatureSet:
+    """Run the backbone over ``root / p`` for p in ``paths`` -> FeatureSet (bad files skipped).
+
+    Decoding happens in ``workers`` background processes so it overlaps the forward pass.
+    A file that cannot be decoded is reported on stderr in one line and left out.
+    """
+    loader = DataLoader(
+        _SceneFiles(root, paths),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_one_thread_worker,
+    )
+    device = next(backbone.parameters()).device
+    features = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(paths), unit="img", desc="features", disable=not progress)
+    for batch in loader:
+        good = [(i, x) for i, x, _ in batch if x is not None]
+        for i, _, reason in batch:
+            if reason is not None:
+                errors[paths[i]] = reason
+                tqdm.write(f"skipped {reason}", file=sys.stderr)
+        if good:
+            index = [i for i, _ in good]
+            x = torch.stack([x for _, x in good]).to(device)
+            features[index] = backbone(x).cpu().numpy()
+            ok[index] = True
+        bar.update(len(batch))
+    bar.close()
+    kept = np.flatnonzero(ok)
+    return FeatureSet(features[kept], [paths[i] for i in kept], errors)
+
+
+def cached_features(
+    backbone: InceptionBackbone,
+    data: ImageFolder,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Features for every scene of ``data``, from the cache when it matches, else extracted.
+
+    The cache file is named by backbone and dataset fingerprint and also stores both, so a
+    renamed or stale file is detected by its content, not its name.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    fingerprint = dataset_fingerprint(data)
+    sha = backbone.spec.weights_sha256
+    path = cache_dir / f"{backbone.spec.name}-{sha[:12]}-{fingerprint[:16]}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            if (
+                int(f["version"]) == CACHE_VERSION
+                and str(f["fingerprint"]) == fingerprint
+                and str(f["backbone_sha256"]) == sha
+            ):
+                errors = dict(zip(f["error_paths"].tolist(), f["error_reasons"].tolist()))
+                return FeatureSet(f["features"], f["paths"].tolist(), errors)
+        if progress:
+            print(f"feature cache {path} does not match; rebuilding", file=sys.stderr)
+    result = extract_features(backbone, data.root, data.paths, progress=progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        version=CACHE_VERSION,
+        fingerprint=fingerprint,
+        backbone_sha256=sha,
+        features=result.features,
+        paths=np.asarray(result.paths, dtype=str),
+        error_paths=np.asarray(list(result.errors), dtype=str),
+        error_reasons=np.asarray(list(result.errors.values()), dtype=str),
+    )
+    os.replace(tmp, path)
+    return result
