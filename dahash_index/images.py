@@ -1,0 +1,397 @@
+"""Decode one scene file (JPEG, PNG, TIFF, GeoTIFF) into an RGB uint8 array.
+
+``decode_scene(data, name)`` takes the encoded bytes of a scene and returns an
+``(H, W, 3)`` uint8 array plus a :class:`SceneInfo` describing the source file.
+JPEG and 8-bit PNG go through Pillow; TIFF, GeoTIFF and 16-bit PNG through rasterio
+(GDAL). Both read from memory, so the bytes may come from any fsspec URL or tar member.
+
+Every problem with the data becomes a :class:`SceneDecodeError` whose message is one
+human-readable line; the caller prefixes the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
+from rasterio.warp import transform_bounds
+
+SCENE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+DEFAULT_MAX_PIXELS = 50_000_000  # width*height above this is refused before decoding
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+# A mislabelled .jpg that is really a PNG (or the reverse) is common and harmless, so the
+# Pillow path accepts both; anything else Pillow could open (GIF, BMP, ...) is refused.
+_PILLOW_FORMATS = ("JPEG", "PNG")  # MPO (multi-picture JPEG) opens as JPEG
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # then the IHDR chunk; byte 24 is the bit depth
+_PILLOW_MAGIC = (b"\xff\xd8\xff", _PNG_MAGIC)
+_PERCENTILES = (2.0, 98.0)
+_MAX_REASON = 160
+
+
+class SceneDecodeError(ValueError):
+    """One-line reason a scene could not be decoded (the caller adds the file name)."""
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the source file holds, before conversion to RGB uint8.
+
+    ``width``/``height``/``bands``/``dtype`` describe the file (e.g. 4 bands of
+    ``'uint16'``), not the decoded array. The geo fields are filled only for
+    georeferenced TIFFs (a CRS is present); ``datetime`` also for JPEGs with EXIF.
+    """
+
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    crs: str | None = None  # 'EPSG:32633', or WKT when the CRS has no authority code
+    bounds: tuple[float, float, float, float] | None = None  # (left, bottom, right, top), crs
+    bounds_wgs84: tuple[float, float, float, float] | None = None  # (west, south, east, north)
+    pixel_size: tuple[float, float] | None = None  # (x, y) in crs units, positive
+    datetime: str | None = None  # acquisition or file time, 'YYYY-MM-DDTHH:MM:SS' when parseable
+
+
+def parse_bands(text: str) -> tuple[int, int, int]:
+    """Parse a ``--bands`` value: ``'3,2,1'`` -> ``(3, 2, 1)``.
+
+    Band numbers are 1-based as in GDAL. Exactly three positive integers are accepted;
+    anything else raises ValueError with a message naming the bad value.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(
+            f"bands must be three comma-separated band numbers like '3,2,1', got {text!r}"
+        )
+    values = tuple(int(p) for p in parts)
+    if min(values) < 1:
+        raise ValueError(f"band numbers are 1-based (GDAL style), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def decode_scene(
+    data: bytes,
+    name: str,
+    bands: tuple[int, int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, SceneInfo]:
+    """Decode an encoded scene into ``(H, W, 3)`` uint8 RGB and a :class:`SceneInfo`.
+
+    data: the bytes of a .tif/.tiff/.jpg/.jpeg/.png file.
+    name: only its suffix is used (case-insensitive) to pick the decoder; it may be a
+        URL or a tar member name and never needs to exist on disk.
+    bands: 1-based band numbers mapped to R, G, B (TIFF only). None picks bands 1,2,3
+        when the file has at least three, and band 1 as grey otherwise (a 2-band file is
+        usually grey+alpha or two polarisations, neither of which is a colour). JPEG and
+        PNG are always decoded to their RGB rendering and ignore ``bands``.
+    max_pixels: files whose width*height is above this are refused from the header,
+        before any pixel is decoded.
+
+    Data that is not uint8 is stretched per band between its 2nd and 98th percentile
+    over valid pixels; pixels that are nodata (or masked, or alpha 0) come out as 0.
+    Raises SceneDecodeError, with a one-line reason, for any problem with the data.
+    """
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in SCENE_SUFFIXES:
+        raise SceneDecodeError(
+            f"unsupported file type {suffix or '(no suffix)'!r}; "
+            f"expected one of {', '.join(SCENE_SUFFIXES)}"
+        )
+    if len(data) == 0:
+        raise SceneDecodeError("empty file (0 bytes)")
+    if bands is not None and (len(bands) != 3 or min(bands) < 1):
+        # A caller bug rather than bad data, hence not SceneDecodeError.
+        raise ValueError(f"bands must be three 1-based band numbers, got {bands!r}")
+    if suffix in _TIFF_SUFFIXES:
+        if not data.startswith(_TIFF_MAGIC):
+            raise SceneDecodeError("not a valid TIFF file")
+        return _decode_gdal(data, "GTiff", "TIFF", bands, max_pixels)
+    kind = "PNG" if suffix == ".png" else "JPEG"
+    if data.startswith(_PNG_MAGIC) and len(data) > 24 and data[24] == 16:
+        # 16-bit PNG: Pillow would cut 16-bit RGB down to its high byte, GDAL keeps all
+        # 16 bits, so it gets the same percentile stretch as a 16-bit TIFF.
+        return _decode_gdal(data, "PNG", kind, None, max_pixels)
+    return _decode_pillow(data, kind, max_pixels)
+
+
+def stretch_to_uint8(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Linearly map one band to uint8 between its 2nd and 98th percentile.
+
+    band: (H, W) of any real dtype. valid: (H, W) bool, True where the pixel counts;
+    None means all finite pixels. Returns (H, W) uint8 with values below the 2nd
+    percentile at 0, above the 98th at 255, and invalid pixels at 0. A band whose
+    percentiles coincide (constant, or nearly) maps to 0 at or below that value and
+    255 above it.
+    """
+    finite = np.isfinite(band) if band.dtype.kind == "f" else None
+    if finite is not None:
+        valid = finite if valid is None else valid & finite
+    values = band[valid] if valid is not None else band.ravel()
+    out = np.zeros(band.shape, dtype=np.uint8)
+    if values.size == 0:
+        return out
+    lo, hi = np.percentile(values, _PERCENTILES)
+    # float32 halves the memory of float64 on big scenes and is exact for 16-bit ints.
+    work = band.astype(np.float32, copy=False)
+    if hi > lo:
+        scaled = (work - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+        if valid is not None:
+            scaled[~valid] = 0  # NaN would not survive the cast to uint8
+        np.rint(np.clip(scaled, 0, 255, out=scaled), out=scaled)
+        out[...] = scaled
+    else:
+        out[work > lo] = 255
+    if valid is not None:
+        out[~valid] = 0
+    return out
+
+
+# --- TIFF / GeoTIFF (and 16-bit PNG) through rasterio ---------------------------------
+
+
+def _decode_gdal(
+    data: bytes, driver: str, kind: str, bands: tuple[int, int, int] | None, max_pixels: int
+) -> tuple[np.ndarray, SceneInfo]:
+    try:
+        # Plain (non-geo) TIFFs such as UC Merced's are normal input, not worth a warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            # Only the one driver: GDAL would otherwise try every format it knows.
+            with MemoryFile(data) as mem, mem.open(driver=driver) as ds:
+                return _read_dataset(ds, bands, max_pixels)
+    except SceneDecodeError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # GDAL reports bad data through many exception types
+        raise SceneDecodeError(f"truncated or corrupt {kind}: {_short(exc)}") from None
+
+
+def _read_dataset(
+    ds: rasterio.io.DatasetReader, bands: tuple[int, int, int] | None, max_pixels: int
+) -> tuple[np.ndarray, SceneInfo]:
+    _check_pixels(ds.width, ds.height, max_pixels)
+    dtype = np.dtype(ds.dtypes[0])
+    if dtype.kind not in "uif":
+        raise SceneDecodeError(f"unsupported TIFF data type {dtype.name}")
+    info = _tiff_info(ds)
+
+    palette = bands is None and ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette
+    if bands is None:
+        bands = (1, 2, 3) if ds.count >= 3 else (1, 1, 1)
+    for b in bands:
+        if b > ds.count:
+            raise SceneDecodeError(f"band {b} requested, file has {ds.count}")
+
+    unique = sorted(set(bands))
+    pixels = ds.read(unique)  # (len(unique), H, W)
+    # Reading masks costs a full pass; skip it when GDAL says every pixel is valid.
+    has_mask = any(ds.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in unique)
+    masks = ds.read_masks(unique) if has_mask else None
+
+    if palette and dtype == np.uint8:
+        rgb = _apply_palette(pixels[0], ds.colormap(1))
+        if masks is not None:
+            rgb[masks[0] == 0] = 0
+        return rgb, info
+
+    out = {}
+    for i, b in enumerate(unique):
+        valid = masks[i] != 0 if masks is not None else None
+        if dtype == np.uint8:
+            band = pixels[i]
+            if valid is not None:
+                band[~valid] = 0
+            out[b] = band
+        else:
+            out[b] = stretch_to_uint8(pixels[i], valid)
+    return np.stack([out[b] for b in bands], axis=-1), info
+
+
+def _apply_palette(index: np.ndarray, colormap: dict[int, tuple[int, ...]]) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for value, rgba in colormap.items():
+        if 0 <= value < 256:
+            lut[value] = rgba[:3]
+    return lut[index]
+
+
+def _tiff_info(ds: rasterio.io.DatasetReader) -> SceneInfo:
+    crs = bounds = wgs84 = pixel_size = None
+    if ds.crs is not None:
+        crs = ds.crs.to_string()
+        bounds = tuple(float(v) for v in ds.bounds)
+        pixel_size = (abs(float(ds.res[0])), abs(float(ds.res[1])))
+        try:
+            wgs84 = tuple(float(v) for v in transform_bounds(ds.crs, "EPSG:4326", *bounds))
+        except Exception:  # metadata only: an odd CRS must not cost us the scene
+            wgs84 = None
+    return SceneInfo(
+        width=ds.width,
+        height=ds.height,
+        bands=ds.count,
+        dtype=str(ds.dtypes[0]),
+        crs=crs,
+        bounds=bounds,
+        bounds_wgs84=wgs84,
+        pixel_size=pixel_size,
+        datetime=_tiff_datetime(ds),
+    )
+
+
+# Acquisition time is what users search by; TIFFTAG_DATETIME (file write time) is the
+# fallback. Keys are compared upper-case, in every metadata namespace.
+_DATETIME_KEYS = (
+    "ACQUISITIONDATETIME",
+    "ACQUISITION_DATETIME",
+    "ACQUISITION_DATE",
+    "DATETIME",
+    "SENSING_TIME",
+    "TIFFTAG_DATETIME",
+)
+
+
+def _tiff_datetime(ds: rasterio.io.DatasetReader) -> str | None:
+    tags: dict[str, str] = {}
+    try:
+        namespaces = [None, *ds.tag_namespaces()]
+    except Exception:
+        namespaces = [None]
+    for ns in namespaces:
+        if ns is not None and (ns.startswith("xml:") or ns == "DERIVED_SUBDATASETS"):
+            continue
+        try:
+            found = ds.tags(ns=ns) if ns is not None else ds.tags()
+        except Exception:
+            continue
+        for key, value in found.items():
+            tags.setdefault(key.upper(), value)
+    for key in _DATETIME_KEYS:
+        if tags.get(key, "").strip():
+            return _iso_datetime(tags[key])
+    return None
+
+
+def _iso_datetime(text: str) -> str:
+    # The TIFF/EXIF form 'YYYY:MM:DD HH:MM:SS' becomes ISO; anything else passes through.
+    text = text.strip().strip("\x00").strip()
+    m = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}:\d{2}:\d{2})", text)
+    return f"{m[1]}-{m[2]}-{m[3]}T{m[4]}" if m else text
+
+
+# --- JPEG / PNG through Pillow -------------------------------------------------------
+
+
+def _decode_pillow(data: bytes, kind: str, max_pixels: int) -> tuple[np.ndarray, SceneInfo]:
+    try:
+        # Our own max_pixels check is the policy; Pillow's warning (above its
+        # MAX_IMAGE_PIXELS) would only be noise, its hard error is handled below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise _pillow_bomb(exc, max_pixels) from None
+    except Image.UnidentifiedImageError:
+        if data.startswith(_PILLOW_MAGIC):  # the right signature, then garbage or EOF
+            raise SceneDecodeError(f"truncated or corrupt {kind}: header unreadable") from None
+        raise SceneDecodeError(f"not a valid {kind} file") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise SceneDecodeError(f"truncated or corrupt {kind}: {_short(exc)}") from None
+
+    with img:
+        width, height = img.size
+        _check_pixels(width, height, max_pixels)  # Image.open read the header only
+        try:
+            # Pillow leaves truncated data undetected only if the process-wide
+            # ImageFile.LOAD_TRUNCATED_IMAGES was set to True; we never set it.
+            img.load()
+            rgb = _pillow_rgb(img)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise SceneDecodeError(f"truncated or corrupt {kind}: {_short(exc)}") from None
+        info = SceneInfo(
+            width=width,
+            height=height,
+            bands=len(img.getbands()),
+            dtype=_pillow_dtype(img.mode),
+            datetime=_exif_datetime(img),
+        )
+    return rgb, info
+
+
+def _pillow_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "RGB":
+        return np.array(img, dtype=np.uint8)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        # Transparent pixels are nodata: composite over black so they come out as 0.
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255
+        return rgb.astype(np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def _pillow_dtype(mode: str) -> str:
+    # 16-bit PNGs never get here (see decode_scene), so the data is 8-bit or bilevel.
+    return "bool" if mode == "1" else "uint8"
+
+
+def _exif_datetime(img: Image.Image) -> str | None:
+    try:
+        exif = img.getexif()
+        # DateTimeOriginal (in the Exif sub-IFD) is the capture time; DateTime is the fallback.
+        value = exif.get_ifd(0x8769).get(36867) or exif.get(306)
+    except Exception:  # broken EXIF is common and never worth losing the pixels over
+        return None
+    return _iso_datetime(value) if isinstance(value, str) and value.strip("\x00 ") else None
+
+
+def _pillow_bomb(exc: Exception, max_pixels: int) -> SceneDecodeError:
+    # Pillow refuses images above 2 * Image.MAX_IMAGE_PIXELS before we see their size;
+    # its message carries the pixel count.
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = int(m[1]) if m else None
+    if pixels is not None and pixels > max_pixels:
+        return SceneDecodeError(f"image has {pixels} pixels, above the limit of {max_pixels}")
+    return SceneDecodeError(
+        f"image is above Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): "
+        f"{_short(exc)}"
+    )
+
+
+# --- shared helpers ------------------------------------------------------------------
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise SceneDecodeError(
+            f"image is {width} x {height} pixels, above the limit of {max_pixels}"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    """One line from an exception: its root cause, without GDAL's in-memory file names."""
+    # rasterio wraps GDAL's specific error ("TIFFReadEncodedStrip: Read error at ...")
+    # in generic ones ("Read failed. See previous exception"); the innermost says most.
+    for _ in range(8):  # bounded: a cause chain could in principle loop
+        if exc.__cause__ is None:
+            break
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    text = re.sub(r"(/vsimem/)?\S*[0-9a-f]{8}-[0-9a-f-]{27}\.\w+[:,]?\s*", "", text)
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
