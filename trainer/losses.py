@@ -141,14 +141,14 @@ class DAHashLoss(nn.Module):
         if self.triplet_weight:
             tri = self.triplet(h_a, h_p, h_n)
             total = total + self.triplet_weight * tri
-            terms["tri"] = float(tri)
+            terms["tri"] = float(tri.detach())
         if self.alpha:
             iso = self.isometric(h_a, h_p, h_n)
             total = total + self.alpha * iso
-            terms["iso"] = float(iso)
+            terms["iso"] = float(iso.detach())
         if self.beta:
             bal = self.balance(h_a, h_p, h_n)
             total = total + self.beta * bal
-            terms["bal"] = float(bal)
-        terms["total"] = float(total)
+            terms["bal"] = float(bal.detach())
+        terms["total"] = float(total.detach())
         return total, terms

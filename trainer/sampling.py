@@ -90,7 +90,7 @@ def semi_hard_triplets(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pairs = torch.nonzero(same & ~torch.eye(len(labels), dtype=torch.bool, device=h.device))
         a, p = pairs[:, 0], pairs[:, 1]
         d_an = d[a].masked_fill(same[a], float("inf"))  # (T, B), positives excluded
-        farther = d_an > d[a, p][:, None]
+        farther = (d_an > d[a, p][:, None]) & ~same[a]  # the masked +inf must not count
         semi = torch.where(farther, d_an, torch.full_like(d_an, float("inf"))).argmin(dim=1)
         easy = d_an.masked_fill(same[a], float("-inf")).argmax(dim=1)
         n = torch.where(farther.any(dim=1), semi, easy)

@@ -1,0 +1,525 @@
+"""Tests for dahash_index/store.py: commits and read-back, row ids, finalize (flat, IVF), crash
+safety (simulated crash points and one real SIGKILL), damaged files, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dahash_index import store
+from dahash_index.backbones import BackboneSpec, sha256_file
+from dahash_index.checkpoint import save_checkpoint
+from dahash_index.network import dahash_net
+from dahash_index.store import (
+    ERRORS_SCHEMA,
+    FORMAT,
+    METADATA_SCHEMA,
+    IndexReader,
+    IndexStoreError,
+    IndexWriter,
+    ModelMismatchError,
+    metadata_schema,
+)
+from indexes import add_codes, hamming_topk, new_index
+from indexes.binary import as_ivf
+
+# Distinct 16-bit codes, one per row id: search results then have exactly one row at distance 0.
+_POOL = np.random.default_rng(0).permutation(1 << 16).astype(">u2").view(np.uint8).reshape(-1, 2)
+
+
+def shard_codes(first: int, n: int) -> np.ndarray:
+    """The codes of rows first..first+n-1 (16-bit, distinct)."""
+    return _POOL[first : first + n].copy()
+
+
+def shard_rows(shard: str, n: int) -> list[dict]:
+    """n metadata rows: every other one georeferenced, some members and labels null, and most
+    rows leave out some nullable columns."""
+    rows = []
+    for i in range(n):
+        row = {
+            "url": f"s3://bucket/{shard}/{i}.tif",
+            "shard": shard,
+            "member": f"{i}.tif" if i % 3 == 0 else None,
+            "width": 256 + i,
+            "height": 200,
+            "bands": 4,
+            "dtype": "uint16",
+            "label": None if i % 3 == 1 else "forest",
+        }
+        if i % 2 == 0:
+            row.update(
+                crs="EPSG:32633",
+                left=500000.0 + i,
+                bottom=4000000.0,
+                right=500256.0 + i,
+                top=4000200.0,
+                west=15.0,
+                south=36.1,
+                east=15.003,
+                north=36.102,
+                pixel_size_x=1.0,
+                pixel_size_y=1.0,
+                datetime="2020-06-01T10:00:00",
+            )
+        rows.append(row)
+    return rows
+
+
+def shard_errors(shard: str, n: int) -> list[dict]:
+    return [
+        {"url": f"s3://bucket/{shard}/bad{i}.tif", "shard": shard, "reason": "truncated TIFF"}
+        for i in range(n)
+    ]
+
+
+def _full(row: dict) -> dict:
+    """A committed row as the reader returns it: every METADATA_SCHEMA column present."""
+    return {name: row.get(name) for name in METADATA_SCHEMA.names}
+
+
+def _commit(writer: IndexWriter, shard: str, n: int, n_errors: int = 0) -> range:
+    first = writer.manifest["next_row_id"]
+    return writer.commit_shard(
+        shard,
+        f"s3://bucket/{shard}",
+        shard_codes(first, n),
+        shard_rows(shard, n),
+        shard_errors(shard, n_errors),
+    )
+
+
+def _files(directory: Path) -> set[str]:
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+
+
+def _referenced(manifest: dict) -> set[str]:
+    names = {"manifest.json", "model.pt"}
+    names |= {e[k] for e in manifest["shards"].values() for k in ("part", "errors")}
+    if manifest["index_file"]:
+        names.add(manifest["index_file"])
+    return names
+
+
+def _make_checkpoint(path: Path, bits: int, seed: int) -> Path:
+    torch.manual_seed(seed)
+    spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
+    save_checkpoint(path, dahash_net(bits=bits), spec, ["a", "b"], 0, {})
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    return {
+        "a": _make_checkpoint(d / "a.pt", 16, 0),
+        "b": _make_checkpoint(d / "b.pt", 16, 1),
+        "wide": _make_checkpoint(d / "wide.pt", 64, 2),
+    }
+
+
+@pytest.fixture
+def index_dir(tmp_path) -> Path:
+    return tmp_path / "index"
+
+
+def test_schemas():
+    schema = metadata_schema(64)
+    assert schema.names[:2] == ["row_id", "code"]
+    assert schema.field("code").type == pa.binary(8)
+    assert schema.names[2:] == METADATA_SCHEMA.names
+    assert ERRORS_SCHEMA.names == ["url", "shard", "member", "reason"]
+    with pytest.raises(ValueError):
+        metadata_schema(12)
+
+
+def test_commit_shards_and_read_back(index_dir, ckpts):
+    with IndexWriter.open(index_dir, ckpts["a"], extra={"bands": (3, 2, 1)}) as w:
+        assert _commit(w, "s0", 3) == range(0, 3)
+        # A shard whose every scene failed still commits, with its errors.
+        assert _commit(w, "s1", 0, n_errors=2) == range(3, 3)
+        table = pa.Table.from_pylist(shard_rows("s2", 5), schema=METADATA_SCHEMA)
+        ids = w.commit_shard("s2", "s3://bucket/s2", shard_codes(3, 5), table, [])
+        assert ids == range(3, 8)
+        assert w.is_committed("s1") and not w.is_committed("s3")
+
+    r = IndexReader.open(index_dir)
+    m = r.manifest
+    assert (m["format"], m["bits"], m["kind"], m["nlist"]) == (FORMAT, 16, "flat", None)
+    assert m["row_count"] == m["next_row_id"] == r.row_count == 8
+    assert m["generation"] == 3 and list(m["shards"]) == ["s0", "s1", "s2"]
+    assert m["shards"]["s1"] == {
+        "part": "parts/000002.parquet",
+        "errors": "errors/000002.parquet",
+        "first_row": 3,
+        "rows": 0,
+        "error_count": 2,
+        "source": "s3://bucket/s1",
+    }
+    assert m["extra"] == {"bands": [3, 2, 1]}
+    assert m["backbone"] == "tf2015" and m["backbone_sha256"] == "0" * 64
+    assert r.model_sha256 == sha256_file(ckpts["a"]) == sha256_file(r.model_path)
+    r.check_model(ckpts["a"])
+
+    meta = r.metadata()
+    assert "code" not in meta.column_names
+    assert meta["row_id"].to_pylist() == list(range(8))
+    expected = [_full(row) for row in shard_rows("s0", 3) + shard_rows("s2", 5)]
+    assert meta.drop_columns(["row_id"]).to_pylist() == expected
+    np.testing.assert_array_equal(r.codes(), shard_codes(0, 8))
+    assert r.codes().dtype == np.uint8 and r.codes().shape == (8, 2)
+
+    # Lookups in the order asked, -1 giving a null row, codes only when asked.
+    some = r.metadata(np.array([5, -1, 0, 5]), columns=["row_id", "url", "code"])
+    assert some["row_id"].to_pylist() == [5, None, 0, 5]
+    assert some["url"].to_pylist() == ["s3://bucket/s2/2.tif", None, "s3://bucket/s0/0.tif"] + [
+        "s3://bucket/s2/2.tif"
+    ]
+    assert some["code"].to_pylist()[0] == shard_codes(5, 1).tobytes()
+    assert r.metadata(np.array([-1, -1]))["url"].to_pylist() == [None, None]
+    assert r.metadata(np.array([], dtype=np.int64)).num_rows == 0
+    with pytest.raises(ValueError, match="row_ids"):
+        r.metadata(np.array([8]))
+
+    errors = r.errors()
+    assert errors.schema.equals(ERRORS_SCHEMA)
+    assert errors["url"].to_pylist() == ["s3://bucket/s1/bad0.tif", "s3://bucket/s1/bad1.tif"]
+    assert errors["member"].to_pylist() == [None, None]
+
+
+def test_reader_sees_only_its_committed_state(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 4)
+    r = IndexReader.open(index_dir)
+    _commit(w, "s1", 3)
+    assert r.row_count == 4 and len(r.metadata()) == 4 and r.faiss_index().ntotal == 4
+    assert IndexReader.open(index_dir).row_count == 7
+
+
+def test_finalize_flat_then_commit_more(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 6)
+    _commit(w, "s1", 4)
+    w.finalize()
+    m = w.manifest
+    assert m["index_file"] == "index-3.faiss" and m["index_shards"] == ["s0", "s1"]
+    assert (index_dir / "index-3.faiss").is_file()
+    w.finalize()  # nothing new: no new generation
+    assert w.manifest["generation"] == 3
+
+    index = IndexReader.open(index_dir).faiss_index()
+    assert index.ntotal == 10
+    d, ids = hamming_topk(index, shard_codes(0, 10), 1)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(10))
+    np.testing.assert_array_equal(d[:, 0], 0)
+
+    # The new shard is not in the FAISS file: readers add it in memory, mmap or not.
+    _commit(w, "s2", 5)
+    for mmap in (False, True):
+        index = IndexReader.open(index_dir, mmap=mmap).faiss_index()
+        assert index.ntotal == 15
+        d, ids = hamming_topk(index, shard_codes(0, 15), 1)
+        np.testing.assert_array_equal(ids[:, 0], np.arange(15))
+
+    w.finalize()
+    assert w.manifest["index_file"] == "index-5.faiss"
+    assert not (index_dir / "index-3.faiss").exists()
+    assert IndexReader.open(index_dir, mmap=True).faiss_index().ntotal == 15
+
+
+def test_faiss_file_replaced_under_an_open_reader(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 5)
+    w.finalize()
+    r = IndexReader.open(index_dir)
+    _commit(w, "s1", 2)
+    w.finalize()  # deletes the file r's manifest names: r rebuilds from the parts
+    d, ids = hamming_topk(r.faiss_index(), shard_codes(0, 5), 1)
+    assert r.faiss_index().ntotal == 5
+    np.testing.assert_array_equal(ids[:, 0], np.arange(5))
+
+
+def _ivf_commit(writer: IndexWriter, shard: str, n: int, seed: int) -> np.ndarray:
+    codes = np.random.default_rng(seed).integers(0, 256, (n, 8), dtype=np.uint8)
+    writer.commit_shard(shard, shard, codes, shard_rows(shard, n), [])
+    return codes
+
+
+def _centroids(index: faiss.IndexBinary) -> np.ndarray:
+    quantizer = faiss.downcast_IndexBinary(as_ivf(index).quantizer)
+    return faiss.vector_to_array(quantizer.xb)
+
+
+def test_finalize_ivf_matches_flat(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["wide"], kind="ivf", nlist=8)
+    codes = np.vstack([_ivf_commit(w, "s0", 1200, 0), _ivf_commit(w, "s1", 800, 1)])
+    w.finalize(ivf_train_sample=1000)
+    ivf = IndexReader.open(index_dir).faiss_index()
+    assert as_ivf(ivf).nlist == 8 and ivf.ntotal == 2000
+
+    flat = new_index(64)
+    add_codes(flat, codes, np.arange(2000))
+    queries = np.random.default_rng(9).integers(0, 256, (10, 8), dtype=np.uint8)
+    queries[:3] = codes[[0, 1500, 1999]]
+    got = hamming_topk(ivf, queries, 1, nprobe=8)
+    want = hamming_topk(flat, queries, 1)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[1][:3, 0], [0, 1500, 1999])
+
+    # A later finalize reuses the trained index and only adds the new shard.
+    _ivf_commit(w, "s2", 50, 2)
+    w.finalize()
+    again = IndexReader.open(index_dir, mmap=True).faiss_index()
+    assert again.ntotal == 2050
+    np.testing.assert_array_equal(_centroids(again), _centroids(ivf))
+    assert w.manifest["nlist"] == 8
+
+
+def test_ivf_with_too_few_codes(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["wide"], kind="ivf", nlist=8)
+    _ivf_commit(w, "s0", 100, 0)
+    with pytest.raises(IndexStoreError, match="too few") as info:
+        w.finalize()
+    assert str(index_dir) in str(info.value) and "\n" not in str(info.value)
+    assert w.manifest["index_file"] is None and not list(index_dir.glob("index-*"))
+
+
+class Crash(Exception):
+    """Stands for the process dying at this point."""
+
+
+@pytest.mark.parametrize("crash_at", ["parts/", "errors/", "manifest.json"])
+def test_crash_mid_commit_leaves_last_commit(index_dir, ckpts, monkeypatch, crash_at):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    _commit(w, "s1", 2, n_errors=1)
+    before = w.manifest
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).relative_to(index_dir).as_posix().startswith(crash_at):
+            raise Crash
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    with pytest.raises(Crash):
+        _commit(w, "s2", 4, n_errors=1)
+    monkeypatch.undo()
+    w.close()
+    assert _files(index_dir) - _referenced(before)  # the crash left something behind
+
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    assert w.manifest == before and not w.is_committed("s2")
+    assert _files(index_dir) == _referenced(before)  # leftovers cleaned
+    assert _commit(w, "s2", 4, n_errors=1) == range(5, 9)
+    _commit(w, "s3", 1)
+    r = IndexReader.open(index_dir)
+    assert r.metadata()["row_id"].to_pylist() == list(range(10))
+    np.testing.assert_array_equal(r.codes(), shard_codes(0, 10))
+    assert len(r.errors()) == 2
+
+
+def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "manifest.json":
+            raise Crash
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    with pytest.raises(Crash):
+        w.finalize()
+    monkeypatch.undo()
+    w.close()
+    assert (index_dir / "index-2.faiss").is_file()  # written, never committed
+
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    assert w.manifest["index_file"] is None
+    assert not (index_dir / "index-2.faiss").exists()
+    assert IndexReader.open(index_dir).faiss_index().ntotal == 3
+    w.finalize()
+    assert IndexReader.open(index_dir).manifest["index_file"] == "index-2.faiss"
+
+
+_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_store import _commit
+from dahash_index.store import IndexWriter
+
+real_replace = os.replace
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if os.fspath(dst).endswith("parts/000003.parquet"):  # the third shard's part is in place
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+writer = IndexWriter.open({index!r}, {ckpt!r})
+for i in range(6):
+    _commit(writer, f"s{{i}}", 2 + i, n_errors=i % 2)
+"""
+
+
+def test_real_sigkill_mid_commit(index_dir, ckpts):
+    code = _CHILD.format(
+        tests=str(Path(__file__).parent), index=str(index_dir), ckpt=str(ckpts["a"])
+    )
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert (index_dir / "parts" / "000003.parquet").is_file()  # renamed, never committed
+
+    r = IndexReader.open(index_dir)
+    assert list(r.manifest["shards"]) == ["s0", "s1"]
+    assert len(r.metadata()) == r.row_count == 2 + 3
+
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    assert _files(index_dir) == _referenced(w.manifest)
+    for i in range(6):
+        if not w.is_committed(f"s{i}"):
+            _commit(w, f"s{i}", 2 + i, n_errors=i % 2)
+    w.finalize()
+
+    r = IndexReader.open(index_dir)
+    meta = r.metadata()
+    total = sum(2 + i for i in range(6))
+    assert r.row_count == total and meta["row_id"].to_pylist() == list(range(total))
+    assert len(set(meta["url"].to_pylist())) == total  # no scene twice
+    np.testing.assert_array_equal(r.codes(), shard_codes(0, total))
+    assert r.faiss_index().ntotal == total and len(r.errors()) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_part_is_named(index_dir, ckpts, damage):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    _commit(w, "s1", 3)
+    w.close()
+    part = index_dir / "parts" / "000002.parquet"
+    if damage == "truncate":
+        part.write_bytes(part.read_bytes()[:100])
+        r = IndexReader.open(index_dir)
+        for read in (r.metadata, r.codes, r.faiss_index):
+            with pytest.raises(IndexStoreError, match="parts/000002.parquet"):
+                read()
+    else:
+        part.unlink()
+        with pytest.raises(IndexStoreError, match="parts/000002.parquet is missing"):
+            IndexReader.open(index_dir)
+        with pytest.raises(IndexStoreError, match="parts/000002.parquet is missing"):
+            IndexWriter.open(index_dir, ckpts["a"])
+
+
+def test_manifest_and_part_disagreeing(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    _commit(w, "s1", 3)
+    w.close()
+    # A part swapped for another shard's: the right size, the wrong row ids.
+    (index_dir / "parts" / "000002.parquet").write_bytes(
+        (index_dir / "parts" / "000001.parquet").read_bytes()
+    )
+    with pytest.raises(IndexStoreError, match="row ids"):
+        IndexReader.open(index_dir).metadata()
+
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["row_count"] = 7
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexStoreError, match="row_count"):
+        IndexReader.open(index_dir)
+    (index_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexStoreError, match="manifest.json is unreadable"):
+        IndexReader.open(index_dir)
+
+
+def test_refusals(tmp_path, index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 2)
+    with pytest.raises(IndexStoreError, match="another IndexWriter"):
+        IndexWriter.open(index_dir, ckpts["a"])
+    with pytest.raises(IndexStoreError, match="already committed"):
+        _commit(w, "s0", 2)
+    w.close()
+    with pytest.raises(IndexStoreError, match="closed"):
+        _commit(w, "s1", 2)
+
+    with pytest.raises(ModelMismatchError) as info:
+        IndexWriter.open(index_dir, ckpts["b"])
+    a, b = sha256_file(ckpts["a"])[:12], sha256_file(ckpts["b"])[:12]
+    assert str(info.value) == (
+        f"index {index_dir} was built with model {a} (backbone tf2015); {ckpts['b']} is {b}"
+    )
+    with pytest.raises(ModelMismatchError, match=b):
+        IndexReader.open(index_dir).check_model(ckpts["b"])
+    with pytest.raises(IndexStoreError, match="kind is 'flat', not 'ivf'"):
+        IndexWriter.open(index_dir, ckpts["a"], kind="ivf")
+    with pytest.raises(IndexStoreError, match="built with"):
+        IndexWriter.open(index_dir, ckpts["a"], extra={"bands": [1, 2, 3]})
+    IndexWriter.open(index_dir, ckpts["a"]).close()  # the refusals released the lock
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(IndexStoreError, match="not a dahash index"):
+        IndexWriter.open(foreign, ckpts["a"])
+    assert os.listdir(foreign) == ["holiday.jpg"]
+    with pytest.raises(IndexStoreError, match=r"missing: not a dahash index \(no manifest.json\)"):
+        IndexReader.open(tmp_path / "missing")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    IndexWriter.open(empty, ckpts["a"]).close()  # an empty directory is fine to create in
+    assert sorted(os.listdir(empty)) == ["errors", "manifest.json", "model.pt", "parts"]
+    assert not [p for p in os.listdir(tmp_path) if ".creating-" in p]
+
+
+def test_bad_shard_input(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    rows = shard_rows("s0", 2)
+    with pytest.raises(ValueError, match="uint8"):
+        w.commit_shard("s0", "", shard_codes(0, 2).astype(np.int64), rows, [])
+    with pytest.raises(ValueError, match="2 codes but 1 rows"):
+        w.commit_shard("s0", "", shard_codes(0, 2), rows[:1], [])
+    with pytest.raises(ValueError, match=r"unknown columns \['lable'\]"):
+        w.commit_shard("s0", "", shard_codes(0, 2), [{**rows[0], "lable": "x"}, rows[1]], [])
+    with pytest.raises(ValueError, match=r"missing required columns \['width', 'height'"):
+        w.commit_shard("s0", "", shard_codes(0, 1), pa.table({"url": ["u"], "shard": ["s0"]}), [])
+    with pytest.raises(ValueError, match="another shard"):
+        w.commit_shard("s0", "", shard_codes(0, 2), shard_rows("s9", 2), [])
+    with pytest.raises(ValueError, match=r"required columns \['reason'\]"):
+        w.commit_shard("s0", "", shard_codes(0, 2), rows, [{"url": "u", "shard": "s0"}])
+    assert w.manifest["row_count"] == 0 and _files(index_dir) == _referenced(w.manifest)
+
+
+def test_part_file_is_plain_parquet(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    table = pq.read_table(index_dir / "parts" / "000001.parquet")
+    assert table.schema.equals(metadata_schema(16))
+    assert table["code"].to_pylist() == [c.tobytes() for c in shard_codes(0, 3)]
+
+
+def test_corrupt_faiss_file_is_named(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    w.finalize()
+    (index_dir / "index-2.faiss").write_bytes(b"IBxM" + b"\0" * 10)
+    with pytest.raises(IndexStoreError, match="index-2.faiss is unreadable"):
+        IndexReader.open(index_dir).faiss_index()
