@@ -154,7 +154,7 @@ def load_tf2015_state_dict(torchscript_path: str | os.PathLike) -> dict[str, tor
             f"{torchscript_path}: {len(tf_convs)} convolutions, Inception3 has {len(tv_convs)}"
         )
     state: dict[str, torch.Tensor] = {}
-    for tf_name, tv_name in zip(tf_convs, tv_convs):
+    for tf_name, tv_name in zip(tf_convs, tv_convs, strict=True):
         weight = params[f"{tf_name}.weight"].detach()
         expected = target.get_submodule(tv_name).conv.weight.shape
         if weight.shape != expected:

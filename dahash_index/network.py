@@ -71,7 +71,8 @@ def dahash_head(in_features: int, bits: int, dropout: float = 0.0) -> nn.Sequent
 
 
 def milan_head(in_features: int, bits: int) -> nn.Sequential:
-    """MiLAN's head: FC(C->1024) LeakyReLU(0.2) -> FC(1024->512) LeakyReLU(0.2) -> FC(512->K) Sigmoid."""
+    """MiLAN's head: FC(C->1024) LeakyReLU(0.2) -> FC(1024->512) LeakyReLU(0.2) -> FC(512->K)
+    Sigmoid."""
     return nn.Sequential(
         nn.Linear(in_features, 1024),
         nn.LeakyReLU(0.2),

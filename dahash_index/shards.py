@@ -24,6 +24,7 @@ tar becomes a :class:`SceneError` in the stream and the iteration goes on.
 from __future__ import annotations
 
 import lzma
+import os
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ class ShardReader:
         self._local = isinstance(self.fs, LocalFileSystem)
         # Non-local URLs are rebuilt from what the caller typed (fs.unstrip_protocol
         # would turn 'memory://x' into 'memory:///x' and drop chained protocols).
-        self._base = self.root if self._local else url.rstrip("/")
+        self._base = os.path.normpath(self.root) if self._local else url.rstrip("/")
 
     def list_shards(self) -> list[Shard]:
         """All shards under the URL, sorted by name (the root shard '.' first)."""

@@ -59,7 +59,8 @@ def scan_image_folder(root: str | Path) -> ImageFolder:
         labels.extend([label] * len(scenes))
     if len(class_dirs) < 2:
         raise DatasetError(f"{root}: only one class ({class_dirs[0].name}); need at least two")
-    return ImageFolder(root, paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs])
+    classes = [d.name for d in class_dirs]
+    return ImageFolder(root, paths, np.asarray(labels, dtype=np.int64), classes)
 
 
 def split_per_class(

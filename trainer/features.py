@@ -35,7 +35,7 @@ def default_cache_dir() -> Path:
 def dataset_fingerprint(data: ImageFolder) -> str:
     """SHA-256 over every scene's relative path, label and bytes: any change is a new cache."""
     digest = hashlib.sha256()
-    for rel, label in zip(data.paths, data.labels):
+    for rel, label in zip(data.paths, data.labels, strict=True):
         digest.update(f"{rel}\0{data.classes[label]}\0".encode())
         with open(data.root / rel, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -144,7 +144,8 @@ def cached_features(
                 and str(f["fingerprint"]) == fingerprint
                 and str(f["backbone_sha256"]) == sha
             ):
-                errors = dict(zip(f["error_paths"].tolist(), f["error_reasons"].tolist()))
+                reasons = f["error_reasons"].tolist()
+                errors = dict(zip(f["error_paths"].tolist(), reasons, strict=True))
                 return FeatureSet(f["features"], f["paths"].tolist(), errors)
         if progress:
             print(f"feature cache {path} does not match; rebuilding", file=sys.stderr)

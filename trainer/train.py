@@ -165,7 +165,8 @@ def train_hash_net(
             mean["seconds"] = time.perf_counter() - start
             log.append(mean)
             window = []
-            bar.set_postfix({k: f"{v:.3f}" for k, v in mean.items() if k not in ("step", "seconds")})
+            shown = {k: f"{v:.3f}" for k, v in mean.items() if k not in ("step", "seconds")}
+            bar.set_postfix(shown)
     return net.eval(), log
 
 
