@@ -22,9 +22,12 @@ HEADS = ("dahash", "milan")
 
 
 def _squeeze_excite(channels: int, reduction: int) -> nn.Sequential:
-    """g(x) = W2 . ReLU(W1 . x), the logits of one squeeze-excitation branch."""
+    """g(x) = W2 . ReLU(W1 . x), the logits of one squeeze-excitation branch (no biases, as in
+    METHOD.md)."""
     hidden = max(1, channels // reduction)
-    return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+    return nn.Sequential(
+        nn.Linear(channels, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, channels, bias=False)
+    )
 
 
 class ChannelAttention(nn.Module):

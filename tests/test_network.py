@@ -24,35 +24,31 @@ from dahash_index.network import (
 X = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
 
 
-def _set(branch: nn.Sequential, w1, b1, w2, b2) -> None:
+def _set(branch: nn.Sequential, w1, w2) -> None:
+    # g(x) = W2 . ReLU(W1 . x): METHOD.md's branches have no biases.
+    assert branch[0].bias is None and branch[2].bias is None
     with torch.no_grad():
         branch[0].weight.copy_(torch.tensor(w1))
-        branch[0].bias.copy_(torch.tensor(b1))
         branch[2].weight.copy_(torch.tensor(w2))
-        branch[2].bias.copy_(torch.tensor(b2))
 
 
 def _attention(mode: str) -> ChannelAttention:
     att = ChannelAttention(channels=4, reduction=2, mode=mode)
     if att.branch_a is not None:
         # W_A1 x = [x0, x2] = [1, -1] -> ReLU [1, 0]
-        # g_A = W_A2 [1, 0] + b = [1, 0, -1, 0] + [0, 0, 0, 0.5] = [1, 0, -1, 0.5]
+        # g_A = W_A2 [1, 0] = [1, 0, -1, 0.5]
         _set(
             att.branch_a,
             [[1.0, 0, 0, 0], [0, 0, 1.0, 0]],
-            [0.0, 0.0],
-            [[1.0, 0], [0, 1.0], [-1.0, 0], [0, 0]],
-            [0.0, 0.0, 0.0, 0.5],
+            [[1.0, 0], [0, 1.0], [-1.0, 0], [0.5, 0]],
         )
     if att.branch_b is not None:
-        # W_B1 x + b = [x1, 2 x3] + [0, -1] = [2, 1 - 1] = [2, 0] -> ReLU [2, 0]
+        # W_B1 x = [x1, -2 x3] = [2, -1] -> ReLU [2, 0]
         # g_B = W_B2 [2, 0] = [0.5*2, 0, 0, -1*2] = [1, 0, 0, -2]
         _set(
             att.branch_b,
-            [[0, 1.0, 0, 0], [0, 0, 0, 2.0]],
-            [0.0, -1.0],
+            [[0, 1.0, 0, 0], [0, 0, 0, -2.0]],
             [[0.5, 0], [0, 0], [0, 1.0], [-1.0, 0]],
-            [0.0, 0.0, 0.0, 0.0],
         )
     return att
 

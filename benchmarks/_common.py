@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts (not part of the package)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+UCMERCED = DATASETS / "ucmerced"
+
+
+def machine() -> str:
+    """One line naming the machine the figures came from."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def subset_shards(root: Path, classes: int, per_class: int, out: Path) -> Path:
+    """A shards directory of symlinks: the first `per_class` scenes of the first `classes`
+    classes of an image-folder dataset, one shard per class."""
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir())[:classes]:
+        (out / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for scene in sorted(class_dir.iterdir())[:per_class]:
+            link = out / class_dir.name / scene.name
+            if not link.exists():
+                link.symlink_to(scene)
+    return out

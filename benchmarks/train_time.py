@@ -1,0 +1,45 @@
+"""Wall time to train a K = 64 model from cached features with the shipped defaults.
+
+    python benchmarks/train_time.py [--bits 64] [--seed 0] [--threads 2]
+
+Baseline: the goal of 120 s on this machine. Uses the UC Merced feature cache (built on
+first use) and the seed-0 60/40 split's train part (1260 scenes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from _common import UCMERCED, machine
+
+from dahash_index import runtime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    runtime.configure_threads(args.threads)
+
+    from trainer.data import split_per_class
+    from trainer.train import preset, train_hash_net
+    from trainer.workflow import labelled_features
+
+    _, data, features = labelled_features(UCMERCED, "tf2015", None, None)
+    train_idx, _ = split_per_class(data.labels, args.seed)
+    config = preset("dahash", bits=args.bits)
+    start = time.perf_counter()
+    train_hash_net(features[train_idx], data.labels[train_idx], config, args.seed, progress=False)
+    seconds = time.perf_counter() - start
+    print(f"machine: {machine()}; torch threads {args.threads}; K={args.bits}, seed {args.seed}, "
+          f"{len(train_idx)} train scenes, {config.steps} steps ({config.sampler})")
+    print(f"{'goal (baseline)':<28} {120.0:8.1f} s")
+    print(f"{'train_hash_net (project)':<28} {seconds:8.1f} s")
+
+
+if __name__ == "__main__":
+    main()
