@@ -21,7 +21,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, Python {python}"
 
 
 def subset_shards(root: Path, classes: int, per_class: int, out: Path) -> Path:

@@ -261,3 +261,7 @@ def info(index_dir, as_json):
     click.echo(f"model      sha256 {m['model_sha256']} ({reader.model_path})")
     click.echo(f"backbone   {m['backbone']} (weights sha256 {m['backbone_sha256'][:12]})")
     click.echo(f"updated    {m['updated']}")
+
+
+if __name__ == "__main__":
+    main()

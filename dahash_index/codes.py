@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# One definition of a valid code length, shared with the FAISS backends.
+from indexes.binary import check_bits
 
-def check_bits(bits: int) -> int:
-    """Return ``bits`` if it is a positive multiple of 8 (FAISS codes are whole bytes)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
-        raise ValueError(f"K must be a positive multiple of 8 (FAISS codes are bytes), got {bits}")
-    return bits
+__all__ = ["binarize", "check_bits", "hash_codes", "pack_codes", "unpack_codes"]
 
 
 def binarize(h: torch.Tensor | np.ndarray) -> np.ndarray:

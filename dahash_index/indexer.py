@@ -10,7 +10,9 @@ reported in one line each, recorded in the errors table, and the build goes on.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -80,9 +82,19 @@ def decode_for_index(
     return row, image_to_tensor(image).numpy(), None
 
 
-def _init_decode_worker() -> None:
+def _init_decode_worker(parent_pid: int | None = None) -> None:
     # Decoders must not start their own OpenMP pools next to the backbone's threads.
     torch.set_num_threads(1)
+    if parent_pid is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    # A build killed with SIGKILL cannot shut its pool down, and a worker blocked on the call
+    # queue (whose write end it holds itself) would never see EOF: it would live on forever.
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _ordered_map(
@@ -190,6 +202,7 @@ def build_index(
             options.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_decode_worker,
+            initargs=(os.getpid(),),
         )
     try:
         for shard in todo:

@@ -87,8 +87,16 @@ class ShardReader:
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = root.rstrip("/") or root
-        if not self.fs.isdir(self.root):
-            if self.fs.exists(self.root):
+        try:
+            is_dir = self.fs.isdir(self.root)
+            exists = is_dir or self.fs.exists(self.root)
+        except OSError:
+            raise
+        except Exception as exc:  # object-store clients raise their own types (botocore's
+            # NoCredentialsError, EndpointConnectionError, ...), which callers cannot know
+            raise OSError(f"cannot list shards URL {url}: {_one_line(exc)}") from exc
+        if not is_dir:
+            if exists:
                 raise FileNotFoundError(f"shards URL is not a directory: {url}")
             raise FileNotFoundError(f"shards URL not found: {url}")
         self._local = isinstance(self.fs, LocalFileSystem)

@@ -31,7 +31,9 @@ _IVF_FOURCC = b"IBwF"
 def check_bits(bits: int) -> int:
     """Return ``bits`` if it is a positive multiple of 8, else raise ValueError."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise ValueError(f"K must be a positive multiple of 8, got {bits}")
+        raise ValueError(
+            f"K must be a positive multiple of 8 (FAISS codes are bytes), got {bits}"
+        )
     return int(bits)
 
 

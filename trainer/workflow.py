@@ -47,7 +47,8 @@ def labelled_features(
     return backbone, data, features.features
 
 
-def _report_split_scores(net, features: np.ndarray, data: ImageFolder, seed: int) -> dict:
+def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int) -> dict:
+    """mAP@20 / mAP@all (db order and tie-aware) of ``net`` on the seed's 60/40 split."""
     train_idx, test_idx = split_per_class(data.labels, seed)
     codes = hash_codes(hash_outputs(net, features))
     scores = score_codes(codes[train_idx], data.labels[train_idx], codes[test_idx],
@@ -72,7 +73,7 @@ def train_command(
                                                  cache_dir)
     train_idx, _ = split_per_class(data.labels, seed)
     net, log = train_hash_net(features[train_idx], data.labels[train_idx], config, seed)
-    scores = _report_split_scores(net, features, data, seed)
+    scores = split_scores(net, features, data, seed)
     sha = save_checkpoint(out, net, backbone.spec, data.classes, seed,
                           config.to_dict() | {"preset": preset_name})
     print(f"trained K={bits} in {log[-1]['seconds']:.1f}s on {len(train_idx)} scenes "
@@ -108,7 +109,7 @@ def eval_command(
     extra = ""
     if checkpoint:
         checkpoint.check_backbone(backbone.spec)
-        scores = _report_split_scores(checkpoint.build_net(), features, data,
+        scores = split_scores(checkpoint.build_net(), features, data,
                                       checkpoint.split_seed or 0)
         extra = (f"The checkpoint `{model}` itself (K = {checkpoint.net_config.bits}, split "
                  f"seed {checkpoint.split_seed}): "
