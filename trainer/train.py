@@ -90,7 +90,7 @@ def preset(name: str = "dahash", **overrides) -> TrainConfig:
     text = resources.files("trainer").joinpath("defaults", f"{name}.json").read_text()
     values = json.loads(text)
     values.pop("_comment", None)
-    return replace(TrainConfig.from_dict(values), **overrides).validate()
+    return TrainConfig.from_dict(values | overrides).validate()
 
 
 def make_loss(config: TrainConfig) -> DAHashLoss:

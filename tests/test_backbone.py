@@ -1,0 +1,81 @@
+"""The TF-2015 Inception V3 mapped onto torchvision's Inception3 reproduces the TorchScript
+network it comes from, on real scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models.inception import BasicConv2d, Inception3
+
+from dahash_index.backbones import (
+    BackboneError,
+    fid_helper_weights_path,
+    image_to_tensor,
+    load_backbone,
+    load_tf2015_state_dict,
+    tf2015_inception_v3,
+)
+
+UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
+needs_ucmerced = pytest.mark.skipif(
+    not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"
+)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tf2015_inception_v3()
+
+
+def test_weight_mapping_covers_all_94_convolutions():
+    state = load_tf2015_state_dict(fid_helper_weights_path())
+    convs = {k.rsplit(".conv.weight", 1)[0] for k in state if k.endswith(".conv.weight")}
+    assert len(convs) == 94
+    # TF's batch norm has no scale: every gamma is exactly 1.
+    assert all(torch.all(v == 1) for k, v in state.items() if k.endswith(".bn.weight"))
+
+
+def test_backbone_is_a_frozen_torchvision_inception3(backbone):
+    assert isinstance(backbone.net, Inception3)
+    assert sum(isinstance(m, BasicConv2d) for m in backbone.net.modules()) == 94
+    assert all(m.bn.eps == 1e-3 for m in backbone.net.modules() if isinstance(m, BasicConv2d))
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone.train()
+    assert not backbone.net.training  # frozen means frozen, even after .train()
+    assert backbone.spec.name == "tf2015" and len(backbone.spec.weights_sha256) == 64
+
+
+@needs_ucmerced
+def test_mapped_module_reproduces_the_torchscript_features(backbone):
+    script = torch.jit.load(str(fid_helper_weights_path()), map_location="cpu").eval()
+    names = ["airplane/airplane00.jpg", "beach/beach10.jpg", "forest/forest20.jpg",
+             "harbor/harbor30.jpg"]
+    images = [np.asarray(Image.open(UCMERCED / n).convert("RGB")) for n in names]
+    x = torch.stack([image_to_tensor(i) for i in images])  # (4, 3, 299, 299) in [0, 255]
+    ours = backbone(x)
+    with torch.no_grad():
+        reference = script(x / 127.5 - 1.0)  # the TorchScript file wants [-1, 1]
+    assert ours.shape == (4, 2048)
+    # Measured 3.5e-6 on this machine (features reach ~4.3): float rounding only.
+    assert (ours - reference).abs().max().item() < 1e-4
+
+
+def test_any_size_is_resized_to_299():
+    x = image_to_tensor(np.zeros((256, 250, 3), dtype=np.uint8))
+    assert x.shape == (3, 299, 299) and x.dtype == torch.float32
+
+
+def test_bad_image_array_refused():
+    with pytest.raises(ValueError, match=r"expected \(H, W, 3\) uint8"):
+        image_to_tensor(np.zeros((8, 8), dtype=np.uint8))
+
+
+def test_unknown_backbone_and_missing_torchvision_weights(tmp_path):
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        load_backbone("resnet")
+    with pytest.raises(BackboneError, match="not found locally"):
+        load_backbone("torchvision", str(tmp_path / "missing.pth"))

@@ -1,0 +1,148 @@
+"""Training end to end on a real subset, and the clear errors of ``train`` / ``eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dahash_index.backbones import BackboneSpec
+from dahash_index.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dahash_index.cli import main
+from dahash_index.network import dahash_net
+from trainer.data import split_per_class
+from trainer.evaluate import score_codes
+from trainer.workflow import train_command
+
+UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
+needs_ucmerced = pytest.mark.skipif(
+    not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"
+)
+
+
+def _subset(out: Path, classes: list[str], per_class: int) -> Path:
+    for name in classes:
+        (out / name).mkdir(parents=True)
+        for scene in sorted((UCMERCED / name).iterdir())[:per_class]:
+            (out / name / scene.name).symlink_to(scene)
+    return out
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory) -> Path:
+    return _subset(tmp_path_factory.mktemp("ucm"), ["agricultural", "beach", "forest",
+                                                     "harbor"], 20)
+
+
+@pytest.mark.realdata
+@needs_ucmerced
+def test_short_training_beats_random_codes(subset, tmp_path):
+    scores = train_command(subset, 32, tmp_path / "m.pt", 0, "dahash", ["steps=150"],
+                           "tf2015", None, tmp_path / "cache")
+    # Random 32-bit codes on the same split, averaged over 5 draws.
+    labels = np.repeat(np.arange(4), 20)
+    train_idx, test_idx = split_per_class(labels, 0)
+    rng = np.random.default_rng(0)
+    random_map = np.mean([
+        score_codes(c[train_idx], labels[train_idx], c[test_idx], labels[test_idx])["map@all"]
+        for c in (rng.integers(0, 256, (80, 4), dtype=np.uint8) for _ in range(5))
+    ])
+    assert random_map < 0.45
+    assert scores["map@all"] > random_map + 0.3
+    checkpoint = load_checkpoint(tmp_path / "m.pt")
+    assert checkpoint.classes == ["agricultural", "beach", "forest", "harbor"]
+    assert checkpoint.split_seed == 0 and checkpoint.net_config.bits == 32
+    assert checkpoint.train_config["steps"] == 150
+    assert checkpoint.backbone == "tf2015" and len(checkpoint.backbone_sha256) == 64
+
+
+@pytest.mark.realdata
+@needs_ucmerced
+def test_unreadable_image_is_skipped_with_one_line(tmp_path):
+    data = _subset(tmp_path / "data", ["beach", "forest"], 6)
+    (data / "beach" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    result = CliRunner().invoke(main, [
+        "train", "--data", str(data), "--bits", "16", "--out", str(tmp_path / "m.pt"),
+        "--set", "steps=5", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "broken.jpg" in line]
+    assert len(lines) == 1 and "not a valid" in lines[0]
+    assert (tmp_path / "m.pt").is_file()
+
+
+def _train_error(tmp_path: Path, data: Path, *extra: str) -> str:
+    result = CliRunner().invoke(main, [
+        "train", "--data", str(data), "--out", str(tmp_path / "m.pt"),
+        "--cache-dir", str(tmp_path / "cache"), *extra])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def _tiny_dataset(root: Path, classes: dict[str, int]) -> Path:
+    from PIL import Image
+
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_k_not_a_multiple_of_8_refused(tmp_path):
+    data = _tiny_dataset(tmp_path / "d", {"a": 2, "b": 2})
+    assert "K must be a positive multiple of 8" in _train_error(tmp_path, data, "--bits", "12")
+
+
+def test_empty_class_folder_refused(tmp_path):
+    data = _tiny_dataset(tmp_path / "d", {"a": 2, "b": 0})
+    message = _train_error(tmp_path, data)
+    assert "class folder has no scene files" in message and "/b" in message
+
+
+def test_single_class_refused(tmp_path):
+    data = _tiny_dataset(tmp_path / "d", {"only": 3})
+    assert "only one class" in _train_error(tmp_path, data)
+
+
+def test_missing_data_folder_refused(tmp_path):
+    assert "dataset folder not found" in _train_error(tmp_path, tmp_path / "nowhere")
+
+
+def test_unknown_override_refused(tmp_path):
+    data = _tiny_dataset(tmp_path / "d", {"a": 2, "b": 2})
+    assert "unknown training options: stepz" in _train_error(tmp_path, data, "--set",
+                                                              "stepz=3")
+
+
+def test_checkpoint_from_another_backbone_refused(tmp_path):
+    other = BackboneSpec("tf2015", "f" * 64, (0.5,) * 3, (0.5,) * 3)
+    save_checkpoint(tmp_path / "other.pt", dahash_net(16), other, ["a", "b"], 0, {})
+    checkpoint = load_checkpoint(tmp_path / "other.pt")
+    mine = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(CheckpointError, match="trained on backbone tf2015 .*ffffffffffff"):
+        checkpoint.check_backbone(mine)
+
+
+@needs_ucmerced
+def test_eval_with_a_checkpoint_from_another_backbone_is_one_line(tmp_path):
+    other = BackboneSpec("tf2015", "f" * 64, (0.5,) * 3, (0.5,) * 3)
+    config = {"bits": 16, "steps": 1}
+    save_checkpoint(tmp_path / "other.pt", dahash_net(16), other, ["a", "b"], 0, config)
+    data = _subset(tmp_path / "data", ["beach", "forest"], 3)
+    result = CliRunner().invoke(main, [
+        "eval", "--data", str(data), "--model", str(tmp_path / "other.pt"), "--bits", "16",
+        "--seeds", "0", "--variants", "full", "--out", str(tmp_path / "eval"),
+        "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code != 0
+    assert "model was trained on backbone tf2015" in result.output.strip().splitlines()[-1]
+
+
+def test_not_a_checkpoint_refused(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
