@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,24 @@ def test_not_a_checkpoint_refused(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.realdata
+@needs_ucmerced
+def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
+    train_command(subset, 16, tmp_path / "m.pt", 0, "dahash", ["steps=20"], "tf2015", None,
+                  tmp_path / "cache")
+    result = CliRunner().invoke(main, [
+        "eval", "--data", str(subset), "--model", str(tmp_path / "m.pt"), "--bits", "8,16",
+        "--seeds", "0,1", "--out", str(tmp_path / "eval"), "--report",
+        str(tmp_path / "report.md"), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report.md").read_text()
+    for name in ["full", "attention: literal fusion", "attention: single SE", "attention: none",
+                 "loss: no triplet", "loss: no isometric", "loss: no balance", "MiLAN",
+                 "LDA + cosine (float)"]:
+        assert report.count(f"| {name} |") == 2, name  # one row per K
+    assert "](eval/pr-16.png)" in report
+    assert (tmp_path / "eval" / "pr-8.png").stat().st_size > 1000
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert len(results["results"]["16"]["full"]) == 2  # one entry per seed

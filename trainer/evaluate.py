@@ -15,6 +15,7 @@ tie-aware (the expected AP over random orderings within a tie).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -40,7 +41,8 @@ VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "loss: no triplet": lambda c: replace(c, triplet_weight=0.0),
     "loss: no isometric": lambda c: replace(c, alpha=0.0),
     "loss: no balance": lambda c: replace(c, beta=0.0),
-    "MiLAN": lambda c: preset("milan", bits=c.bits),
+    # MiLAN's published settings, trained for the same number of steps as the full method.
+    "MiLAN": lambda c: preset("milan", bits=c.bits, steps=c.steps),
 }
 LDA_NAME = "LDA + cosine (float)"
 
@@ -189,9 +191,13 @@ def write_report(
     base: TrainConfig,
     seeds: list[int],
     extra: str = "",
+    report: Path | None = None,
 ) -> Path:
-    """Write ``report.md``, ``results.json`` and one ``pr-K.png`` per K into ``out_dir``."""
+    """Write ``results.json`` and one ``pr-K.png`` per K into ``out_dir``, and the Markdown
+    report to ``report`` (default ``out_dir/report.md``), which links the PNGs relatively."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    report = report or out_dir / "report.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
     bits_list = [key for key in results if key != "lda"]
     lines = [
         f"# Retrieval evaluation: {dataset}",
@@ -237,7 +243,8 @@ def write_report(
             + " | ".join(_precision(lda_runs, k) for k in PRECISION_KS)
             + " | – |"
         )
-        lines += ["", f"![precision-recall, K = {bits}](pr-{bits}.png)", ""]
+        png = Path(os.path.relpath(out_dir / f"pr-{bits}.png", report.parent)).as_posix()
+        lines += ["", f"![precision-recall, K = {bits}]({png})", ""]
         curves = {
             name: (np.array(runs[0]["pr_curve"]["precision"]),
                    np.array(runs[0]["pr_curve"]["recall"]))
@@ -245,8 +252,7 @@ def write_report(
         }
         metrics.plot_pr_curves(curves, str(out_dir / f"pr-{bits}.png"),
                                f"{dataset}, K = {bits}, seed {seeds[0]}")
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
+    report.write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(
         {"command": command, "dataset": dataset, "seeds": seeds, "config": base.to_dict(),
          "results": results}, indent=1))

@@ -91,6 +91,7 @@ def eval_command(
     out: Path,
     cache_dir: Path | None,
     command: str,
+    report: Path | None = None,
 ) -> Path:
     """The full evaluation protocol; returns the report's path."""
     names = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
@@ -117,4 +118,4 @@ def eval_command(
         print(extra)
     results = run_evaluation(features, data.labels, base, bits_list, seeds, names,
                              split_per_class)
-    return write_report(results, out, command, data_dir.name, base, seeds, extra)
+    return write_report(results, out, command, data_dir.name, base, seeds, extra, report)
