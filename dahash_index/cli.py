@@ -113,9 +113,11 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
               show_default=True, help="Directory for results.json and the PR curves.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Markdown report to write [default: OUT/report.md].")
+@click.option("--jobs", default=1, show_default=True, type=int,
+              help="Networks trained at once (worker processes sharing the cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Feature cache directory.")
-def evaluate(data, model, bits_text, seeds_text, variants, out, report, cache_dir):
+def evaluate(data, model, bits_text, seeds_text, variants, out, report, jobs, cache_dir):
     """Reproduce the evaluation of METHOD.md section 5 on DATA in one run.
 
     For each K and seed: the full method, each attention ablation, each loss removed, the
@@ -127,7 +129,7 @@ def evaluate(data, model, bits_text, seeds_text, variants, out, report, cache_di
     command = "dahash-index " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         report = eval_command(data, model, _int_list(bits_text), _int_list(seeds_text),
-                              variants, out, cache_dir, command, report)
+                              variants, out, cache_dir, command, report, jobs)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
     click.echo(f"wrote {report}")

@@ -156,7 +156,7 @@ def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
                   tmp_path / "cache")
     result = CliRunner().invoke(main, [
         "eval", "--data", str(subset), "--model", str(tmp_path / "m.pt"), "--bits", "8,16",
-        "--seeds", "0,1", "--out", str(tmp_path / "eval"), "--report",
+        "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "eval"), "--report",
         str(tmp_path / "report.md"), "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report.md").read_text()

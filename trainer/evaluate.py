@@ -15,10 +15,12 @@ tie-aware (the expected AP over random orderings within a tie).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,6 +140,20 @@ def train_and_score(
     return result
 
 
+# Set in each worker process of a parallel evaluation (read-only there).
+_WORKER_DATA: dict = {}
+
+
+def _init_worker(features: np.ndarray, labels: np.ndarray, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER_DATA.update(features=features, labels=labels)
+
+
+def _train_and_score_in_worker(train_idx, test_idx, config: TrainConfig, seed: int) -> dict:
+    return train_and_score(_WORKER_DATA["features"], _WORKER_DATA["labels"], train_idx,
+                           test_idx, config, seed)
+
+
 def run_evaluation(
     features: np.ndarray,
     labels: np.ndarray,
@@ -147,8 +163,13 @@ def run_evaluation(
     variants: list[str],
     split: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict:
-    """results[str(K)][variant] = list of per-seed score dicts; plus the LDA reference."""
+    """results[str(K)][variant] = list of per-seed score dicts; plus the LDA reference.
+
+    jobs > 1 trains that many networks at once in worker processes, sharing the machine's
+    cores between them (small networks use many cores poorly); results do not depend on it.
+    """
     results: dict = {"lda": []}
     splits = {seed: split(labels, seed) for seed in seeds}
     for seed in seeds:
@@ -158,18 +179,28 @@ def run_evaluation(
         results["lda"].append(scores)
         log(f"seed {seed} {LDA_NAME}: mAP@20 {scores['map@20']:.4f} "
             f"mAP@all {scores['map@all']:.4f}")
-    for bits in bits_list:
-        results[str(bits)] = {}
-        for name in variants:
-            config = VARIANTS[name](replace(base, bits=bits)).validate()
-            runs = []
-            for seed in seeds:
-                train_idx, test_idx = splits[seed]
-                scores = train_and_score(features, labels, train_idx, test_idx, config, seed)
-                runs.append(scores)
-                log(f"K={bits} seed {seed} {name}: mAP@20 {scores['map@20']:.4f} "
-                    f"mAP@all {scores['map@all']:.4f} ({scores['train_seconds']:.0f}s)")
-            results[str(bits)][name] = runs
+    tasks = [(bits, name, seed, VARIANTS[name](replace(base, bits=bits)).validate())
+             for bits in bits_list for name in variants for seed in seeds]
+    executor = None
+    if jobs > 1:
+        threads = max(1, torch.get_num_threads() // jobs)
+        executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker,
+                                       initargs=(features, labels, threads))
+        futures = [executor.submit(_train_and_score_in_worker, *splits[seed], config, seed)
+                   for _, _, seed, config in tasks]
+        outcomes = (f.result() for f in futures)
+    else:
+        outcomes = (train_and_score(features, labels, *splits[seed], config, seed)
+                    for _, _, seed, config in tasks)
+    try:
+        for (bits, name, seed, _), scores in zip(tasks, outcomes, strict=True):
+            results.setdefault(str(bits), {}).setdefault(name, []).append(scores)
+            log(f"K={bits} seed {seed} {name}: mAP@20 {scores['map@20']:.4f} "
+                f"mAP@all {scores['map@all']:.4f} ({scores['train_seconds']:.0f}s)")
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
     return results
 
 

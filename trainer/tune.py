@@ -30,12 +30,15 @@ from trainer.workflow import labelled_features
 # Chosen by hand from short exploratory runs; every figure of docs/tuning-ucmerced.md comes
 # from running this list.
 CANDIDATES: list[dict] = [
-    {"sampler": "random", "lr": 1e-4, "alpha": 1.0, "beta": 1.0},
-    {"alpha": 1.0, "beta": 1.0},
     {},
+    {"lr": 3e-4},
+    {"per_class": 8},
+    {"alpha": 1.0, "beta": 1.0},
     {"margin_fraction": 0.125},
-    {"per_class": 4},
-    {"weight_decay": 1e-4},
+    {"margin_fraction": 0.5},
+    {"sampler": "random"},
+    {"sampler": "batch-all"},
+    {"steps": 1500},
 ]
 
 
@@ -61,7 +64,10 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=None, help="override every candidate's")
+    parser.add_argument("--candidates", type=json.loads, default=None,
+                        help="JSON list of override dicts to try instead of CANDIDATES")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--append", action="store_true", help="add to --out as a new round")
     args = parser.parse_args()
     runtime.configure_threads()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -86,7 +92,10 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     scored = []
-    for overrides in CANDIDATES:
+    previous = args.out.read_text() + "\n" if args.append and args.out else ""
+    if previous:
+        lines[0] = "## Another round"
+    for overrides in args.candidates or CANDIDATES:
         config = replace(start_config, **overrides)
         score = validation_score(features, data.labels, config, seeds)
         scored.append((score["map@all"], score["map@20"], overrides))
@@ -94,6 +103,9 @@ def main() -> None:
                f"| {score['seconds']:.0f} |")
         print(row, flush=True)
         lines.append(row)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(previous + "\n".join(lines) + "\n")
     best = max(scored, key=lambda r: (r[0], r[1]))
     lines += ["", f"Best: `{json.dumps(best[2])}` (val mAP@all {best[0]:.4f}, "
               f"mAP@20 {best[1]:.4f})."]

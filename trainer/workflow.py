@@ -92,6 +92,7 @@ def eval_command(
     cache_dir: Path | None,
     command: str,
     report: Path | None = None,
+    jobs: int = 1,
 ) -> Path:
     """The full evaluation protocol; returns the report's path."""
     names = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
@@ -117,5 +118,5 @@ def eval_command(
                  + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + ".")
         print(extra)
     results = run_evaluation(features, data.labels, base, bits_list, seeds, names,
-                             split_per_class)
+                             split_per_class, jobs=jobs)
     return write_report(results, out, command, data_dir.name, base, seeds, extra, report)
