@@ -104,15 +104,18 @@ def main() -> None:
         print(row, flush=True)
         lines.append(row)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(previous + "\n".join(lines) + "\n")
+            _write(args.out, previous, lines)
     best = max(scored, key=lambda r: (r[0], r[1]))
     lines += ["", f"Best: `{json.dumps(best[2])}` (val mAP@all {best[0]:.4f}, "
               f"mAP@20 {best[1]:.4f})."]
     print(lines[-1])
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        _write(args.out, previous, lines)
+
+
+def _write(path: Path, previous: str, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(previous + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
