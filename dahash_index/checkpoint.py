@@ -38,7 +38,11 @@ class Checkpoint:
     def build_net(self) -> HashNet:
         """The hash network with these weights, in eval mode."""
         net = HashNet(self.net_config)
-        net.load_state_dict(self.state_dict)
+        try:
+            net.load_state_dict(self.state_dict)
+        except RuntimeError as err:  # torch lists every key; one line is enough here
+            first = str(err).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"checkpoint weights do not fit this network: {first}") from err
         return net.eval()
 
     def check_backbone(self, spec: BackboneSpec) -> None:
