@@ -66,20 +66,25 @@ class SceneIndex:
                                              self._device)
             return self._encoder
 
-    def encode(self, queries: Sequence[QueryInput], bands=None
+    def encode(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32
                ) -> tuple[np.ndarray, list[str], list[str | None]]:
         """-> (codes (n, K/8) uint8 for the decodable queries, names of all n queries,
-        per-query error or None). Codes rows follow the queries whose error is None."""
-        names, errors, inputs = [], [], []
-        for i, query in enumerate(queries):
-            name, error, x = _load_query(query, i, bands)
-            names.append(name)
-            errors.append(error)
-            if x is not None:
-                inputs.append(x)
-        if not inputs:
-            return np.zeros((0, self.bits // 8), np.uint8), names, errors
-        return self.encoder.encode(torch.stack(inputs)), names, errors
+        per-query error or None). Codes rows follow the queries whose error is None.
+        Queries are decoded and encoded ``batch_size`` at a time, so memory stays bounded."""
+        names: list[str] = []
+        errors: list[str | None] = []
+        codes = [np.zeros((0, self.bits // 8), np.uint8)]
+        for start in range(0, len(queries), batch_size):
+            inputs = []
+            for i, query in enumerate(queries[start:start + batch_size], start):
+                name, error, x = _load_query(query, i, bands)
+                names.append(name)
+                errors.append(error)
+                if x is not None:
+                    inputs.append(x)
+            if inputs:
+                codes.append(self.encoder.encode(torch.stack(inputs), batch_size))
+        return np.concatenate(codes), names, errors
 
     def query(self, queries: Sequence[QueryInput], top: int = 50, radius: int | None = None,
               nprobe: int | None = None, bands=None) -> pa.Table:

@@ -43,11 +43,12 @@ class SceneEncoder:
             return self.backbone(images.to(self.device))
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> np.ndarray:
-        """(N, 3, H, W) floats in [0, 255] -> (N, K/8) uint8 packed codes."""
-        if len(images) == 0:
-            return np.zeros((0, self.bits // 8), dtype=np.uint8)
-        features = self.features(images)
-        with self._lock:
-            h = self.net(features)
-        return hash_codes(h)
+    def encode(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+        """(N, 3, H, W) floats in [0, 255] -> (N, K/8) uint8 packed codes, ``batch_size``
+        images per forward (the backbone's activations grow with the batch)."""
+        codes = [np.zeros((0, self.bits // 8), dtype=np.uint8)]
+        for chunk in images.split(batch_size):
+            features = self.features(chunk)
+            with self._lock:
+                codes.append(hash_codes(self.net(features)))
+        return np.concatenate(codes)
