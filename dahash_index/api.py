@@ -31,7 +31,6 @@ from dahash_index.images import SceneDecodeError, decode_scene
 from dahash_index.store import IndexReader
 
 QueryInput = str | Path | bytes | np.ndarray
-HIT_COLUMNS = ("query", "query_name", "rank", "distance", "row_id")
 
 
 class SceneIndex:
