@@ -105,38 +105,38 @@ class SceneIndex:
             nprobe = None
         if radius is not None:
             found = indexes.hamming_radius(self._faiss, codes, radius, nprobe)
+            hit_counts = np.array([len(i) for _, i in found], dtype=np.int64)
+            hit_d = np.concatenate([d for d, _ in found]) if found else np.empty(0, np.int32)
+            hit_ids = np.concatenate([i for _, i in found]) if found else np.empty(0, np.int64)
         else:
             d, ids = indexes.hamming_topk(self._faiss, codes, top, nprobe)
-            found = [(di[ii >= 0], ii[ii >= 0]) for di, ii in zip(d, ids, strict=True)]
-        query_no, rank, distance, row_id, error_rows = [], [], [], [], []
-        hits = iter(found)
-        for i, error in enumerate(errors):
-            if error is not None:
-                query_no.append(i)
-                rank.append(None)
-                distance.append(None)
-                row_id.append(-1)
-                error_rows.append(error)
-                continue
-            di, ii = next(hits)
-            query_no.extend([i] * len(ii))
-            rank.extend(range(1, len(ii) + 1))
-            distance.extend(di.tolist())
-            row_id.extend(ii.tolist())
-            error_rows.extend([None] * len(ii))
-        ids = np.asarray(row_id, dtype=np.int64)
+            valid = ids >= 0  # row-major boolean indexing keeps each query's rank order
+            hit_counts, hit_d, hit_ids = valid.sum(axis=1), d[valid], ids[valid]
+        # One row per hit, and one row carrying the error for each query that failed.
+        is_error = np.array([e is not None for e in errors], dtype=bool)
+        rows_per_query = np.ones(len(errors), dtype=np.int64)
+        rows_per_query[~is_error] = hit_counts
+        query_no = np.repeat(np.arange(len(errors)), rows_per_query)
+        first_row = np.cumsum(rows_per_query) - rows_per_query
+        rank = np.arange(len(query_no)) - np.repeat(first_row, rows_per_query) + 1
+        is_hit = ~is_error[query_no]
+        distance = np.zeros(len(query_no), dtype=np.int32)
+        distance[is_hit] = hit_d
+        ids = np.full(len(query_no), -1, dtype=np.int64)
+        ids[is_hit] = hit_ids
+        query_col = pa.array(query_no, pa.int32())
         meta = self.reader.metadata(ids)
         table = pa.table({
-            "query": pa.array(query_no, pa.int32()),
-            "query_name": pa.array([names[q] for q in query_no], pa.string()),
-            "rank": pa.array(rank, pa.int32()),
-            "distance": pa.array(distance, pa.int32()),
+            "query": query_col,
+            "query_name": pa.array(names, pa.string()).take(query_col),
+            "rank": pa.array(rank, pa.int32(), mask=~is_hit),
+            "distance": pa.array(distance, pa.int32(), mask=~is_hit),
             "row_id": pa.array(np.where(ids >= 0, ids, 0), pa.int64(), mask=ids < 0),
         })
         for column in meta.column_names:
             if column != "row_id":
                 table = table.append_column(column, meta.column(column))
-        return table.append_column("error", pa.array(error_rows, pa.string()))
+        return table.append_column("error", pa.array(errors, pa.string()).take(query_col))
 
 
 def _load_query(query: QueryInput, i: int, bands) -> tuple[str, str | None, torch.Tensor | None]:

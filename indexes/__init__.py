@@ -15,6 +15,7 @@ from indexes.binary import (
     load_index,
     new_index,
     save_index,
+    scan_order_is_id_order,
 )
 from indexes.ivf import default_nlist, train_ivf
 
@@ -28,5 +29,6 @@ __all__ = [
     "load_index",
     "new_index",
     "save_index",
+    "scan_order_is_id_order",
     "train_ivf",
 ]

@@ -5,8 +5,10 @@ Codes are packed bits, ``uint8`` arrays of shape ``(n, K // 8)`` with K a positi
 explicit non-negative ``int64`` id; -1 is reserved for "no result".
 
 Search results are deterministic: rows are ordered by ascending Hamming distance and, within equal
-distance, by ascending id. FAISS's own heaps break ties in scan order, so ``hamming_topk`` fetches
-enough candidates to see every row tied at the k-th distance and re-sorts them.
+distance, by ascending id. FAISS's exhaustive scan keeps the k smallest by (distance, scan
+position), so a flat index whose ids ascend in insertion order (as an index store's row ids do)
+is answered by one FAISS call. Otherwise ``hamming_topk`` fetches enough candidates to see every
+row tied at the k-th distance and re-sorts them.
 """
 
 from __future__ import annotations
@@ -182,6 +184,32 @@ def _sort_candidates(d: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.take_along_axis(d, order, -1), np.take_along_axis(ids, order, -1)
 
 
+def scan_order_is_id_order(index: faiss.IndexBinary) -> bool:
+    """True if FAISS's exhaustive search of ``index`` visits rows in ascending id order.
+
+    That holds for an ``IndexBinaryFlat`` (the id is the position) and for an IDMap over one whose
+    ids ascend in insertion order. FAISS's heap search scans rows in order, admits a row only
+    when it is strictly nearer than the current k-th and breaks ties inside the heap by position,
+    so it then returns exactly the k smallest by (distance, id); ``tests/test_indexes.py`` pins
+    this for the installed FAISS. Cost: one pass over the id map, in blocks (no large temporary).
+    """
+    index = faiss.downcast_IndexBinary(index)
+    ids = None
+    if isinstance(index, (faiss.IndexBinaryIDMap, faiss.IndexBinaryIDMap2)):
+        ids = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal) if index.ntotal else None
+        index = faiss.downcast_IndexBinary(index.index)
+    if not isinstance(index, faiss.IndexBinaryFlat) or not index.use_heap:
+        return False
+    if ids is None:
+        return True
+    block = 1 << 20
+    for start in range(0, len(ids) - 1, block):
+        chunk = ids[start:start + block + 1]
+        if not np.all(chunk[1:] > chunk[:-1]):
+            return False
+    return True
+
+
 def hamming_topk(
     index: faiss.IndexBinary, queries: np.ndarray, k: int, nprobe: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -196,8 +224,9 @@ def hamming_topk(
     When fewer than k candidates exist the tail is padded with distance -1 and id -1.
 
     nprobe: IVF only; None uses ``index.nprobe``. Passed per call, the index is not modified.
-    Memory is O(q * min(ntotal, 2k + 32)); a tie group at the k-th distance larger than that
-    costs one more search (with twice as many candidates) per doubling.
+    When ``scan_order_is_id_order(index)`` this is one FAISS search for k rows. Otherwise memory
+    is O(q * min(ntotal, 2k + 32)), and a tie group at the k-th distance larger than that costs
+    one more search (with twice as many candidates) per doubling.
     """
     queries = check_codes(queries, index.code_size, "queries")
     k = _check_positive_int(k, "k")
@@ -206,6 +235,13 @@ def hamming_topk(
     out_d = np.full((nq, k), -1, dtype=np.int32)
     out_i = np.full((nq, k), -1, dtype=np.int64)
     if nq == 0 or ntotal == 0:
+        return out_d, out_i
+
+    if scan_order_is_id_order(index):
+        take = min(k, ntotal)
+        d, ids = index.search(queries, take)
+        out_d[:, :take] = np.where(ids < 0, -1, d)
+        out_i[:, :take] = ids
         return out_d, out_i
 
     rows = np.arange(nq)

@@ -19,6 +19,7 @@ from indexes import (
     load_index,
     new_index,
     save_index,
+    scan_order_is_id_order,
     train_ivf,
 )
 
@@ -105,6 +106,58 @@ def test_flat_topk_matches_brute_force(random_db, k):
     ref_d, ref_i = _reference_topk(db, ids, queries, k)
     np.testing.assert_array_equal(d, ref_d)
     np.testing.assert_array_equal(i, ref_i)
+
+
+@pytest.mark.parametrize("k", [1, 5, 37, 70, 599, 600, 601])
+def test_flat_topk_with_ascending_ids_matches_brute_force(random_db, k):
+    # Ascending ids take the one-search path; it must give the same (distance, id) order.
+    db, _, queries = random_db
+    ids = np.arange(len(db), dtype=np.int64) * 3 + 5
+    index = new_index(8)
+    add_codes(index, db[:250], ids[:250])
+    add_codes(index, db[250:], ids[250:])
+    assert scan_order_is_id_order(index)
+    d, i = hamming_topk(index, queries, k)
+    ref_d, ref_i = _reference_topk(db, ids, queries, k)
+    np.testing.assert_array_equal(d, ref_d)
+    np.testing.assert_array_equal(i, ref_i)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_queries", [1, 40])
+def test_faiss_flat_search_keeps_the_k_smallest_by_distance_then_position(threads, n_queries):
+    # What the one-search path of hamming_topk relies on, pinned for the installed FAISS: 8-bit
+    # codes over 70,000 rows (more than one of FAISS's 65,536-row scan blocks) tie everywhere.
+    rng = np.random.default_rng(3)
+    db = rng.integers(0, 256, size=(70_000, 1), dtype=np.uint8)
+    queries = rng.integers(0, 256, size=(n_queries, 1), dtype=np.uint8)
+    flat = faiss.IndexBinaryFlat(8)
+    flat.add(db)
+    positions = np.arange(len(db), dtype=np.int64)
+    with faiss_threads(threads):
+        for k in (1, 50, 1000):
+            d, i = flat.search(queries, k)
+            ref_d, ref_i = _reference_topk(db, positions, queries, k)
+            np.testing.assert_array_equal(d, ref_d)
+            np.testing.assert_array_equal(i, ref_i)
+
+
+def test_scan_order_is_id_order():
+    db = np.arange(6, dtype=np.uint8)[:, None]
+    assert scan_order_is_id_order(new_index(8))  # empty
+    plain = faiss.IndexBinaryFlat(8)
+    plain.add(db)
+    assert scan_order_is_id_order(plain)
+    ascending = new_index(8)
+    add_codes(ascending, db[:3], np.array([1, 4, 9]))
+    add_codes(ascending, db[3:], np.array([10, 11, 30]))
+    assert scan_order_is_id_order(ascending)
+    add_codes(ascending, db[:1], np.array([2]))  # a later add under a smaller id
+    assert not scan_order_is_id_order(ascending)
+    shuffled = new_index(8)
+    add_codes(shuffled, db, np.array([5, 4, 3, 2, 1, 0]))
+    assert not scan_order_is_id_order(shuffled)
+    assert not scan_order_is_id_order(_ivf(np.repeat(db, 30, axis=0), np.arange(180)))
 
 
 def test_k_larger_than_ntotal_pads_with_minus_one():
