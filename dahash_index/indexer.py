@@ -1,8 +1,9 @@
 """Stream shards of scenes through the network into an on-disk index, one shard at a time.
 
-For each shard not yet committed: read scene bytes (``ShardReader``), decode them in
-parallel worker processes, encode them in batches (``SceneEncoder``), then commit the
-shard's codes, metadata and errors in one step (``IndexWriter.commit_shard``). A re-run
+For each shard not yet committed: read scene bytes (``ShardReader``) in a background thread,
+decode them (in worker processes when the network runs on a GPU, in line on a CPU), encode
+them in batches (``SceneEncoder``), then commit the shard's codes, metadata and errors in one
+step (``IndexWriter.commit_shard``). A re-run
 skips committed shards, so a killed build resumes where it stopped. Unreadable scenes are
 reported in one line each, recorded in the errors table, and the build goes on.
 """
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +42,7 @@ class BuildOptions:
     nlist: int | None = None
     bands: tuple[int, int, int] | None = None
     batch_size: int = 32
-    workers: int = 1  # decode processes; 0 decodes in the main process
+    workers: int | None = None  # decode processes; 0 decodes in line; None: default_workers
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage_options: dict = field(default_factory=dict)
     device: str | None = None
@@ -54,6 +57,18 @@ class BuildReport:
     errors: int = 0
     seconds: float = 0.0
     row_count: int = 0
+
+
+T = TypeVar("T")
+
+
+def default_workers(device: torch.device) -> int:
+    """Decode processes when none are asked for. None on a CPU: the backbone's threads already
+    use every core, and a decoder beside them slows the forward more than decoding in line
+    costs (benchmarks/build_throughput.py). On a GPU, enough processes to keep it fed."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def scene_name(url: str, member: str | None) -> str:
@@ -95,6 +110,48 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(1.0)
     os._exit(1)
+
+
+def _prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items`` iterated by a background thread, at most ``depth`` ahead of the consumer.
+
+    Reading scene bytes waits on disks and networks with the GIL released, so the next scenes
+    arrive while the current batch is encoded. An exception in ``items`` is raised here.
+    """
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put((end, err))
+            return
+        put((end, None))
+
+    threading.Thread(target=produce, daemon=True, name="scene-reader").start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()  # a consumer that stops early releases the reader thread
 
 
 def _ordered_map(
@@ -149,7 +206,7 @@ def index_shard(
         on_progress(0, 1)
 
     def scenes() -> Iterator[SceneBytes]:
-        for item in reader.iter_scenes(shard):
+        for item in _prefetch(reader.iter_scenes(shard), 2 * options.batch_size):
             if isinstance(item, SceneError):
                 record_error({"url": item.url, "shard": item.shard, "member": item.member,
                               "reason": item.reason})
@@ -186,6 +243,8 @@ def build_index(
     todo = [s for s in shards if not writer.is_committed(s.name)]
     report = BuildReport(shards_total=len(shards), shards_skipped=len(shards) - len(todo))
     encoder = SceneEncoder(checkpoint, options.device)
+    if options.workers is None:
+        options = replace(options, workers=default_workers(encoder.device))
     decode = partial(decode_for_index, bands=options.bands, max_pixels=options.max_pixels)
 
     bar = tqdm(total=len(todo), unit="shard", desc="build", disable=not progress)

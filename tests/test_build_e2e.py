@@ -677,6 +677,9 @@ def s3_index(tmp_path_factory, ucmerced_s3, trained_model, s3_endpoint, cli_env,
         str(trained_model),
         "--endpoint-url",
         s3_endpoint,
+        # One decode process, as a GPU build has: the kill must not leave it orphaned.
+        "--workers",
+        "1",
     ]
     # Files, not pipes: a full pipe would stall the build's progress output.
     with open(root / "killed.out", "w") as out, open(root / "killed.err", "w") as err:
