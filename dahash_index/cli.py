@@ -201,7 +201,10 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit (IVF indexes).")
 @click.option("--bands", default=None, metavar="R,G,B", help="Bands of multi-band queries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit (JSON lines).")
-def query(images, index_dir, model, top, radius, nprobe, bands, as_json):
+@click.option("--mmap", is_flag=True,
+              help="Map the index's codes from disk instead of reading them into memory "
+                   "(large indexes; processes on one machine share the pages).")
+def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap):
     """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
 
     Prints, per query, rank, Hamming distance, row id, scene URL and metadata.
@@ -213,7 +216,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json):
 
     index_dir = index_dir or default_index()
     try:
-        index = SceneIndex.open(index_dir, model=model, nprobe=nprobe)
+        index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap)
         table = index.query(list(images), top=top, radius=radius,
                             bands=parse_bands(bands) if bands else None)
     except (ValueError, OSError, RuntimeError) as err:

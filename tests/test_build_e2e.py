@@ -551,6 +551,15 @@ def test_api_query_matches_cli_json(small, run_cli):
     assert df["row_id"].between(0, len(GOOD) - 1).all()
 
 
+def test_query_mmap_gives_the_same_hits(small, run_cli):
+    path = small["shards"] / "more" / "m0.tif"
+    args = ("query", path, "--index", small["index"], "--top", "4", "--json")
+    loaded = run_cli(*args, check=True)
+    mapped = run_cli(*args, "--mmap", check=True)
+    assert len(json_lines(loaded.stdout)) == 4
+    assert json_lines(mapped.stdout) == json_lines(loaded.stdout)
+
+
 def test_api_bad_query_gets_an_error_row_and_the_others_go_on(small, run_cli, tmp_path):
     good = small["shards"] / "good" / "s0.jpg"
     bad = tmp_path / "broken.jpg"
