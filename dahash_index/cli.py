@@ -150,7 +150,8 @@ def evaluate(data, model, bits_text, seeds_text, variants, out, report, jobs, ca
 @click.option("--bands", default=None, metavar="R,G,B",
               help="1-based bands of multi-band TIFFs that make the RGB input, e.g. 3,2,1 "
                    "[default: 1,2,3].")
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Scenes per forward pass of the network.")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
               help="Decode processes; 0 decodes in the build process [default: 0 when the "
                    "network runs on the CPU, whose cores it already uses; up to 8 with a GPU].")
