@@ -92,8 +92,8 @@ def _bare_inception3() -> tv_inception.Inception3:
     (``load_state_dict(..., assign=True)``), so a random initialisation would be wasted time."""
     with torch.device("meta"):
         net = tv_inception.Inception3(
-        num_classes=1008, aux_logits=False, transform_input=False, init_weights=False
-    )
+            num_classes=1008, aux_logits=False, transform_input=False, init_weights=False
+        )
     net.fc = nn.Identity()
     return net
 

@@ -3,9 +3,9 @@
 For each shard not yet committed: read scene bytes (``ShardReader``) in a background thread,
 decode them (in worker processes when the network runs on a GPU, in line on a CPU), encode
 them in batches (``SceneEncoder``), then commit the shard's codes, metadata and errors in one
-step (``IndexWriter.commit_shard``). A re-run
-skips committed shards, so a killed build resumes where it stopped. Unreadable scenes are
-reported in one line each, recorded in the errors table, and the build goes on.
+step (``IndexWriter.commit_shard``). A re-run skips committed shards, so a killed build
+resumes where it stopped. Unreadable scenes are reported in one line each, recorded in the
+errors table, and the build goes on.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ T = TypeVar("T")
 
 
 def default_workers(device: torch.device) -> int:
-    """Decode processes when none are asked for. None on a CPU: the backbone's threads already
+    """Decode processes when none are asked for. Zero on a CPU: the backbone's threads already
     use every core, and a decoder beside them slows the forward more than decoding in line
     costs (benchmarks/build_throughput.py). On a GPU, enough processes to keep it fed."""
     if device.type == "cpu":
