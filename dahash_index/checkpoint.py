@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dahash_index.backbones import BackboneSpec, sha256_file
@@ -34,6 +35,9 @@ class Checkpoint:
     split_seed: int | None = None
     train_config: dict = field(default_factory=dict)
     sha256: str = ""  # of the file it was read from
+    # (n_classes, K) bool target codes of the class-centre term, row i for classes[i]; None
+    # for a model trained without it (and for checkpoints from before the option existed).
+    centre_codes: np.ndarray | None = None
 
     def build_net(self) -> HashNet:
         """The hash network with these weights, in eval mode."""
@@ -61,6 +65,7 @@ def save_checkpoint(
     classes: list[str],
     split_seed: int | None,
     train_config: dict,
+    centre_codes: np.ndarray | None = None,
 ) -> str:
     """Write atomically (tmp + rename); return the file's SHA-256."""
     path = Path(path)
@@ -75,6 +80,8 @@ def save_checkpoint(
         "split_seed": split_seed,
         "train_config": train_config,
     }
+    if centre_codes is not None:
+        payload["centre_codes"] = torch.from_numpy(np.asarray(centre_codes, dtype=bool))
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -92,8 +99,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dahash-index checkpoint")
+    try:
+        net_config = NetConfig(**payload["net_config"])
+    except TypeError as err:  # a newer file's option this code does not know
+        raise CheckpointError(f"{path}: network options this version does not know "
+                              f"({err}); upgrade dahash-index") from err
+    centre = payload.get("centre_codes")
     return Checkpoint(
-        net_config=NetConfig(**payload["net_config"]),
+        net_config=net_config,
         state_dict=payload["state_dict"],
         backbone=payload["backbone"],
         backbone_sha256=payload["backbone_sha256"],
@@ -101,4 +114,5 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         split_seed=payload["split_seed"],
         train_config=dict(payload["train_config"]),
         sha256=sha256_file(path),
+        centre_codes=None if centre is None else centre.numpy().astype(bool),
     )

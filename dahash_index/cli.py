@@ -106,9 +106,15 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
               help="Code lengths to report.")
 @click.option("--seeds", "seeds_text", default="0,1,2", show_default=True,
               help="Seeds (split and initialisation); mean ± std over them.")
-@click.option("--variants", default="all", show_default=True,
-              help="Comma-separated variant names, or 'all' (full, attention and loss "
-                   "ablations, MiLAN).")
+@click.option("--variants", default="core", show_default=True,
+              help="Comma-separated variant names, 'core' (full, no attention, MiLAN) or 'all' "
+                   "(also every attention, loss, centre, standardisation, dropout, "
+                   "orientation and early-stopping ablation).")
+@click.option("--protocols", "protocols_text", default="standard,novel", show_default=True,
+              help="'standard' (60/40 split, all classes) and/or 'novel' (5 seeded classes "
+                   "held out of training, retrieval among them).")
+@click.option("--novel-variants", default=None,
+              help="Variants for the novel-class protocol [default: --variants].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval"),
               show_default=True, help="Directory for results.json and the PR curves.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -117,19 +123,22 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
               help="Networks trained at once (worker processes sharing the cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Feature cache directory.")
-def evaluate(data, model, bits_text, seeds_text, variants, out, report, jobs, cache_dir):
-    """Reproduce the evaluation of METHOD.md section 5 on DATA in one run.
+def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel_variants, out,
+             report, jobs, cache_dir):
+    """Reproduce the evaluation of METHOD.md sections 5 and 6 on DATA in one run.
 
-    For each K and seed: the full method, each attention ablation, each loss removed, the
-    MiLAN re-implementation, and LDA on the float features. Writes OUT/report.md,
-    OUT/results.json and OUT/pr-K.png.
+    For each K and seed: the chosen variants (the full method, its ablations, the MiLAN
+    re-implementation) and LDA on the float features, under the standard and the novel-class
+    protocol. Writes OUT/report.md, OUT/results.json and OUT/pr-K.png.
     """
     from trainer.workflow import eval_command
 
     command = "dahash-index " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
+        protocols = tuple(p.strip() for p in protocols_text.split(",") if p.strip())
         report = eval_command(data, model, _int_list(bits_text), _int_list(seeds_text),
-                              variants, out, cache_dir, command, report, jobs)
+                              variants, out, cache_dir, command, report, jobs, protocols,
+                              novel_variants)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
     click.echo(f"wrote {report}")

@@ -55,14 +55,17 @@ class ChannelAttention(nn.Module):
         return x * self.weights(x)
 
 
-def dahash_head(in_features: int, bits: int, dropout: float = 0.0) -> nn.Sequential:
+def dahash_head(
+    in_features: int, bits: int, dropout: float = 0.0, input_dropout: float | None = None
+) -> nn.Sequential:
     """FC(C->2048) ReLU -> FC(2048->512) ReLU -> FC(512->K) Sigmoid.
 
-    ``dropout`` (before each hidden FC's input) is an option for small training sets; 0 is
-    the plain head of METHOD.md.
+    Dropout on the head's input (``input_dropout``, default ``dropout``) and on the 2048-unit
+    hidden layer (``dropout``) is an option for small training sets; 0 is the plain head of
+    METHOD.md. Dropout modules hold no weights, so checkpoints do not depend on them.
     """
     return nn.Sequential(
-        nn.Dropout(dropout),
+        nn.Dropout(dropout if input_dropout is None else input_dropout),
         nn.Linear(in_features, 2048),
         nn.ReLU(),
         nn.Dropout(dropout),
@@ -96,13 +99,24 @@ class NetConfig:
     reduction: int = 16
     dropout: float = 0.0
     in_features: int = 2048
+    input_dropout: float | None = None  # None: the same as ``dropout``
+    # x <- (x - mean) / std before the attention, with the train part's statistics held in
+    # the network's buffers (so they travel in the checkpoint and apply wherever codes are
+    # computed). False for checkpoints from before this option.
+    standardize: bool = False
+    # The encoder codes a scene from the mean of the features of its 8 orientations
+    # (dahash_index.orientations): 8 backbone passes per scene.
+    average_orientations: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class HashNet(nn.Module):
-    """Pooled backbone features (N, C) float32 -> hash-layer outputs h (N, K) in [0, 1]."""
+    """Pooled backbone features (N, C) float32 -> hash-layer outputs h (N, K) in [0, 1].
+
+    ``logits`` is the same map without the final Sigmoid (what a binary cross-entropy wants).
+    """
 
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
@@ -110,14 +124,33 @@ class HashNet(nn.Module):
         if config.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
         self.config = config
+        if config.standardize:
+            self.register_buffer("feature_mean", torch.zeros(config.in_features))
+            self.register_buffer("feature_std", torch.ones(config.in_features))
         self.attention = ChannelAttention(config.in_features, config.reduction, config.attention)
         if config.head == "dahash":
-            self.head = dahash_head(config.in_features, config.bits, config.dropout)
+            self.head = dahash_head(config.in_features, config.bits, config.dropout,
+                                    config.input_dropout)
         else:
             self.head = milan_head(config.in_features, config.bits)
 
+    @torch.no_grad()
+    def set_standardization(self, features: torch.Tensor) -> None:
+        """Store the per-channel mean and std of ``features`` (N, C); the std is floored so
+        that a constant channel maps to 0 instead of dividing by zero."""
+        if not self.config.standardize:
+            raise ValueError("this network was built with standardize=False")
+        self.feature_mean.copy_(features.mean(dim=0))
+        self.feature_std.copy_(features.std(dim=0).clamp_min(1e-6))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, K) pre-Sigmoid outputs."""
+        if self.config.standardize:
+            features = (features - self.feature_mean) / self.feature_std
+        return self.head[:-1](self.attention(features))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.attention(features))
+        return torch.sigmoid(self.logits(features))
 
 
 def dahash_net(

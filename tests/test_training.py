@@ -14,7 +14,7 @@ from dahash_index.checkpoint import CheckpointError, load_checkpoint, save_check
 from dahash_index.cli import main
 from dahash_index.network import dahash_net
 from trainer.data import split_per_class
-from trainer.evaluate import score_codes
+from trainer.evaluate import VARIANTS, score_codes
 from trainer.workflow import train_command
 
 UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
@@ -157,14 +157,20 @@ def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
     result = CliRunner().invoke(main, [
         "eval", "--data", str(subset), "--model", str(tmp_path / "m.pt"), "--bits", "8,16",
         "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "eval"), "--report",
-        str(tmp_path / "report.md"), "--cache-dir", str(tmp_path / "cache")])
+        str(tmp_path / "report.md"), "--cache-dir", str(tmp_path / "cache"),
+        "--variants", ",".join(v for v in VARIANTS if "orientation" not in v),
+        "--novel-variants", "full,attention: none"])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report.md").read_text()
-    for name in ["full", "attention: literal fusion", "attention: single SE", "attention: none",
-                 "loss: no triplet", "loss: no isometric", "loss: no balance", "MiLAN",
-                 "LDA + cosine (float)"]:
-        assert report.count(f"| {name} |") == 2, name  # one row per K
+    standard, novel = report.split("## Novel classes")
+    for name in [v for v in VARIANTS if "orientation" not in v] + ["LDA + cosine (float)"]:
+        assert standard.count(f"| {name} |") == 2, name  # one row per K
+    for name in ["full", "attention: none", "LDA + cosine (float)"]:
+        assert novel.count(f"| {name} |") == 2, name
+    assert "| MiLAN |" not in novel
     assert "](eval/pr-16.png)" in report
     assert (tmp_path / "eval" / "pr-8.png").stat().st_size > 1000
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert len(results["results"]["16"]["full"]) == 2  # one entry per seed
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    assert len(results["standard"]["16"]["full"]) == 2  # one entry per seed
+    assert len(results["novel"]["8"]["full"]) == 2
+    assert results["standard"]["16"]["full"][0]["distinct_codes"] >= 1

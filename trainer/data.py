@@ -80,3 +80,22 @@ def split_per_class(
         train.append(members[:n_train])
         test.append(members[n_train:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def novel_class_split(
+    labels: np.ndarray, seed: int, unseen: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded choice of ``unseen`` classes held out of training: (seen, unseen) class ids,
+    both sorted int64 arrays that together hold every class of ``labels`` once.
+
+    ``unseen`` defaults to a quarter of the classes, at least 2 (5 of UC Merced's 21).
+    """
+    classes = np.unique(labels)
+    if unseen is None:
+        unseen = max(2, int(round(len(classes) / 4)))
+    if not 2 <= unseen <= len(classes) - 2:
+        raise ValueError(f"the novel-class protocol needs at least 4 classes (2 held out, 2 to "
+                         f"train on); can hold out 2..{len(classes) - 2} of {len(classes)}, "
+                         f"not {unseen}")
+    held = np.random.default_rng(seed).choice(classes, size=unseen, replace=False)
+    return np.setdiff1d(classes, held), np.sort(held).astype(np.int64)

@@ -14,15 +14,11 @@ tie-aware (the expected AP over random orderings within a tie).
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
-import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,11 +26,14 @@ import torch
 import indexes
 from dahash_index.codes import hash_codes
 from trainer import lda, metrics
+from trainer.data import novel_class_split, split_per_class
 from trainer.train import TrainConfig, hash_outputs, preset, train_hash_net
 
 PRECISION_KS = (10, 20, 50, 100)
 
 # name -> how it changes the full method's config (METHOD.md's baselines and ablations).
+# A variant that equals the full method for some preset (e.g. "no centre term" when the
+# preset has none) is still trained: its row then measures the seed noise.
 VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "full": lambda c: c,
     "attention: literal fusion": lambda c: replace(c, attention="dual-literal"),
@@ -43,8 +42,16 @@ VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "loss: no triplet": lambda c: replace(c, triplet_weight=0.0),
     "loss: no isometric": lambda c: replace(c, alpha=0.0),
     "loss: no balance": lambda c: replace(c, beta=0.0),
-    # MiLAN's published settings, trained for the same number of steps as the full method.
-    "MiLAN": lambda c: preset("milan", bits=c.bits, steps=c.steps),
+    "loss: no centre term": lambda c: replace(c, centre_weight=0.0),
+    "centre term γ = 1": lambda c: replace(c, centre_weight=1.0),
+    "no standardisation": lambda c: replace(c, standardize=False),
+    "no dropout": lambda c: replace(c, dropout=0.0, input_dropout=0.0),
+    "orientation augmentation (8)": lambda c: replace(c, orientations=8),
+    "no orientation augmentation": lambda c: replace(c, orientations=1),
+    "query: mean of 8 orientations": lambda c: replace(c, average_orientations=True),
+    "early stopping (20 % validation)": lambda c: replace(c, validation_fraction=0.2),
+    # MiLAN's published settings and training length (MHCLN's trainer: 10,000 iterations).
+    "MiLAN": lambda c: preset("milan", bits=c.bits),
 }
 LDA_NAME = "LDA + cosine (float)"
 
@@ -97,17 +104,31 @@ def score_codes(
         "map@all_tie": at_all["map_tie"],
         "precision@k": metrics.precision_at_k(test_labels, train_labels, i_tr, PRECISION_KS),
         "pr_curve": {"precision": precision.tolist(), "recall": recall.tolist()},
+        "distinct_codes": distinct_codes_per_class(test_codes, test_labels),
     }
 
 
+def distinct_codes_per_class(codes: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes of the number of distinct codes among that class's scenes.
+
+    codes (n, K/8) uint8, labels (n,). A class collapsed onto one code scores 1; the number
+    of scenes of the class is the most it can score.
+    """
+    counts = [len(np.unique(codes[labels == c], axis=0)) for c in np.unique(labels)]
+    return float(np.mean(counts))
+
+
 def score_lda(
+    fit_features: np.ndarray,
+    fit_labels: np.ndarray,
     train_features: np.ndarray,
     train_labels: np.ndarray,
     test_features: np.ndarray,
     test_labels: np.ndarray,
 ) -> dict:
-    """The same figures for LDA-projected float features ranked by cosine (no ties)."""
-    w = lda.fit_lda(train_features, train_labels)
+    """The same figures for LDA-projected float features ranked by cosine (no ties): LDA is
+    fitted on the fit part, the test part queries the train part (the database)."""
+    w = lda.fit_lda(fit_features, fit_labels)
     train_z, test_z = train_features @ w, test_features @ w
     d_tt, i_tt = lda.cosine_ranking(test_z, test_z)
     d_tr, i_tr = lda.cosine_ranking(test_z, train_z)
@@ -121,22 +142,51 @@ def score_lda(
     }
 
 
+def scene_outputs(net, features: np.ndarray, oriented: np.ndarray | None, index: np.ndarray,
+                  average_orientations: bool) -> np.ndarray:
+    """Hash outputs (len(index), K) of the scenes ``index``: from their features (N, C), or
+    from the mean over their 8 orientations (``oriented`` (8, N, C)) when the model codes a
+    scene that way."""
+    if average_orientations:
+        if oriented is None:
+            raise ValueError("a model that averages 8 orientations needs oriented features")
+        return hash_outputs(net, oriented[:, index].mean(axis=0))
+    return hash_outputs(net, features[index])
+
+
 def train_and_score(
     features: np.ndarray,
+    oriented: np.ndarray | None,
     labels: np.ndarray,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
+    fit_idx: np.ndarray,
+    db_idx: np.ndarray,
+    query_idx: np.ndarray,
     config: TrainConfig,
     seed: int,
 ) -> dict:
-    """Train one network on the train part and score its codes."""
+    """Train one network on ``fit_idx`` and score the codes of ``query_idx`` against those of
+    ``db_idx`` (the standard protocol: fit = db = the train part, queries = the test part).
+
+    features (N, C) float32; oriented (8, N, C) float32 or None (needed by configs that train
+    on or average the 8 orientations).
+    """
+    if config.orientations == 8:
+        if oriented is None:
+            raise ValueError("orientation augmentation needs oriented features")
+        fit_features = oriented[:, fit_idx]
+    else:
+        fit_features = features[fit_idx]
     start = time.perf_counter()
-    net, _ = train_hash_net(features[train_idx], labels[train_idx], config, seed, progress=False)
+    trained = train_hash_net(fit_features, labels[fit_idx], config, seed, progress=False)
     seconds = time.perf_counter() - start
-    train_codes = hash_codes(hash_outputs(net, features[train_idx]))
-    test_codes = hash_codes(hash_outputs(net, features[test_idx]))
-    result = score_codes(train_codes, labels[train_idx], test_codes, labels[test_idx])
+    db_codes, query_codes = (
+        hash_codes(scene_outputs(trained.net, features, oriented, idx,
+                                 config.average_orientations))
+        for idx in (db_idx, query_idx)
+    )
+    result = score_codes(db_codes, labels[db_idx], query_codes, labels[query_idx])
     result["train_seconds"] = seconds
+    result["best_step"] = trained.best_step
     return result
 
 
@@ -144,14 +194,35 @@ def train_and_score(
 _WORKER_DATA: dict = {}
 
 
-def _init_worker(features: np.ndarray, labels: np.ndarray, threads: int) -> None:
+def _init_worker(features: np.ndarray, oriented: np.ndarray | None, labels: np.ndarray,
+                 threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER_DATA.update(features=features, labels=labels)
+    _WORKER_DATA.update(features=features, oriented=oriented, labels=labels)
 
 
-def _train_and_score_in_worker(train_idx, test_idx, config: TrainConfig, seed: int) -> dict:
-    return train_and_score(_WORKER_DATA["features"], _WORKER_DATA["labels"], train_idx,
-                           test_idx, config, seed)
+def _train_and_score_in_worker(fit_idx, db_idx, query_idx, config: TrainConfig,
+                               seed: int) -> dict:
+    return train_and_score(_WORKER_DATA["features"], _WORKER_DATA["oriented"],
+                           _WORKER_DATA["labels"], fit_idx, db_idx, query_idx, config, seed)
+
+
+def protocol_parts(labels: np.ndarray, seed: int, protocol: str) -> tuple[np.ndarray, ...]:
+    """(fit_idx, db_idx, query_idx) of one seed for a protocol in ``PROTOCOLS``.
+
+    standard: the per-class 60/40 split; fit on and search the train part, query with the
+    test part. novel: the same split, but 5 seeded classes are left out of fitting; the
+    database is their train part and the queries their test part.
+    """
+    train_idx, test_idx = split_per_class(labels, seed)
+    if protocol == "standard":
+        return train_idx, train_idx, test_idx
+    seen, unseen = novel_class_split(labels, seed)
+    return (train_idx[np.isin(labels[train_idx], seen)],
+            train_idx[np.isin(labels[train_idx], unseen)],
+            test_idx[np.isin(labels[test_idx], unseen)])
+
+
+PROTOCOLS = ("standard", "novel")
 
 
 def run_evaluation(
@@ -161,130 +232,54 @@ def run_evaluation(
     bits_list: list[int],
     seeds: list[int],
     variants: list[str],
-    split: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    oriented: np.ndarray | None = None,
+    protocols: tuple[str, ...] = ("standard",),
+    novel_variants: list[str] | None = None,
     log: Callable[[str], None] = print,
     jobs: int = 1,
 ) -> dict:
-    """results[str(K)][variant] = list of per-seed score dicts; plus the LDA reference.
+    """results[protocol][str(K)][variant] = list of per-seed score dicts, and
+    results[protocol]["lda"] the LDA reference per seed.
 
-    jobs > 1 trains that many networks at once in worker processes, sharing the machine's
-    cores between them (small networks use many cores poorly); results do not depend on it.
+    features (N, C) float32; oriented (8, N, C) float32 or None. ``novel_variants`` (default
+    ``variants``) are the variants run under the novel-class protocol. jobs > 1 trains that
+    many networks at once in worker processes, sharing the machine's cores between them
+    (small networks use many cores poorly); results do not depend on it.
     """
-    results: dict = {"lda": []}
-    splits = {seed: split(labels, seed) for seed in seeds}
-    for seed in seeds:
-        train_idx, test_idx = splits[seed]
-        scores = score_lda(features[train_idx], labels[train_idx], features[test_idx],
-                           labels[test_idx])
-        results["lda"].append(scores)
-        log(f"seed {seed} {LDA_NAME}: mAP@20 {scores['map@20']:.4f} "
-            f"mAP@all {scores['map@all']:.4f}")
-    tasks = [(bits, name, seed, VARIANTS[name](replace(base, bits=bits)).validate())
-             for bits in bits_list for name in variants for seed in seeds]
+    results: dict = {}
+    tasks = []
+    for protocol in protocols:
+        results[protocol] = {"lda": []}
+        names = variants if protocol == "standard" else (novel_variants or variants)
+        for seed in seeds:
+            fit_idx, db_idx, query_idx = protocol_parts(labels, seed, protocol)
+            scores = score_lda(features[fit_idx], labels[fit_idx], features[db_idx],
+                               labels[db_idx], features[query_idx], labels[query_idx])
+            results[protocol]["lda"].append(scores)
+            log(f"{protocol} seed {seed} {LDA_NAME}: mAP@20 {scores['map@20']:.4f} "
+                f"mAP@all {scores['map@all']:.4f}")
+        tasks += [(protocol, bits, name, seed,
+                   VARIANTS[name](replace(base, bits=bits)).validate(),
+                   protocol_parts(labels, seed, protocol))
+                  for bits in bits_list for name in names for seed in seeds]
     executor = None
     if jobs > 1:
         threads = max(1, torch.get_num_threads() // jobs)
         executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
-                                       initargs=(features, labels, threads))
-        futures = [executor.submit(_train_and_score_in_worker, *splits[seed], config, seed)
-                   for _, _, seed, config in tasks]
+                                       initargs=(features, oriented, labels, threads))
+        futures = [executor.submit(_train_and_score_in_worker, *parts, config, seed)
+                   for _, _, _, seed, config, parts in tasks]
         outcomes = (f.result() for f in futures)
     else:
-        outcomes = (train_and_score(features, labels, *splits[seed], config, seed)
-                    for _, _, seed, config in tasks)
+        outcomes = (train_and_score(features, oriented, labels, *parts, config, seed)
+                    for _, _, _, seed, config, parts in tasks)
     try:
-        for (bits, name, seed, _), scores in zip(tasks, outcomes, strict=True):
-            results.setdefault(str(bits), {}).setdefault(name, []).append(scores)
-            log(f"K={bits} seed {seed} {name}: mAP@20 {scores['map@20']:.4f} "
+        for (protocol, bits, name, seed, _, _), scores in zip(tasks, outcomes, strict=True):
+            results[protocol].setdefault(str(bits), {}).setdefault(name, []).append(scores)
+            log(f"{protocol} K={bits} seed {seed} {name}: mAP@20 {scores['map@20']:.4f} "
                 f"mAP@all {scores['map@all']:.4f} ({scores['train_seconds']:.0f}s)")
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     return results
-
-
-def _mean_std(runs: list[dict], key: str) -> str:
-    values = np.array([r[key] for r in runs], dtype=float)
-    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
-
-
-def _precision(runs: list[dict], k: int) -> str:
-    values = np.array([r["precision@k"][k] for r in runs], dtype=float)
-    return f"{values.mean():.3f}"
-
-
-def write_report(
-    results: dict,
-    out_dir: Path,
-    command: str,
-    dataset: str,
-    base: TrainConfig,
-    seeds: list[int],
-    extra: str = "",
-    report: Path | None = None,
-) -> Path:
-    """Write ``results.json`` and one ``pr-K.png`` per K into ``out_dir``, and the Markdown
-    report to ``report`` (default ``out_dir/report.md``), which links the PNGs relatively."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = report or out_dir / "report.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    bits_list = [key for key in results if key != "lda"]
-    lines = [
-        f"# Retrieval evaluation: {dataset}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Seeds {seeds} (each fixes the per-class 60/40 split and the initialisation); every "
-        "figure is mean ± sample std over the seeds. Machine: "
-        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch "
-        f"{torch.__version__}.",
-        "",
-        "- **mAP@20 (test vs test)**: every test scene queries the other test scenes.",
-        "- **mAP@all (test vs train)**: every test scene queries the train part.",
-        "- *db order*: Hamming ties ranked in database order (as the index returns them); "
-        "*tie-aware*: expected AP over random orderings within ties.",
-        "- P@k: precision of the first k train scenes returned for a test scene (db order).",
-        "",
-        f"Full method's config: `{json.dumps(base.to_dict())}`",
-        "",
-    ]
-    if extra:
-        lines += [extra, ""]
-    for bits in bits_list:
-        lines += [
-            f"## K = {bits}",
-            "",
-            "| method | mAP@20 db order | mAP@20 tie-aware | mAP@all db order | "
-            "mAP@all tie-aware | P@10 | P@20 | P@50 | P@100 | train s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, runs in results[bits].items():
-            seconds = np.mean([r["train_seconds"] for r in runs])
-            lines.append(
-                f"| {name} | {_mean_std(runs, 'map@20')} | {_mean_std(runs, 'map@20_tie')} | "
-                f"{_mean_std(runs, 'map@all')} | {_mean_std(runs, 'map@all_tie')} | "
-                + " | ".join(_precision(runs, k) for k in PRECISION_KS)
-                + f" | {seconds:.0f} |"
-            )
-        lda_runs = results["lda"]
-        lines.append(
-            f"| {LDA_NAME} | {_mean_std(lda_runs, 'map@20')} | (no ties) | "
-            f"{_mean_std(lda_runs, 'map@all')} | (no ties) | "
-            + " | ".join(_precision(lda_runs, k) for k in PRECISION_KS)
-            + " | – |"
-        )
-        png = Path(os.path.relpath(out_dir / f"pr-{bits}.png", report.parent)).as_posix()
-        lines += ["", f"![precision-recall, K = {bits}]({png})", ""]
-        curves = {
-            name: (np.array(runs[0]["pr_curve"]["precision"]),
-                   np.array(runs[0]["pr_curve"]["recall"]))
-            for name, runs in results[bits].items()
-        }
-        metrics.plot_pr_curves(curves, str(out_dir / f"pr-{bits}.png"),
-                               f"{dataset}, K = {bits}, seed {seeds[0]}")
-    report.write_text("\n".join(lines) + "\n")
-    (out_dir / "results.json").write_text(json.dumps(
-        {"command": command, "dataset": dataset, "seeds": seeds, "config": base.to_dict(),
-         "results": results}, indent=1))
-    return report

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dahash_index.backbones import FEATURE_DIM, InceptionBackbone, image_to_tensor
 from dahash_index.images import SceneDecodeError, decode_scene
+from dahash_index.orientations import check_orientation, orient
 from trainer.data import ImageFolder
 
 CACHE_VERSION = 1
@@ -44,11 +45,13 @@ def dataset_fingerprint(data: ImageFolder) -> str:
 
 
 class _SceneFiles(Dataset):
-    """Decodes scenes to (3, 299, 299) float tensors; a bad file yields None and its reason."""
+    """Decodes scenes to (3, 299, 299) float tensors in one orientation; a bad file yields
+    None and its reason."""
 
-    def __init__(self, root: Path, paths: list[str]) -> None:
+    def __init__(self, root: Path, paths: list[str], orientation: int = 0) -> None:
         self.root = root
         self.paths = paths
+        self.orientation = orientation
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -59,7 +62,7 @@ class _SceneFiles(Dataset):
             image, _ = decode_scene(path.read_bytes(), path.name)
         except (SceneDecodeError, OSError) as err:
             return i, None, f"{path}: {err}"
-        return i, image_to_tensor(image), None
+        return i, orient(image_to_tensor(image)[None], self.orientation)[0], None
 
 
 def _collate(items: list) -> list:
@@ -87,14 +90,16 @@ def extract_features(
     batch_size: int = 32,
     workers: int = 1,
     progress: bool = True,
+    orientation: int = 0,
 ) -> FeatureSet:
-    """Run the backbone over ``root / p`` for p in ``paths`` -> FeatureSet (bad files skipped).
+    """Run the backbone over ``root / p`` for p in ``paths``, each scene turned to
+    ``orientation`` (``dahash_index.orientations``) -> FeatureSet (bad files skipped).
 
     Decoding happens in ``workers`` background processes so it overlaps the forward pass.
     A file that cannot be decoded is reported on stderr in one line and left out.
     """
     loader = DataLoader(
-        _SceneFiles(root, paths),
+        _SceneFiles(root, paths, check_orientation(orientation)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -104,7 +109,8 @@ def extract_features(
     features = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     errors: dict[str, str] = {}
-    bar = tqdm(total=len(paths), unit="img", desc="features", disable=not progress)
+    desc = f"features, orientation {orientation}" if orientation else "features"
+    bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress)
     for batch in loader:
         good = [(i, x) for i, x, _ in batch if x is not None]
         for i, _, reason in batch:
@@ -127,29 +133,37 @@ def cached_features(
     data: ImageFolder,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    orientation: int = 0,
+    fingerprint: str | None = None,
 ) -> FeatureSet:
-    """Features for every scene of ``data``, from the cache when it matches, else extracted.
+    """Features for every scene of ``data`` in one orientation, from the cache when it
+    matches, else extracted. ``fingerprint`` (``dataset_fingerprint(data)``) saves re-hashing
+    the files when the caller asks for several orientations.
 
-    The cache file is named by backbone and dataset fingerprint and also stores both, so a
-    renamed or stale file is detected by its content, not its name.
+    The cache file is named by backbone, dataset fingerprint and orientation, and also stores
+    all three, so a renamed or stale file is detected by its content, not its name.
     """
+    orientation = check_orientation(orientation)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    fingerprint = dataset_fingerprint(data)
+    fingerprint = fingerprint or dataset_fingerprint(data)
     sha = backbone.spec.weights_sha256
-    path = cache_dir / f"{backbone.spec.name}-{sha[:12]}-{fingerprint[:16]}.npz"
+    suffix = f"-o{orientation}" if orientation else ""  # orientation 0 keeps its old name
+    path = cache_dir / f"{backbone.spec.name}-{sha[:12]}-{fingerprint[:16]}{suffix}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             if (
                 int(f["version"]) == CACHE_VERSION
                 and str(f["fingerprint"]) == fingerprint
                 and str(f["backbone_sha256"]) == sha
+                and int(f["orientation"] if "orientation" in f else 0) == orientation
             ):
                 reasons = f["error_reasons"].tolist()
                 errors = dict(zip(f["error_paths"].tolist(), reasons, strict=True))
                 return FeatureSet(f["features"], f["paths"].tolist(), errors)
         if progress:
             print(f"feature cache {path} does not match; rebuilding", file=sys.stderr)
-    result = extract_features(backbone, data.root, data.paths, progress=progress)
+    result = extract_features(backbone, data.root, data.paths, progress=progress,
+                              orientation=orientation)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
@@ -157,6 +171,7 @@ def cached_features(
         version=CACHE_VERSION,
         fingerprint=fingerprint,
         backbone_sha256=sha,
+        orientation=orientation,
         features=result.features,
         paths=np.asarray(result.paths, dtype=str),
         error_paths=np.asarray(list(result.errors), dtype=str),

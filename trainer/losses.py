@@ -152,3 +152,18 @@ class DAHashLoss(nn.Module):
             terms["bal"] = float(bal.detach())
         terms["total"] = float(total.detach())
         return total, terms
+
+
+class CentreLoss(nn.Module):
+    """L_centre = mean_i mean_k BCE(logits_ik, t_{y_i, k}) (METHOD.md section 6).
+
+    ``targets`` (n_classes, K) holds each class's target code in {0, 1}; logits (N, K) are
+    the hash layer's pre-Sigmoid outputs and labels (N,) index the rows of ``targets``.
+    """
+
+    def __init__(self, targets: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("targets", torch.as_tensor(targets, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits, self.targets[labels])

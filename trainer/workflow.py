@@ -11,9 +11,10 @@ from dahash_index.backbones import load_backbone
 from dahash_index.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.codes import hash_codes
 from trainer.data import ImageFolder, scan_image_folder, split_per_class
-from trainer.evaluate import VARIANTS, run_evaluation, score_codes, write_report
-from trainer.features import cached_features
-from trainer.train import TrainConfig, hash_outputs, preset, train_hash_net
+from trainer.evaluate import PROTOCOLS, VARIANTS, run_evaluation, scene_outputs, score_codes
+from trainer.features import cached_features, dataset_fingerprint
+from trainer.report import write_report
+from trainer.train import TrainConfig, preset, train_hash_net
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -47,10 +48,30 @@ def labelled_features(
     return backbone, data, features.features
 
 
-def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int) -> dict:
-    """mAP@20 / mAP@all (db order and tie-aware) of ``net`` on the seed's 60/40 split."""
+def oriented_features(backbone, data: ImageFolder, cache_dir: Path | None) -> np.ndarray:
+    """Features (8, N, C) float32 of every scene of ``data`` in its 8 orientations
+    (``dahash_index.orientations``), each orientation cached on its own."""
+    fingerprint = dataset_fingerprint(data)
+    stack = []
+    for k in range(8):
+        result = cached_features(backbone, data, cache_dir, orientation=k,
+                                 fingerprint=fingerprint)
+        if result.paths != data.paths:
+            raise ValueError(f"{data.root}: orientation {k} could not read every scene "
+                             f"({len(result.errors)} failed)")
+        stack.append(result.features)
+    return np.stack(stack)
+
+
+def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int,
+                 oriented: np.ndarray | None = None) -> dict:
+    """mAP@20 / mAP@all (db order and tie-aware) of ``net`` on the seed's 60/40 split.
+
+    features (N, C); oriented (8, N, C), needed when the net codes the mean of 8 orientations.
+    """
     train_idx, test_idx = split_per_class(data.labels, seed)
-    codes = hash_codes(hash_outputs(net, features))
+    codes = hash_codes(scene_outputs(net, features, oriented, np.arange(len(features)),
+                                     net.config.average_orientations))
     scores = score_codes(codes[train_idx], data.labels[train_idx], codes[test_idx],
                          data.labels[test_idx])
     return {k: scores[k] for k in ("map@20", "map@20_tie", "map@all", "map@all_tie")}
@@ -72,14 +93,34 @@ def train_command(
     backbone, data, features = labelled_features(data_dir, backbone_name, backbone_weights,
                                                  cache_dir)
     train_idx, _ = split_per_class(data.labels, seed)
-    net, log = train_hash_net(features[train_idx], data.labels[train_idx], config, seed)
-    scores = split_scores(net, features, data, seed)
-    sha = save_checkpoint(out, net, backbone.spec, data.classes, seed,
-                          config.to_dict() | {"preset": preset_name})
-    print(f"trained K={bits} in {log[-1]['seconds']:.1f}s on {len(train_idx)} scenes "
-          f"({len(data.classes)} classes); wrote {out} (sha256 {sha[:12]})")
+    train_features, oriented = features[train_idx], None
+    if config.orientations == 8 or config.average_orientations:
+        oriented = oriented_features(backbone, data, cache_dir)
+        if config.orientations == 8:
+            train_features = oriented[:, train_idx]
+    trained = train_hash_net(train_features, data.labels[train_idx], config, seed)
+    scores = split_scores(trained.net, features, data, seed, oriented)
+    sha = save_checkpoint(out, trained.net, backbone.spec, data.classes, seed,
+                          config.to_dict() | {"preset": preset_name}, trained.centre_codes)
+    print(f"trained K={bits} in {trained.log[-1]['seconds']:.1f}s on {len(train_idx)} scenes "
+          f"({len(data.classes)} classes, weights of step {trained.best_step}); wrote {out} "
+          f"(sha256 {sha[:12]})")
     print("test part: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     return scores
+
+
+CORE_VARIANTS = ["full", "attention: none", "MiLAN"]
+
+
+def _variant_names(text: str) -> list[str]:
+    """'all', 'core' or comma-separated names of ``VARIANTS``."""
+    if text in ("all", "core"):
+        return list(VARIANTS) if text == "all" else CORE_VARIANTS
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    return names
 
 
 def eval_command(
@@ -93,12 +134,15 @@ def eval_command(
     command: str,
     report: Path | None = None,
     jobs: int = 1,
+    protocols: tuple[str, ...] = ("standard", "novel"),
+    novel_variants: str | None = None,
 ) -> Path:
     """The full evaluation protocol; returns the report's path."""
-    names = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    names = _variant_names(variants)
+    novel_names = _variant_names(novel_variants) if novel_variants else names
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise ValueError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
     checkpoint = load_checkpoint(model) if model else None
     if checkpoint:
         config = dict(checkpoint.train_config)
@@ -108,15 +152,21 @@ def eval_command(
     else:
         base, backbone_name = preset("dahash"), "tf2015"
     backbone, data, features = labelled_features(data_dir, backbone_name, None, cache_dir)
+    configs = [VARIANTS[n](base) for n in set(names) | set(novel_names)]
+    oriented = None
+    if any(c.orientations == 8 or c.average_orientations for c in configs):
+        oriented = oriented_features(backbone, data, cache_dir)
     extra = ""
     if checkpoint:
         checkpoint.check_backbone(backbone.spec)
+        if checkpoint.net_config.average_orientations and oriented is None:
+            oriented = oriented_features(backbone, data, cache_dir)
         scores = split_scores(checkpoint.build_net(), features, data,
-                                      checkpoint.split_seed or 0)
+                              checkpoint.split_seed or 0, oriented)
         extra = (f"The checkpoint `{model}` itself (K = {checkpoint.net_config.bits}, split "
                  f"seed {checkpoint.split_seed}): "
                  + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + ".")
         print(extra)
-    results = run_evaluation(features, data.labels, base, bits_list, seeds, names,
-                             split_per_class, jobs=jobs)
+    results = run_evaluation(features, data.labels, base, bits_list, seeds, names, oriented,
+                             tuple(protocols), novel_names, jobs=jobs)
     return write_report(results, out, command, data_dir.name, base, seeds, extra, report)

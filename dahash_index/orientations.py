@@ -1,0 +1,29 @@
+"""The 8 orientations of a scene: the dihedral group D4 (4 rotations, each with or without a
+horizontal flip).
+
+Overhead scenes have no "up", so a scene turned by 90 degrees or mirrored is the same place.
+Orientation ``k`` in 0..7 is: flip left-right when ``k >= 4``, then rotate counter-clockwise
+by ``(k % 4) * 90`` degrees. Orientation 0 is the scene as stored. The transform acts on the
+backbone's input tensor (after decoding and resizing to 299 x 299 px), so a cached feature of
+orientation ``k`` is exactly ``backbone(orient(images, k))``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ORIENTATIONS = tuple(range(8))
+
+
+def check_orientation(k: int) -> int:
+    """k as an int in 0..7, or ValueError."""
+    if isinstance(k, bool) or int(k) != k or not 0 <= int(k) < len(ORIENTATIONS):
+        raise ValueError(f"orientation must be an integer in 0..7, got {k!r}")
+    return int(k)
+
+
+def orient(images: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, C, H, W) -> the same images in orientation k (H and W swap for odd rotations)."""
+    k = check_orientation(k)
+    x = images.flip(-1) if k >= 4 else images
+    return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
