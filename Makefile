@@ -29,7 +29,7 @@ lint: install
 demo: install
 	$(VENV)/bin/dahash-index train --data $(DATA) --bits 64 --out $(RUNS)/model.pt
 	$(VENV)/bin/dahash-index eval --data $(DATA) --model $(RUNS)/model.pt --bits 64 \
-		--seeds 0,1,2 --out $(RUNS)/eval
+		--seeds 0,1,2 --variants 'full,attention: none' --jobs 2 --out $(RUNS)/eval
 	rm -rf $(RUNS)/index  # the model was just retrained: an older index belongs to another model
 	$(VENV)/bin/dahash-index build --shards $(DATA) --index $(RUNS)/index --model $(RUNS)/model.pt
 	$(VENV)/bin/dahash-index info $(RUNS)/index

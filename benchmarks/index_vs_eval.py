@@ -32,12 +32,15 @@ def main() -> None:
     from dahash_index.indexer import build_index
     from trainer import metrics
     from trainer.data import split_per_class
-    from trainer.workflow import labelled_features, split_scores
+    from trainer.workflow import labelled_features, oriented_features, split_scores
 
     checkpoint = load_checkpoint(args.model)
     seed = checkpoint.split_seed or 0
-    _, data, features = labelled_features(args.data, checkpoint.backbone, None, None)
-    eval_scores = split_scores(checkpoint.build_net(), features, data, seed)
+    backbone, data, features = labelled_features(args.data, checkpoint.backbone, None, None)
+    oriented = None
+    if checkpoint.net_config.average_orientations:
+        oriented = oriented_features(backbone, data, None)
+    eval_scores = split_scores(checkpoint.build_net(), features, data, seed, oriented)
     train_idx, test_idx = split_per_class(data.labels, seed)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,8 +2,9 @@
 
     python benchmarks/train_time.py [--bits 64] [--seed 0] [--threads 2]
 
-Baseline: the goal of 120 s on this machine. Uses the UC Merced feature cache (built on
-first use) and the seed-0 60/40 split's train part (1260 scenes).
+Baseline: the goal of 60 s on this machine. Uses the UC Merced feature cache (built on
+first use; with the 8 orientations when the preset trains on them) and the seed-0 60/40
+split's train part (1260 scenes).
 """
 
 from __future__ import annotations
@@ -25,19 +26,24 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
+    from dahash_index.orientations import AUGMENTATION_SETS
     from trainer.data import split_per_class
     from trainer.train import preset, train_hash_net
-    from trainer.workflow import labelled_features
+    from trainer.workflow import labelled_features, oriented_features
 
-    _, data, features = labelled_features(UCMERCED, "tf2015", None, None)
+    backbone, data, features = labelled_features(UCMERCED, "tf2015", None, None)
     train_idx, _ = split_per_class(data.labels, args.seed)
     config = preset("dahash", bits=args.bits)
+    train_features = features[train_idx]
+    if config.orientations > 1:
+        sets = AUGMENTATION_SETS[config.orientations]
+        train_features = oriented_features(backbone, data, None, sets)[:, train_idx]
     start = time.perf_counter()
-    train_hash_net(features[train_idx], data.labels[train_idx], config, args.seed, progress=False)
+    train_hash_net(train_features, data.labels[train_idx], config, args.seed, progress=False)
     seconds = time.perf_counter() - start
     print(f"machine: {machine()}; torch threads {args.threads}; K={args.bits}, seed {args.seed}, "
           f"{len(train_idx)} train scenes, {config.steps} steps ({config.sampler})")
-    print(f"{'goal (baseline)':<28} {120.0:8.1f} s")
+    print(f"{'goal (baseline)':<28} {60.0:8.1f} s")
     print(f"{'train_hash_net (project)':<28} {seconds:8.1f} s")
 
 

@@ -115,6 +115,9 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
                    "held out of training, retrieval among them).")
 @click.option("--novel-variants", default=None,
               help="Variants for the novel-class protocol [default: --variants].")
+@click.option("--merge", is_flag=True,
+              help="Keep the results already in OUT (same dataset, seeds and config) and "
+                   "report both runs: e.g. ablations at one K, the core variants at others.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval"),
               show_default=True, help="Directory for results.json and the PR curves.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -123,8 +126,8 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
               help="Networks trained at once (worker processes sharing the cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Feature cache directory.")
-def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel_variants, out,
-             report, jobs, cache_dir):
+def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel_variants, merge,
+             out, report, jobs, cache_dir):
     """Reproduce the evaluation of METHOD.md sections 5 and 6 on DATA in one run.
 
     For each K and seed: the chosen variants (the full method, its ablations, the MiLAN
@@ -138,7 +141,7 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
         protocols = tuple(p.strip() for p in protocols_text.split(",") if p.strip())
         report = eval_command(data, model, _int_list(bits_text), _int_list(seeds_text),
                               variants, out, cache_dir, command, report, jobs, protocols,
-                              novel_variants)
+                              novel_variants, merge)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
     click.echo(f"wrote {report}")

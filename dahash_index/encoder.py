@@ -14,6 +14,7 @@ import torch
 from dahash_index.backbones import load_backbone
 from dahash_index.checkpoint import Checkpoint, load_checkpoint
 from dahash_index.codes import hash_codes
+from dahash_index.orientations import ORIENTATIONS, orient
 
 
 class SceneEncoder:
@@ -38,9 +39,16 @@ class SceneEncoder:
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) floats in [0, 255] -> (N, 2048) backbone features."""
+        """(N, 3, H, W) floats in [0, 255] -> (N, 2048) backbone features; for a model that
+        codes the mean of a scene's 8 orientations, that mean (8 backbone passes)."""
+        images = images.to(self.device)
         with self._lock:
-            return self.backbone(images.to(self.device))
+            if not self.checkpoint.net_config.average_orientations:
+                return self.backbone(images)
+            total = self.backbone(images)
+            for k in ORIENTATIONS[1:]:
+                total += self.backbone(orient(images, k))
+            return total / len(ORIENTATIONS)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import torch
 
 ORIENTATIONS = tuple(range(8))
+# Orientations a training scene is drawn in, by how many: identity; + left-right flip; the
+# Klein four-group (identity, 180 degrees, and both flips); the whole group. Each extra one
+# costs one more backbone pass per scene when features are extracted.
+AUGMENTATION_SETS = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: ORIENTATIONS}
 
 
 def check_orientation(k: int) -> int:

@@ -235,7 +235,7 @@ def test_early_stopping_keeps_the_best_scored_weights():
     ({"steps": "abc"}, "steps must be an integer"),
     ({"lr": 0}, "lr must be > 0"),
     ({"validation_fraction": 0.9}, "validation_fraction must be >= 0.0 and <= 0.5"),
-    ({"orientations": 4}, "orientations must be 1 or 8"),
+    ({"orientations": 3}, "orientations must be one of"),
     ({"schedule": "step"}, "schedule must be one of"),
 ])
 def test_bad_training_options_refused_in_one_line(override, message):
@@ -312,3 +312,34 @@ def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, c
     assert "does not match; rebuilding" in capsys.readouterr().err
     assert torch.allclose(torch.from_numpy(rebuilt.features), backbone(orient(images, 5)),
                           atol=1e-4)
+
+
+def test_milan_variant_trains_for_its_published_length():
+    from trainer.evaluate import VARIANTS
+
+    milan = VARIANTS["MiLAN"](preset("dahash", steps=20, bits=32))
+    assert milan.steps == 10_000 and milan.bits == 32 and milan.head == "milan"
+    assert (milan.lr, milan.beta1, milan.beta2, milan.triplets) == (1e-4, 0.5, 0.9, 30)
+
+
+def test_report_merge_keeps_earlier_runs(tmp_path):
+    import json
+
+    from trainer.report import merge_previous
+
+    base = preset("dahash")
+    run = {"map@20": 0.5}
+    first = {"standard": {"lda": [run], "64": {"full": [run], "MiLAN": [run]}}}
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"commands": ["eval a"], "dataset": "d", "seeds": [0], "config": base.to_dict(),
+         "results": first}))
+    newer = {"map@20": 0.7}
+    second = {"standard": {"lda": [run], "16": {"full": [newer]}, "64": {"full": [newer]}},
+              "novel": {"lda": [run], "16": {"full": [newer]}}}
+    merged, commands = merge_previous(second, tmp_path, "eval b", "d", base, [0])
+    assert commands == ["eval a", "eval b"]
+    assert list(merged["standard"]) == ["lda", "16", "64"]
+    assert merged["standard"]["64"] == {"full": [newer], "MiLAN": [run]}
+    assert merged["novel"]["16"] == {"full": [newer]}
+    with pytest.raises(ValueError, match="another dataset, seeds or full-method config"):
+        merge_previous(second, tmp_path, "eval c", "d", base, [0, 1])

@@ -25,6 +25,7 @@ import torch
 
 import indexes
 from dahash_index.codes import hash_codes
+from dahash_index.orientations import AUGMENTATION_SETS
 from trainer import lda, metrics
 from trainer.data import novel_class_split, split_per_class
 from trainer.train import TrainConfig, hash_outputs, preset, train_hash_net
@@ -46,6 +47,7 @@ VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "centre term γ = 1": lambda c: replace(c, centre_weight=1.0),
     "no standardisation": lambda c: replace(c, standardize=False),
     "no dropout": lambda c: replace(c, dropout=0.0, input_dropout=0.0),
+    "orientation augmentation (2)": lambda c: replace(c, orientations=2),
     "orientation augmentation (8)": lambda c: replace(c, orientations=8),
     "no orientation augmentation": lambda c: replace(c, orientations=1),
     "query: mean of 8 orientations": lambda c: replace(c, average_orientations=True),
@@ -170,10 +172,10 @@ def train_and_score(
     features (N, C) float32; oriented (8, N, C) float32 or None (needed by configs that train
     on or average the 8 orientations).
     """
-    if config.orientations == 8:
+    if config.orientations > 1:
         if oriented is None:
             raise ValueError("orientation augmentation needs oriented features")
-        fit_features = oriented[:, fit_idx]
+        fit_features = oriented[list(AUGMENTATION_SETS[config.orientations])][:, fit_idx]
     else:
         fit_features = features[fit_idx]
     start = time.perf_counter()

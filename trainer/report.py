@@ -64,10 +64,37 @@ def _table(results: dict, bits: str, precision: bool) -> list[str]:
     return lines
 
 
+def merge_previous(results: dict, out_dir: Path, command: str, dataset: str,
+                   base: TrainConfig, seeds: list[int]) -> tuple[dict, list[str]]:
+    """``results`` merged over those of ``out_dir/results.json`` (same dataset, seeds and
+    full-method config, else ValueError), and the commands of both runs, oldest first. A
+    variant measured again at the same protocol and K replaces the older measurement."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return results, [command]
+    old = json.loads(path.read_text())
+    if (old["dataset"], old["seeds"], old["config"]) != (dataset, seeds, base.to_dict()):
+        raise ValueError(f"{path}: another dataset, seeds or full-method config; write to "
+                         "another --out or drop --merge")
+    merged = old["results"]
+    for protocol, by_bits in results.items():
+        for key, value in by_bits.items():
+            if key == "lda":
+                merged.setdefault(protocol, {})["lda"] = value
+            else:
+                merged.setdefault(protocol, {}).setdefault(key, {}).update(value)
+    for by_bits in merged.values():  # K in ascending order, LDA first
+        ordered = dict(sorted(by_bits.items(), key=lambda kv: -1 if kv[0] == "lda"
+                              else int(kv[0])))
+        by_bits.clear()
+        by_bits.update(ordered)
+    return merged, old.get("commands", [old.get("command")]) + [command]
+
+
 def write_report(
     results: dict,
     out_dir: Path,
-    command: str,
+    commands: list[str],
     dataset: str,
     base: TrainConfig,
     seeds: list[int],
@@ -85,7 +112,8 @@ def write_report(
     lines = [
         f"# Retrieval evaluation: {dataset}",
         "",
-        f"Command: `{command}`",
+        "Command" + ("s (merged with `--merge`)" if len(commands) > 1 else "") + ": "
+        + ", ".join(f"`{c}`" for c in commands),
         "",
         f"Seeds {seeds} (each fixes the per-class 60/40 split, the initialisation and, in the "
         "novel-class protocol, the held-out classes); every figure is mean ± sample std over "
@@ -132,6 +160,6 @@ def write_report(
             lines += [f"### K = {bits}", ""] + _table(novel, bits, precision=False) + [""]
     report.write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(
-        {"command": command, "dataset": dataset, "seeds": seeds, "config": base.to_dict(),
+        {"commands": commands, "dataset": dataset, "seeds": seeds, "config": base.to_dict(),
          "results": results}, indent=1))
     return report

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from dahash_index.codes import check_bits, hash_codes
 from dahash_index.network import HashNet, NetConfig
+from dahash_index.orientations import AUGMENTATION_SETS
 from trainer import metrics
 from trainer.centres import centre_codes
 from trainer.data import split_per_class
@@ -63,7 +64,9 @@ class TrainConfig:
     triplets: int = 30  # M, for the random sampler
     classes_per_batch: int = 8  # P, for online mining
     per_class: int = 8  # S, for online mining
-    orientations: int = 1  # 8: each training scene drawn in a random one of its 8 orientations
+    # 2, 4, 8: each training scene drawn in a random one of that many orientations
+    # (dahash_index.orientations.AUGMENTATION_SETS); 1: as stored
+    orientations: int = 1
     # optimisation (Adam)
     lr: float = 1e-4
     beta1: float = 0.9
@@ -101,8 +104,9 @@ class TrainConfig:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.orientations not in (1, 8):
-            raise ValueError(f"orientations must be 1 or 8, got {self.orientations!r}")
+        if self.orientations not in AUGMENTATION_SETS:
+            raise ValueError(f"orientations must be one of {sorted(AUGMENTATION_SETS)}, "
+                             f"got {self.orientations!r}")
         _check_number("steps", self.steps, 1, integer=True)
         _check_number("eval_every", self.eval_every, 1, integer=True)
         _check_number("lr", self.lr, 0.0, open_low=True)
@@ -187,8 +191,8 @@ def train_hash_net(
     progress: bool = True,
 ) -> TrainedNet:
     """Train on features (N, C) float32 with labels (N,) int (class ids, not necessarily
-    contiguous). With ``config.orientations == 8``, features are (8, N, C): every scene in
-    its 8 orientations (``dahash_index.orientations``), orientation 0 first.
+    contiguous). With ``config.orientations`` = O > 1, features are (O, N, C): every scene
+    in the orientations ``AUGMENTATION_SETS[O]`` (``dahash_index.orientations``), in order.
     """
     config.validate()
     torch.manual_seed(seed)

@@ -99,7 +99,7 @@ def main() -> None:
         start_config = replace(start_config, steps=args.steps)
     candidates = args.candidates or CANDIDATES
     configs = [replace(start_config, **overrides).validate() for overrides in candidates]
-    needs_oriented = any(c.orientations == 8 or c.average_orientations for c in configs)
+    needs_oriented = any(c.orientations > 1 or c.average_orientations for c in configs)
     oriented = oriented_features(backbone, data, None) if needs_oriented else None
     labels = data.labels
     parts = {seed: validation_parts(labels, seed) for seed in seeds}

@@ -10,10 +10,11 @@ import numpy as np
 from dahash_index.backbones import load_backbone
 from dahash_index.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.codes import hash_codes
+from dahash_index.orientations import AUGMENTATION_SETS, ORIENTATIONS
 from trainer.data import ImageFolder, scan_image_folder, split_per_class
 from trainer.evaluate import PROTOCOLS, VARIANTS, run_evaluation, scene_outputs, score_codes
 from trainer.features import cached_features, dataset_fingerprint
-from trainer.report import write_report
+from trainer.report import merge_previous, write_report
 from trainer.train import TrainConfig, preset, train_hash_net
 
 
@@ -48,12 +49,13 @@ def labelled_features(
     return backbone, data, features.features
 
 
-def oriented_features(backbone, data: ImageFolder, cache_dir: Path | None) -> np.ndarray:
-    """Features (8, N, C) float32 of every scene of ``data`` in its 8 orientations
-    (``dahash_index.orientations``), each orientation cached on its own."""
+def oriented_features(backbone, data: ImageFolder, cache_dir: Path | None,
+                      orientations: tuple[int, ...] = ORIENTATIONS) -> np.ndarray:
+    """Features (len(orientations), N, C) float32 of every scene of ``data`` in each of
+    ``orientations`` (``dahash_index.orientations``), each orientation cached on its own."""
     fingerprint = dataset_fingerprint(data)
     stack = []
-    for k in range(8):
+    for k in orientations:
         result = cached_features(backbone, data, cache_dir, orientation=k,
                                  fingerprint=fingerprint)
         if result.paths != data.paths:
@@ -94,10 +96,11 @@ def train_command(
                                                  cache_dir)
     train_idx, _ = split_per_class(data.labels, seed)
     train_features, oriented = features[train_idx], None
-    if config.orientations == 8 or config.average_orientations:
+    if config.average_orientations:
         oriented = oriented_features(backbone, data, cache_dir)
-        if config.orientations == 8:
-            train_features = oriented[:, train_idx]
+    if config.orientations > 1:
+        train_features = oriented_features(backbone, data, cache_dir,
+                                           AUGMENTATION_SETS[config.orientations])[:, train_idx]
     trained = train_hash_net(train_features, data.labels[train_idx], config, seed)
     scores = split_scores(trained.net, features, data, seed, oriented)
     sha = save_checkpoint(out, trained.net, backbone.spec, data.classes, seed,
@@ -136,8 +139,10 @@ def eval_command(
     jobs: int = 1,
     protocols: tuple[str, ...] = ("standard", "novel"),
     novel_variants: str | None = None,
+    merge: bool = False,
 ) -> Path:
-    """The full evaluation protocol; returns the report's path."""
+    """The full evaluation protocol; returns the report's path. With ``merge``, the results
+    already in ``out`` (same dataset, seeds and config) are kept and reported too."""
     names = _variant_names(variants)
     novel_names = _variant_names(novel_variants) if novel_variants else names
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -154,7 +159,7 @@ def eval_command(
     backbone, data, features = labelled_features(data_dir, backbone_name, None, cache_dir)
     configs = [VARIANTS[n](base) for n in set(names) | set(novel_names)]
     oriented = None
-    if any(c.orientations == 8 or c.average_orientations for c in configs):
+    if any(c.orientations > 1 or c.average_orientations for c in configs):
         oriented = oriented_features(backbone, data, cache_dir)
     extra = ""
     if checkpoint:
@@ -169,4 +174,7 @@ def eval_command(
         print(extra)
     results = run_evaluation(features, data.labels, base, bits_list, seeds, names, oriented,
                              tuple(protocols), novel_names, jobs=jobs)
-    return write_report(results, out, command, data_dir.name, base, seeds, extra, report)
+    commands = [command]
+    if merge:
+        results, commands = merge_previous(results, out, command, data_dir.name, base, seeds)
+    return write_report(results, out, commands, data_dir.name, base, seeds, extra, report)
