@@ -343,3 +343,34 @@ def test_report_merge_keeps_earlier_runs(tmp_path):
     assert merged["novel"]["16"] == {"full": [newer]}
     with pytest.raises(ValueError, match="another dataset, seeds or full-method config"):
         merge_previous(second, tmp_path, "eval c", "d", base, [0, 1])
+
+
+# --- the encoder applies what the trainer learned -------------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
+@pytest.mark.parametrize("average", [False, True])
+def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
+    """Standardisation (and orientation averaging) in the SceneEncoder, the path of build and
+    query, give the codes the trainer's evaluation computes from backbone features."""
+    from dahash_index.backbones import image_to_tensor
+    from dahash_index.encoder import SceneEncoder
+    from dahash_index.images import decode_scene
+    from trainer.evaluate import scene_outputs
+
+    paths = [sorted((UCMERCED / c).iterdir())[0] for c in ("beach", "forest", "harbor")]
+    images = torch.stack([image_to_tensor(decode_scene(p.read_bytes(), p.name)[0])
+                          for p in paths])
+    rng = np.random.default_rng(0)
+    train = rng.normal(0.3, 0.2, (30, 2048)).clip(0).astype(np.float32)
+    config = TrainConfig(bits=16, sampler="semi-hard", classes_per_batch=3, per_class=4,
+                         steps=3, standardize=True, average_orientations=average)
+    trained = train_hash_net(train, np.repeat(np.arange(3), 10), config, progress=False)
+    save_checkpoint(tmp_path / "m.pt", trained.net, tf2015_spec, ["a", "b", "c"], 0,
+                    config.to_dict())
+    encoder = SceneEncoder.from_path(tmp_path / "m.pt", device="cpu")
+    oriented = torch.stack([encoder.backbone(orient(images, k)) for k in range(8)]).numpy()
+    expected = hash_codes(scene_outputs(trained.net, oriented[0], oriented, np.arange(3),
+                                        average))
+    assert (encoder.encode(images) == expected).all()

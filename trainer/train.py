@@ -183,20 +183,29 @@ def _validation_score(net: HashNet, x_fit, y_fit, x_val, y_val) -> float:
     return metrics.mean_average_precision(y_val, y_fit, ids, d, tie_aware=True)
 
 
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def train_hash_net(
     features: np.ndarray,
     labels: np.ndarray,
     config: TrainConfig,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> TrainedNet:
     """Train on features (N, C) float32 with labels (N,) int (class ids, not necessarily
     contiguous). With ``config.orientations`` = O > 1, features are (O, N, C): every scene
     in the orientations ``AUGMENTATION_SETS[O]`` (``dahash_index.orientations``), in order.
+    Trains on ``device`` (default: the GPU when there is one); the returned net is on the CPU.
+    Batches are sampled on the CPU with seeded generators, so the draws do not depend on it.
     """
     config.validate()
+    device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    x = torch.as_tensor(features, dtype=torch.float32)
+    x = torch.as_tensor(features, dtype=torch.float32, device=device)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[0] != config.orientations or x.shape[1] != len(labels):
@@ -207,16 +216,16 @@ def train_hash_net(
     val = None
     if config.validation_fraction > 0:
         fit, val = split_per_class(labels, seed + 10_000, 1.0 - config.validation_fraction)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    net = HashNet(replace(config.net_config(), in_features=x.shape[2]))
+    y = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    net = HashNet(replace(config.net_config(), in_features=x.shape[2])).to(device)
     if config.standardize:
-        net.set_standardization(x[:, fit].reshape(-1, x.shape[2]))
+        net.set_standardization(x[:, torch.from_numpy(fit).to(device)].reshape(-1, x.shape[2]))
     loss_fn = make_loss(config)
     targets = None
     centre_fn = None
     if config.centre_weight:
         targets = centre_codes(int(labels.max()) + 1, config.bits, seed)
-        centre_fn = CentreLoss(torch.from_numpy(targets))
+        centre_fn = CentreLoss(torch.from_numpy(targets)).to(device)
     optimiser = torch.optim.AdamW(
         net.parameters(),
         lr=config.lr,
@@ -238,8 +247,9 @@ def train_hash_net(
     def batch_features(index: torch.Tensor) -> torch.Tensor:
         rows = fit_t[index]
         if x.shape[0] == 1:
-            return x[0, rows]
-        return x[torch.randint(x.shape[0], (len(rows),), generator=orientation_rng), rows]
+            return x[0, rows.to(device)]
+        turn = torch.randint(x.shape[0], (len(rows),), generator=orientation_rng)
+        return x[turn.to(device), rows.to(device)]
 
     net.train()
     log: list[dict[str, float]] = []
@@ -259,13 +269,13 @@ def train_hash_net(
             logits = net.logits(batch_features(batch))
             h = torch.sigmoid(logits)
             if config.sampler == "batch-all":
-                triplets = batch_all_triplets(y[fit_t[batch]])
+                triplets = batch_all_triplets(y[fit_t[batch].to(device)])
             else:
-                triplets = semi_hard_triplets(h.detach(), y[fit_t[batch]])
+                triplets = semi_hard_triplets(h.detach(), y[fit_t[batch].to(device)])
             h_a, h_p, h_n = h[triplets[:, 0]], h[triplets[:, 1]], h[triplets[:, 2]]
         loss, terms = loss_fn(h_a, h_p, h_n)
         if centre_fn is not None:
-            centre = centre_fn(logits, y[fit_t[batch]])
+            centre = centre_fn(logits, y[fit_t[batch].to(device)])
             loss = loss + config.centre_weight * centre
             terms["centre"] = float(centre.detach())
             terms["total"] = float(loss.detach())
@@ -279,7 +289,8 @@ def train_hash_net(
             mean = {k: float(np.mean([t[k] for t in window])) for k in window[0]}
             mean["step"] = step + 1
             if val is not None:
-                score = _validation_score(net, x[0, fit], labels[fit], x[0, val], labels[val])
+                score = _validation_score(net, x[0, torch.from_numpy(fit).to(device)], labels[fit],
+                                          x[0, torch.from_numpy(val).to(device)], labels[val])
                 net.train()
                 mean["val"] = score
                 if score > best[0]:
@@ -291,12 +302,14 @@ def train_hash_net(
             bar.set_postfix(shown)
     if best[2] is not None:
         net.load_state_dict(best[2])
-    return TrainedNet(net.eval(), log, targets, best[1])
+    return TrainedNet(net.eval().cpu(), log, targets, best[1])
 
 
 @torch.no_grad()
 def hash_outputs(net: HashNet, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Hash-layer outputs h (N, K) float32 for features (N, C) float32, in eval mode."""
+    """Hash-layer outputs h (N, K) float32 for features (N, C) float32 (array or tensor),
+    in eval mode, computed on the net's device."""
     net.eval()
-    x = torch.as_tensor(features, dtype=torch.float32)
-    return torch.cat([net(chunk) for chunk in x.split(batch_size)]).numpy()
+    device = next(net.parameters()).device
+    x = torch.as_tensor(features, dtype=torch.float32, device=device)
+    return torch.cat([net(chunk) for chunk in x.split(batch_size)]).cpu().numpy()

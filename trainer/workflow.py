@@ -15,7 +15,7 @@ from trainer.data import ImageFolder, scan_image_folder, split_per_class
 from trainer.evaluate import PROTOCOLS, VARIANTS, run_evaluation, scene_outputs, score_codes
 from trainer.features import cached_features, dataset_fingerprint
 from trainer.report import merge_previous, write_report
-from trainer.train import TrainConfig, preset, train_hash_net
+from trainer.train import TrainConfig, default_device, preset, train_hash_net
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -38,7 +38,8 @@ def labelled_features(
 ):
     """(backbone, dataset restricted to readable scenes, features (N, 2048) float32)."""
     data = scan_image_folder(data_dir)
-    backbone = load_backbone(backbone_name, backbone_weights)
+    # Extraction runs where the backbone is: the GPU when there is one.
+    backbone = load_backbone(backbone_name, backbone_weights).to(default_device())
     features = cached_features(backbone, data, cache_dir)
     if features.errors:
         print(f"{len(features.errors)} unreadable scene(s) left out", flush=True)
