@@ -179,3 +179,28 @@ def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
     assert len(results["standard"]["16"]["full"]) == 2  # one entry per seed
     assert len(results["novel"]["8"]["full"]) == 2
     assert results["standard"]["16"]["full"][0]["distinct_codes"] >= 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bits", "12"], "K must be a positive multiple of 8"),
+    (["--variants", "full,nonsense"], "unknown variant(s) ['nonsense']"),
+    (["--protocols", "standard,other"], "unknown protocol(s) ['other']"),
+])
+def test_bad_eval_arguments_refused_before_any_work(tmp_path, extra, message):
+    # The data folder does not even exist: the arguments are checked before anything loads.
+    result = CliRunner().invoke(main, [
+        "eval", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "e"), *extra])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output.strip().splitlines()[-1]
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("steps=0", "steps must be >= 1"),
+    ("steps=abc", "steps must be an integer, got 'abc'"),
+])
+def test_bad_training_setting_leaves_the_model_file_alone(tmp_path, setting, message):
+    data = _tiny_dataset(tmp_path / "d", {"a": 2, "b": 2})
+    (tmp_path / "m.pt").write_bytes(b"an older model")
+    assert message in _train_error(tmp_path, data, "--set", setting)
+    assert (tmp_path / "m.pt").read_bytes() == b"an older model"

@@ -9,7 +9,7 @@ import numpy as np
 
 from dahash_index.backbones import load_backbone
 from dahash_index.checkpoint import load_checkpoint, save_checkpoint
-from dahash_index.codes import hash_codes
+from dahash_index.codes import check_bits, hash_codes
 from dahash_index.orientations import AUGMENTATION_SETS, ORIENTATIONS
 from trainer.data import ImageFolder, scan_image_folder, split_per_class
 from trainer.evaluate import PROTOCOLS, VARIANTS, run_evaluation, scene_outputs, score_codes
@@ -146,6 +146,10 @@ def eval_command(
     already in ``out`` (same dataset, seeds and config) are kept and reported too."""
     names = _variant_names(variants)
     novel_names = _variant_names(novel_variants) if novel_variants else names
+    for bits in bits_list:  # before minutes of loading and training
+        check_bits(bits)
+    if not bits_list or not seeds:
+        raise ValueError("--bits and --seeds each need at least one value")
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         raise ValueError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
