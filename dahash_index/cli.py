@@ -69,7 +69,11 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the per-class 60/40 split and of the initialisation.")
 @click.option("--preset", "preset_name", default="dahash", show_default=True,
-              type=click.Choice(["dahash", "milan"]), help="Shipped configuration to start from.")
+              type=click.Choice(["dahash", "dahash-d4", "milan"]),
+              help="Shipped configuration to start from: dahash (the default), dahash-d4 (also "
+                   "trains on all 8 flips and rotations and codes every scene as the mean of "
+                   "its 8 orientations: 8x the backbone work, at build and query time too), "
+                   "milan (the MiLAN baseline).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one training option, e.g. --set steps=3000 --set attention=single.")
 @click.option("--backbone", default="tf2015", show_default=True,

@@ -4,6 +4,7 @@ standardisation, orientations, the novel-class split, early stopping, and old ch
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +375,17 @@ def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
     expected = hash_codes(scene_outputs(trained.net, oriented[0], oriented, np.arange(3),
                                         average))
     assert (encoder.encode(images) == expected).all()
+
+
+def test_presets_are_listed_from_the_shipped_files():
+    from dahash_index.cli import train
+    from trainer.train import list_presets
+
+    assert list_presets() == ["dahash", "dahash-d4", "milan"]
+    choices = next(p for p in train.params if p.name == "preset_name").type.choices
+    assert sorted(choices) == list_presets()
+    d4 = preset("dahash-d4")
+    assert d4.orientations == 8 and d4.average_orientations
+    assert d4 == replace(preset("dahash"), orientations=8, average_orientations=True)
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        preset("nope")

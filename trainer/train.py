@@ -132,8 +132,17 @@ def _check_number(name: str, value, low: float, high: float | None = None,
                          + f", got {value!r}")
 
 
+def list_presets() -> list[str]:
+    """Names of the shipped configurations: the files ``trainer/defaults/NAME.json``."""
+    folder = resources.files("trainer").joinpath("defaults")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
 def preset(name: str = "dahash", **overrides) -> TrainConfig:
-    """A shipped, versioned configuration ('dahash' or 'milan') with optional overrides."""
+    """A shipped, versioned configuration (one of ``list_presets()``) with optional
+    overrides."""
+    if name not in list_presets():
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(list_presets())}")
     text = resources.files("trainer").joinpath("defaults", f"{name}.json").read_text()
     values = json.loads(text)
     values.pop("_comment", None)
