@@ -30,6 +30,7 @@ def main() -> None:
     from dahash_index.api import SceneIndex
     from dahash_index.checkpoint import load_checkpoint
     from dahash_index.indexer import build_index
+    from dahash_index.orientations import ORIENTATIONS
     from trainer import metrics
     from trainer.data import split_per_class
     from trainer.workflow import labelled_features, oriented_features, split_scores
@@ -39,7 +40,7 @@ def main() -> None:
     backbone, data, features = labelled_features(args.data, checkpoint.backbone, None, None)
     oriented = None
     if checkpoint.net_config.average_orientations:
-        oriented = oriented_features(backbone, data, None)
+        oriented = oriented_features(backbone, data, None, ORIENTATIONS)
     eval_scores = split_scores(checkpoint.build_net(), features, data, seed, oriented)
     train_idx, test_idx = split_per_class(data.labels, seed)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from _common import UCMERCED, machine
 
@@ -37,7 +38,8 @@ def main() -> None:
     train_features = features[train_idx]
     if config.orientations > 1:
         sets = AUGMENTATION_SETS[config.orientations]
-        train_features = oriented_features(backbone, data, None, sets)[:, train_idx]
+        oriented = oriented_features(backbone, data, None, sets) | {0: features}
+        train_features = np.stack([oriented[k][train_idx] for k in sets])
     start = time.perf_counter()
     train_hash_net(train_features, data.labels[train_idx], config, args.seed, progress=False)
     seconds = time.perf_counter() - start

@@ -371,7 +371,7 @@ def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
     save_checkpoint(tmp_path / "m.pt", trained.net, tf2015_spec, ["a", "b", "c"], 0,
                     config.to_dict())
     encoder = SceneEncoder.from_path(tmp_path / "m.pt", device="cpu")
-    oriented = torch.stack([encoder.backbone(orient(images, k)) for k in range(8)]).numpy()
+    oriented = {k: encoder.backbone(orient(images, k)).numpy() for k in range(8)}
     expected = hash_codes(scene_outputs(trained.net, oriented[0], oriented, np.arange(3),
                                         average))
     assert (encoder.encode(images) == expected).all()
@@ -389,3 +389,13 @@ def test_presets_are_listed_from_the_shipped_files():
     assert d4 == replace(preset("dahash"), orientations=8, average_orientations=True)
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         preset("nope")
+
+
+def test_only_the_needed_orientations_are_extracted():
+    from trainer.evaluate import needed_orientations
+
+    base = TrainConfig()
+    assert needed_orientations([base]) == ()
+    assert needed_orientations([replace(base, orientations=2)]) == (4,)
+    assert needed_orientations([replace(base, orientations=4), base]) == (2, 4, 6)
+    assert needed_orientations([replace(base, average_orientations=True)]) == tuple(range(1, 8))

@@ -25,7 +25,7 @@ import torch
 
 import indexes
 from dahash_index.codes import hash_codes
-from dahash_index.orientations import AUGMENTATION_SETS
+from dahash_index.orientations import AUGMENTATION_SETS, ORIENTATIONS
 from trainer import lda, metrics
 from trainer.data import novel_class_split, split_per_class
 from trainer.train import TrainConfig, hash_outputs, preset, train_hash_net
@@ -145,21 +145,39 @@ def score_lda(
     }
 
 
-def scene_outputs(net, features: np.ndarray, oriented: np.ndarray | None, index: np.ndarray,
+def needed_orientations(configs: list[TrainConfig]) -> tuple[int, ...]:
+    """The orientations whose features ``configs`` need beyond orientation 0: those they
+    train on, and all 8 for a model that codes a scene as their mean."""
+    needed: set[int] = set()
+    for config in configs:
+        needed.update(AUGMENTATION_SETS[config.orientations])
+        if config.average_orientations:
+            needed.update(ORIENTATIONS)
+    return tuple(sorted(needed - {0}))
+
+
+def _oriented(features: np.ndarray, oriented: dict | None, k: int) -> np.ndarray:
+    if k == 0:
+        return features
+    if oriented is None or k not in oriented:
+        raise ValueError(f"this config needs the features of orientation {k}")
+    return oriented[k]
+
+
+def scene_outputs(net, features: np.ndarray, oriented: dict | None, index: np.ndarray,
                   average_orientations: bool) -> np.ndarray:
     """Hash outputs (len(index), K) of the scenes ``index``: from their features (N, C), or
-    from the mean over their 8 orientations (``oriented`` (8, N, C)) when the model codes a
-    scene that way."""
+    from the mean over their 8 orientations (``oriented``: orientation -> (N, C)) when the
+    model codes a scene that way."""
     if average_orientations:
-        if oriented is None:
-            raise ValueError("a model that averages 8 orientations needs oriented features")
-        return hash_outputs(net, oriented[:, index].mean(axis=0))
+        return hash_outputs(net, np.mean([_oriented(features, oriented, k)[index]
+                                          for k in ORIENTATIONS], axis=0))
     return hash_outputs(net, features[index])
 
 
 def train_and_score(
     features: np.ndarray,
-    oriented: np.ndarray | None,
+    oriented: dict | None,
     labels: np.ndarray,
     fit_idx: np.ndarray,
     db_idx: np.ndarray,
@@ -170,13 +188,12 @@ def train_and_score(
     """Train one network on ``fit_idx`` and score the codes of ``query_idx`` against those of
     ``db_idx`` (the standard protocol: fit = db = the train part, queries = the test part).
 
-    features (N, C) float32; oriented (8, N, C) float32 or None (needed by configs that train
-    on or average the 8 orientations).
+    features (N, C) float32; oriented: orientation -> (N, C) float32 features, or None (needed
+    by configs that train on or average other orientations: ``needed_orientations``).
     """
     if config.orientations > 1:
-        if oriented is None:
-            raise ValueError("orientation augmentation needs oriented features")
-        fit_features = oriented[list(AUGMENTATION_SETS[config.orientations])][:, fit_idx]
+        fit_features = np.stack([_oriented(features, oriented, k)[fit_idx]
+                                 for k in AUGMENTATION_SETS[config.orientations]])
     else:
         fit_features = features[fit_idx]
     start = time.perf_counter()
@@ -197,7 +214,7 @@ def train_and_score(
 _WORKER_DATA: dict = {}
 
 
-def _init_worker(features: np.ndarray, oriented: np.ndarray | None, labels: np.ndarray,
+def _init_worker(features: np.ndarray, oriented: dict | None, labels: np.ndarray,
                  threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER_DATA.update(features=features, oriented=oriented, labels=labels)
@@ -235,7 +252,7 @@ def run_evaluation(
     bits_list: list[int],
     seeds: list[int],
     variants: list[str],
-    oriented: np.ndarray | None = None,
+    oriented: dict | None = None,
     protocols: tuple[str, ...] = ("standard",),
     novel_variants: list[str] | None = None,
     log: Callable[[str], None] = print,
@@ -244,7 +261,7 @@ def run_evaluation(
     """results[protocol][str(K)][variant] = list of per-seed score dicts, and
     results[protocol]["lda"] the LDA reference per seed.
 
-    features (N, C) float32; oriented (8, N, C) float32 or None. ``novel_variants`` (default
+    features (N, C) float32; oriented: orientation -> (N, C) or None. ``novel_variants`` (default
     ``variants``) are the variants run under the novel-class protocol. jobs > 1 trains that
     many networks at once in worker processes, sharing the machine's cores between them
     (small networks use many cores poorly); results do not depend on it.

@@ -31,7 +31,7 @@ import torch
 
 from dahash_index import runtime
 from trainer.data import novel_class_split, split_per_class
-from trainer.evaluate import score_lda, train_and_score
+from trainer.evaluate import needed_orientations, score_lda, train_and_score
 from trainer.train import TrainConfig, preset
 from trainer.workflow import labelled_features, oriented_features
 
@@ -99,8 +99,7 @@ def main() -> None:
         start_config = replace(start_config, steps=args.steps)
     candidates = args.candidates or CANDIDATES
     configs = [replace(start_config, **overrides).validate() for overrides in candidates]
-    needs_oriented = any(c.orientations > 1 or c.average_orientations for c in configs)
-    oriented = oriented_features(backbone, data, None) if needs_oriented else None
+    oriented = oriented_features(backbone, data, None, needed_orientations(configs))
     labels = data.labels
     parts = {seed: validation_parts(labels, seed) for seed in seeds}
 

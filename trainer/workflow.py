@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,16 @@ import numpy as np
 from dahash_index.backbones import load_backbone
 from dahash_index.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.codes import check_bits, hash_codes
-from dahash_index.orientations import AUGMENTATION_SETS, ORIENTATIONS
+from dahash_index.orientations import AUGMENTATION_SETS
 from trainer.data import ImageFolder, scan_image_folder, split_per_class
-from trainer.evaluate import PROTOCOLS, VARIANTS, run_evaluation, scene_outputs, score_codes
+from trainer.evaluate import (
+    PROTOCOLS,
+    VARIANTS,
+    needed_orientations,
+    run_evaluation,
+    scene_outputs,
+    score_codes,
+)
 from trainer.features import cached_features, dataset_fingerprint
 from trainer.report import merge_previous, write_report
 from trainer.train import TrainConfig, default_device, preset, train_hash_net
@@ -51,26 +59,30 @@ def labelled_features(
 
 
 def oriented_features(backbone, data: ImageFolder, cache_dir: Path | None,
-                      orientations: tuple[int, ...] = ORIENTATIONS) -> np.ndarray:
-    """Features (len(orientations), N, C) float32 of every scene of ``data`` in each of
-    ``orientations`` (``dahash_index.orientations``), each orientation cached on its own."""
+                      orientations: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """{k: features (N, C) float32} of every scene of ``data`` turned to orientation k, for k
+    in ``orientations`` (``dahash_index.orientations``); each orientation is cached on its
+    own and extracted only when its cache is missing."""
+    if not orientations:
+        return {}
     fingerprint = dataset_fingerprint(data)
-    stack = []
+    found = {}
     for k in orientations:
         result = cached_features(backbone, data, cache_dir, orientation=k,
                                  fingerprint=fingerprint)
         if result.paths != data.paths:
             raise ValueError(f"{data.root}: orientation {k} could not read every scene "
                              f"({len(result.errors)} failed)")
-        stack.append(result.features)
-    return np.stack(stack)
+        found[k] = result.features
+    return found
 
 
 def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int,
-                 oriented: np.ndarray | None = None) -> dict:
+                 oriented: dict | None = None) -> dict:
     """mAP@20 / mAP@all (db order and tie-aware) of ``net`` on the seed's 60/40 split.
 
-    features (N, C); oriented (8, N, C), needed when the net codes the mean of 8 orientations.
+    features (N, C); oriented: orientation -> (N, C), needed when the net codes the mean of 8
+    orientations.
     """
     train_idx, test_idx = split_per_class(data.labels, seed)
     codes = hash_codes(scene_outputs(net, features, oriented, np.arange(len(features)),
@@ -96,12 +108,12 @@ def train_command(
     backbone, data, features = labelled_features(data_dir, backbone_name, backbone_weights,
                                                  cache_dir)
     train_idx, _ = split_per_class(data.labels, seed)
-    train_features, oriented = features[train_idx], None
-    if config.average_orientations:
-        oriented = oriented_features(backbone, data, cache_dir)
+    oriented = oriented_features(backbone, data, cache_dir, needed_orientations([config]))
+    train_features = features[train_idx]
     if config.orientations > 1:
-        train_features = oriented_features(backbone, data, cache_dir,
-                                           AUGMENTATION_SETS[config.orientations])[:, train_idx]
+        oriented[0] = features
+        train_features = np.stack([oriented[k][train_idx]
+                                   for k in AUGMENTATION_SETS[config.orientations]])
     trained = train_hash_net(train_features, data.labels[train_idx], config, seed)
     scores = split_scores(trained.net, features, data, seed, oriented)
     sha = save_checkpoint(out, trained.net, backbone.spec, data.classes, seed,
@@ -163,14 +175,12 @@ def eval_command(
         base, backbone_name = preset("dahash"), "tf2015"
     backbone, data, features = labelled_features(data_dir, backbone_name, None, cache_dir)
     configs = [VARIANTS[n](base) for n in set(names) | set(novel_names)]
-    oriented = None
-    if any(c.orientations > 1 or c.average_orientations for c in configs):
-        oriented = oriented_features(backbone, data, cache_dir)
+    if checkpoint and checkpoint.net_config.average_orientations:
+        configs.append(replace(base, average_orientations=True))
+    oriented = oriented_features(backbone, data, cache_dir, needed_orientations(configs))
     extra = ""
     if checkpoint:
         checkpoint.check_backbone(backbone.spec)
-        if checkpoint.net_config.average_orientations and oriented is None:
-            oriented = oriented_features(backbone, data, cache_dir)
         scores = split_scores(checkpoint.build_net(), features, data,
                               checkpoint.split_seed or 0, oriented)
         extra = (f"The checkpoint `{model}` itself (K = {checkpoint.net_config.bits}, split "
