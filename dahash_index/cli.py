@@ -115,8 +115,9 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
                    "(also every attention, loss, centre, standardisation, dropout, "
                    "orientation and early-stopping ablation).")
 @click.option("--protocols", "protocols_text", default="standard,novel", show_default=True,
-              help="'standard' (60/40 split, all classes) and/or 'novel' (5 seeded classes "
-                   "held out of training, retrieval among them).")
+              help="'standard' (60/40 split, all classes) and/or 'novel' (a seeded quarter "
+                   "of the classes, 5 of UC Merced's 21, held out of training; retrieval "
+                   "among them).")
 @click.option("--novel-variants", default=None,
               help="Variants for the novel-class protocol [default: --variants].")
 @click.option("--merge", is_flag=True,
