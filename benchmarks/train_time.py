@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 from _common import UCMERCED, machine
 
@@ -27,19 +26,16 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
-    from dahash_index.orientations import AUGMENTATION_SETS
     from trainer.data import split_per_class
+    from trainer.evaluate import needed_orientations, training_features
     from trainer.train import preset, train_hash_net
     from trainer.workflow import labelled_features, oriented_features
 
     backbone, data, features = labelled_features(UCMERCED, "tf2015", None, None)
     train_idx, _ = split_per_class(data.labels, args.seed)
     config = preset("dahash", bits=args.bits)
-    train_features = features[train_idx]
-    if config.orientations > 1:
-        sets = AUGMENTATION_SETS[config.orientations]
-        oriented = oriented_features(backbone, data, None, sets) | {0: features}
-        train_features = np.stack([oriented[k][train_idx] for k in sets])
+    oriented = oriented_features(backbone, data, None, needed_orientations([config]))
+    train_features = training_features(features, oriented, train_idx, config)
     start = time.perf_counter()
     train_hash_net(train_features, data.labels[train_idx], config, args.seed, progress=False)
     seconds = time.perf_counter() - start

@@ -23,11 +23,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-import indexes
 from dahash_index.codes import hash_codes
 from dahash_index.orientations import AUGMENTATION_SETS, ORIENTATIONS
 from trainer import lda, metrics
 from trainer.data import novel_class_split, split_per_class
+from trainer.ranking import hamming_rank_all
 from trainer.train import TrainConfig, hash_outputs, preset, train_hash_net
 
 PRECISION_KS = (10, 20, 50, 100)
@@ -77,13 +77,6 @@ def _scores(
     return out
 
 
-def _hamming_rank_all(db_codes: np.ndarray, query_codes: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Every database row for every query, by (Hamming distance, row): (d int32, ids int64)."""
-    index = indexes.new_index(db_codes.shape[1] * 8, "flat")
-    indexes.add_codes(index, db_codes, np.arange(len(db_codes), dtype=np.int64))
-    return indexes.hamming_topk(index, query_codes, len(db_codes))
-
-
 def score_codes(
     train_codes: np.ndarray,
     train_labels: np.ndarray,
@@ -93,8 +86,8 @@ def score_codes(
     """All section-5 figures for packed codes (uint8 (n, K/8)) of the train and test parts."""
     bits = train_codes.shape[1] * 8
     self_ids = np.arange(len(test_codes))
-    d_tt, i_tt = _hamming_rank_all(test_codes, test_codes)
-    d_tr, i_tr = _hamming_rank_all(train_codes, test_codes)
+    d_tt, i_tt = hamming_rank_all(test_codes, test_codes)
+    d_tr, i_tr = hamming_rank_all(train_codes, test_codes)
     at20 = _scores(test_labels, test_labels, d_tt, i_tt, 20, self_ids, tie_aware=True)
     at_all = _scores(test_labels, train_labels, d_tr, i_tr, None, None, tie_aware=True)
     full = np.empty_like(d_tr)
@@ -164,6 +157,16 @@ def _oriented(features: np.ndarray, oriented: dict | None, k: int) -> np.ndarray
     return oriented[k]
 
 
+def training_features(features: np.ndarray, oriented: dict | None, index: np.ndarray,
+                      config: TrainConfig) -> np.ndarray:
+    """What ``train_hash_net`` takes for the scenes ``index`` under ``config``: their features
+    (len(index), C), or (O, len(index), C) in the O orientations it trains on."""
+    if config.orientations == 1:
+        return features[index]
+    return np.stack([_oriented(features, oriented, k)[index]
+                     for k in AUGMENTATION_SETS[config.orientations]])
+
+
 def scene_outputs(net, features: np.ndarray, oriented: dict | None, index: np.ndarray,
                   average_orientations: bool) -> np.ndarray:
     """Hash outputs (len(index), K) of the scenes ``index``: from their features (N, C), or
@@ -191,11 +194,7 @@ def train_and_score(
     features (N, C) float32; oriented: orientation -> (N, C) float32 features, or None (needed
     by configs that train on or average other orientations: ``needed_orientations``).
     """
-    if config.orientations > 1:
-        fit_features = np.stack([_oriented(features, oriented, k)[fit_idx]
-                                 for k in AUGMENTATION_SETS[config.orientations]])
-    else:
-        fit_features = features[fit_idx]
+    fit_features = training_features(features, oriented, fit_idx, config)
     start = time.perf_counter()
     trained = train_hash_net(fit_features, labels[fit_idx], config, seed, progress=False)
     seconds = time.perf_counter() - start

@@ -182,13 +182,10 @@ class TrainedNet:
 
 def _validation_score(net: HashNet, x_fit, y_fit, x_val, y_val) -> float:
     """Tie-aware mAP@all of the validation scenes querying the fit scenes by Hamming rank."""
-    import indexes  # FAISS loads only when early stopping is used
+    from trainer.ranking import hamming_rank_all  # FAISS loads only when early stopping is used
 
-    fit_codes = hash_codes(hash_outputs(net, x_fit))
-    val_codes = hash_codes(hash_outputs(net, x_val))
-    index = indexes.new_index(fit_codes.shape[1] * 8, "flat")
-    indexes.add_codes(index, fit_codes, np.arange(len(fit_codes), dtype=np.int64))
-    d, ids = indexes.hamming_topk(index, val_codes, len(fit_codes))
+    d, ids = hamming_rank_all(hash_codes(hash_outputs(net, x_fit)),
+                              hash_codes(hash_outputs(net, x_val)))
     return metrics.mean_average_precision(y_val, y_fit, ids, d, tie_aware=True)
 
 
@@ -252,13 +249,15 @@ def train_hash_net(
                                        seed)
     orientation_rng = torch.Generator().manual_seed(seed)
     fit_t = torch.from_numpy(fit)
+    if val is not None:
+        x_fit, x_val = (x[0, torch.from_numpy(i).to(device)] for i in (fit, val))
 
-    def batch_features(index: torch.Tensor) -> torch.Tensor:
-        rows = fit_t[index]
+    def batch_features(rows: torch.Tensor) -> torch.Tensor:
+        """Features of training rows (on the device), each in a random trained orientation."""
         if x.shape[0] == 1:
-            return x[0, rows.to(device)]
+            return x[0, rows]
         turn = torch.randint(x.shape[0], (len(rows),), generator=orientation_rng)
-        return x[turn.to(device), rows.to(device)]
+        return x[turn.to(device), rows]
 
     net.train()
     log: list[dict[str, float]] = []
@@ -269,22 +268,22 @@ def train_hash_net(
     for step in bar:
         if config.sampler == "random":
             a, p, n = (torch.from_numpy(i) for i in sampler.sample())
-            batch = torch.cat([a, p, n])
-            logits = net.logits(batch_features(batch))
+            rows = fit_t[torch.cat([a, p, n])].to(device)
+            logits = net.logits(batch_features(rows))
             h = torch.sigmoid(logits)
             h_a, h_p, h_n = h.split(len(a))
         else:
-            batch = torch.from_numpy(sampler.sample())
-            logits = net.logits(batch_features(batch))
+            rows = fit_t[torch.from_numpy(sampler.sample())].to(device)
+            logits = net.logits(batch_features(rows))
             h = torch.sigmoid(logits)
             if config.sampler == "batch-all":
-                triplets = batch_all_triplets(y[fit_t[batch].to(device)])
+                triplets = batch_all_triplets(y[rows])
             else:
-                triplets = semi_hard_triplets(h.detach(), y[fit_t[batch].to(device)])
+                triplets = semi_hard_triplets(h.detach(), y[rows])
             h_a, h_p, h_n = h[triplets[:, 0]], h[triplets[:, 1]], h[triplets[:, 2]]
         loss, terms = loss_fn(h_a, h_p, h_n)
         if centre_fn is not None:
-            centre = centre_fn(logits, y[fit_t[batch].to(device)])
+            centre = centre_fn(logits, y[rows])
             loss = loss + config.centre_weight * centre
             terms["centre"] = float(centre.detach())
             terms["total"] = float(loss.detach())
@@ -298,8 +297,7 @@ def train_hash_net(
             mean = {k: float(np.mean([t[k] for t in window])) for k in window[0]}
             mean["step"] = step + 1
             if val is not None:
-                score = _validation_score(net, x[0, torch.from_numpy(fit).to(device)], labels[fit],
-                                          x[0, torch.from_numpy(val).to(device)], labels[val])
+                score = _validation_score(net, x_fit, labels[fit], x_val, labels[val])
                 net.train()
                 mean["val"] = score
                 if score > best[0]:

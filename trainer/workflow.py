@@ -11,7 +11,6 @@ import numpy as np
 from dahash_index.backbones import load_backbone
 from dahash_index.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.codes import check_bits, hash_codes
-from dahash_index.orientations import AUGMENTATION_SETS
 from trainer.data import ImageFolder, scan_image_folder, split_per_class
 from trainer.evaluate import (
     PROTOCOLS,
@@ -20,6 +19,7 @@ from trainer.evaluate import (
     run_evaluation,
     scene_outputs,
     score_codes,
+    training_features,
 )
 from trainer.features import cached_features, dataset_fingerprint
 from trainer.report import merge_previous, write_report
@@ -109,11 +109,7 @@ def train_command(
                                                  cache_dir)
     train_idx, _ = split_per_class(data.labels, seed)
     oriented = oriented_features(backbone, data, cache_dir, needed_orientations([config]))
-    train_features = features[train_idx]
-    if config.orientations > 1:
-        oriented[0] = features
-        train_features = np.stack([oriented[k][train_idx]
-                                   for k in AUGMENTATION_SETS[config.orientations]])
+    train_features = training_features(features, oriented, train_idx, config)
     trained = train_hash_net(train_features, data.labels[train_idx], config, seed)
     scores = split_scores(trained.net, features, data, seed, oriented)
     sha = save_checkpoint(out, trained.net, backbone.spec, data.classes, seed,
