@@ -1,5 +1,6 @@
-"""Tests for dahash_index/store.py: commits and read-back, row ids, finalize (flat, IVF), crash
-safety (simulated crash points and one real SIGKILL), damaged files, refusals."""
+"""Tests for dahash_index/store/: commits and read-back, row ids, finalize (flat, IVF), crash
+safety (simulated crash points and one real SIGKILL), damaged files, refusals; replacing and
+dropping shards, check and repair, reopening, format-1 manifests, the writer lock."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dahash_index import store
+from dahash_index import files
 from dahash_index.backbones import BackboneSpec, sha256_file
 from dahash_index.checkpoint import save_checkpoint
 from dahash_index.network import dahash_net
@@ -30,7 +31,10 @@ from dahash_index.store import (
     IndexStoreError,
     IndexWriter,
     ModelMismatchError,
+    check_index,
     metadata_schema,
+    quick_check,
+    repair_index,
 )
 from indexes import add_codes, hamming_topk, new_index
 from indexes.binary import as_ivf
@@ -88,6 +92,11 @@ def shard_errors(shard: str, n: int) -> list[dict]:
 def _full(row: dict) -> dict:
     """A committed row as the reader returns it: every METADATA_SCHEMA column present."""
     return {name: row.get(name) for name in METADATA_SCHEMA.names}
+
+
+def url(shard: str) -> str:
+    """The URL that identifies a shard in these tests."""
+    return f"s3://bucket/{shard}"
 
 
 def _commit(writer: IndexWriter, shard: str, n: int, n_errors: int = 0) -> range:
@@ -153,20 +162,25 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
         table = pa.Table.from_pylist(shard_rows("s2", 5), schema=METADATA_SCHEMA)
         ids = w.commit_shard("s2", "s3://bucket/s2", shard_codes(3, 5), table, [])
         assert ids == range(3, 8)
-        assert w.is_committed("s1") and not w.is_committed("s3")
+        assert w.is_committed(url("s1")) and not w.is_committed(url("s3"))
+        assert not w.is_committed("s1")  # a shard is known by its URL, not its name
 
     r = IndexReader.open(index_dir)
     m = r.manifest
     assert (m["format"], m["bits"], m["kind"], m["nlist"]) == (FORMAT, 16, "flat", None)
     assert m["row_count"] == m["next_row_id"] == r.row_count == 8
-    assert m["generation"] == 3 and list(m["shards"]) == ["s0", "s1", "s2"]
-    assert m["shards"]["s1"] == {
+    assert m["generation"] == 3 and list(m["shards"]) == [url("s0"), url("s1"), url("s2")]
+    errors_file = index_dir / "errors/000002.parquet"
+    assert m["shards"][url("s1")] == {
+        "name": "s1",
+        "fingerprint": None,
         "part": "parts/000002.parquet",
         "errors": "errors/000002.parquet",
+        "part_sha256": sha256_file(index_dir / "parts/000002.parquet"),
+        "errors_sha256": sha256_file(errors_file),
         "first_row": 3,
         "rows": 0,
         "error_count": 2,
-        "source": "s3://bucket/s1",
     }
     assert m["extra"] == {"bands": [3, 2, 1]}
     assert m["backbone"] == "tf2015" and m["backbone_sha256"] == "0" * 64
@@ -190,7 +204,7 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
     assert some["code"].to_pylist()[0] == shard_codes(5, 1).tobytes()
     assert r.metadata(np.array([-1, -1]))["url"].to_pylist() == [None, None]
     assert r.metadata(np.array([], dtype=np.int64)).num_rows == 0
-    with pytest.raises(ValueError, match="row_ids"):
+    with pytest.raises(ValueError, match="row id 8 is not in this index"):
         r.metadata(np.array([8]))
 
     errors = r.errors()
@@ -214,7 +228,7 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
     _commit(w, "s1", 4)
     w.finalize()
     m = w.manifest
-    assert m["index_file"] == "index-3.faiss" and m["index_shards"] == ["s0", "s1"]
+    assert m["index_file"] == "index-3.faiss" and m["index_shards"] == [url("s0"), url("s1")]
     assert (index_dir / "index-3.faiss").is_file()
     w.finalize()  # nothing new: no new generation
     assert w.manifest["generation"] == 3
@@ -253,7 +267,7 @@ def test_faiss_file_replaced_under_an_open_reader(index_dir, ckpts):
 
 def _ivf_commit(writer: IndexWriter, shard: str, n: int, seed: int) -> np.ndarray:
     codes = np.random.default_rng(seed).integers(0, 256, (n, 8), dtype=np.uint8)
-    writer.commit_shard(shard, shard, codes, shard_rows(shard, n), [])
+    writer.commit_shard(shard, url(shard), codes, shard_rows(shard, n), [])
     return codes
 
 
@@ -290,11 +304,17 @@ def test_finalize_ivf_matches_flat(index_dir, ckpts):
 
 def test_ivf_with_too_few_codes(index_dir, ckpts):
     w = IndexWriter.open(index_dir, ckpts["wide"], kind="ivf", nlist=8)
-    _ivf_commit(w, "s0", 100, 0)
-    with pytest.raises(IndexStoreError, match="too few") as info:
-        w.finalize()
-    assert str(index_dir) in str(info.value) and "\n" not in str(info.value)
+    codes = _ivf_commit(w, "s0", 100, 0)  # an IVF of 8 lists trains on 39 * 8 = 312 codes
+    w.finalize()  # writes nothing: until there are enough codes, they are searched exactly
     assert w.manifest["index_file"] is None and not list(index_dir.glob("index-*"))
+    index = IndexReader.open(index_dir).faiss_index()
+    assert as_ivf(index) is None and index.ntotal == 100
+    np.testing.assert_array_equal(hamming_topk(index, codes[:5], 1)[1][:, 0], np.arange(5))
+
+    _ivf_commit(w, "s1", 300, 1)  # 400 codes: enough to train
+    w.finalize()
+    index = IndexReader.open(index_dir).faiss_index()
+    assert as_ivf(index).nlist == 8 and index.ntotal == 400
 
 
 class Crash(Exception):
@@ -315,15 +335,16 @@ def test_crash_mid_commit_leaves_last_commit(index_dir, ckpts, monkeypatch, cras
             raise Crash
         real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", replace)
+    monkeypatch.setattr(files.os, "replace", replace)
     with pytest.raises(Crash):
         _commit(w, "s2", 4, n_errors=1)
     monkeypatch.undo()
     w.close()
-    assert _files(index_dir) - _referenced(before)  # the crash left something behind
+    if crash_at != "parts/":  # a failed write removes its .tmp; earlier renames stay behind
+        assert _files(index_dir) - _referenced(before)
 
     w = IndexWriter.open(index_dir, ckpts["a"])
-    assert w.manifest == before and not w.is_committed("s2")
+    assert w.manifest == before and not w.is_committed(url("s2"))
     assert _files(index_dir) == _referenced(before)  # leftovers cleaned
     assert _commit(w, "s2", 4, n_errors=1) == range(5, 9)
     _commit(w, "s3", 1)
@@ -343,7 +364,7 @@ def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
             raise Crash
         real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", replace)
+    monkeypatch.setattr(files.os, "replace", replace)
     with pytest.raises(Crash):
         w.finalize()
     monkeypatch.undo()
@@ -387,13 +408,13 @@ def test_real_sigkill_mid_commit(index_dir, ckpts):
     assert (index_dir / "parts" / "000003.parquet").is_file()  # renamed, never committed
 
     r = IndexReader.open(index_dir)
-    assert list(r.manifest["shards"]) == ["s0", "s1"]
+    assert list(r.manifest["shards"]) == [url("s0"), url("s1")]
     assert len(r.metadata()) == r.row_count == 2 + 3
 
     w = IndexWriter.open(index_dir, ckpts["a"])
     assert _files(index_dir) == _referenced(w.manifest)
     for i in range(6):
-        if not w.is_committed(f"s{i}"):
+        if not w.is_committed(url(f"s{i}")):
             _commit(w, f"s{i}", 2 + i, n_errors=i % 2)
     w.finalize()
 
@@ -452,7 +473,7 @@ def test_manifest_and_part_disagreeing(index_dir, ckpts):
 def test_refusals(tmp_path, index_dir, ckpts):
     w = IndexWriter.open(index_dir, ckpts["a"])
     _commit(w, "s0", 2)
-    with pytest.raises(IndexStoreError, match="another IndexWriter"):
+    with pytest.raises(IndexStoreError, match="another build is writing to this index; let it"):
         IndexWriter.open(index_dir, ckpts["a"])
     with pytest.raises(IndexStoreError, match="already committed"):
         _commit(w, "s0", 2)
@@ -494,17 +515,19 @@ def test_bad_shard_input(index_dir, ckpts):
     w = IndexWriter.open(index_dir, ckpts["a"])
     rows = shard_rows("s0", 2)
     with pytest.raises(ValueError, match="uint8"):
-        w.commit_shard("s0", "", shard_codes(0, 2).astype(np.int64), rows, [])
+        w.commit_shard("s0", url("s0"), shard_codes(0, 2).astype(np.int64), rows, [])
     with pytest.raises(ValueError, match="2 codes but 1 rows"):
-        w.commit_shard("s0", "", shard_codes(0, 2), rows[:1], [])
+        w.commit_shard("s0", url("s0"), shard_codes(0, 2), rows[:1], [])
     with pytest.raises(ValueError, match=r"unknown columns \['lable'\]"):
-        w.commit_shard("s0", "", shard_codes(0, 2), [{**rows[0], "lable": "x"}, rows[1]], [])
+        w.commit_shard("s0", url("s0"), shard_codes(0, 2), [{**rows[0], "lable": "x"}, rows[1]], [])
     with pytest.raises(ValueError, match=r"missing required columns \['width', 'height'"):
-        w.commit_shard("s0", "", shard_codes(0, 1), pa.table({"url": ["u"], "shard": ["s0"]}), [])
+        w.commit_shard(
+            "s0", url("s0"), shard_codes(0, 1), pa.table({"url": ["u"], "shard": ["s0"]}), []
+        )
     with pytest.raises(ValueError, match="another shard"):
-        w.commit_shard("s0", "", shard_codes(0, 2), shard_rows("s9", 2), [])
+        w.commit_shard("s0", url("s0"), shard_codes(0, 2), shard_rows("s9", 2), [])
     with pytest.raises(ValueError, match=r"required columns \['reason'\]"):
-        w.commit_shard("s0", "", shard_codes(0, 2), rows, [{"url": "u", "shard": "s0"}])
+        w.commit_shard("s0", url("s0"), shard_codes(0, 2), rows, [{"url": "u", "shard": "s0"}])
     assert w.manifest["row_count"] == 0 and _files(index_dir) == _referenced(w.manifest)
 
 
@@ -523,3 +546,131 @@ def test_corrupt_faiss_file_is_named(index_dir, ckpts):
     (index_dir / "index-2.faiss").write_bytes(b"IBxM" + b"\0" * 10)
     with pytest.raises(IndexStoreError, match="index-2.faiss is unreadable"):
         IndexReader.open(index_dir).faiss_index()
+
+
+# --- shard identity: replacing, dropping, checking, reopening ---------------------------------
+
+
+def test_replacing_a_shard_retires_its_rows_in_the_same_commit(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 3)
+    _commit(w, "s1", 2)
+    w.finalize()  # the FAISS file holds rows 0..4
+    with pytest.raises(IndexStoreError, match="already committed"):
+        _commit(w, "s0", 4)
+    old = IndexReader.open(index_dir)
+    ids = w.commit_shard("s0", url("s0"), shard_codes(5, 4), shard_rows("s0", 4), [],
+                         fingerprint="v2", replace=True)
+    assert ids == range(5, 9)
+    m = w.manifest
+    assert list(m["shards"]) == [url("s1"), url("s0")] and m["row_count"] == 6
+    assert m["next_row_id"] == 9 and m["index_retired"] == [[0, 3]]
+    assert m["shards"][url("s0")]["fingerprint"] == "v2"
+
+    r = IndexReader.open(index_dir)
+    np.testing.assert_array_equal(r.row_ids(), [3, 4, 5, 6, 7, 8])
+    index = r.faiss_index()  # the file minus the retired rows, plus the new shard
+    assert index.ntotal == 6
+    d, found = hamming_topk(index, shard_codes(0, 9), 1)
+    np.testing.assert_array_equal(found[3:, 0], np.arange(3, 9))
+    assert not set(found[:3, 0]) & {0, 1, 2}
+    with pytest.raises(ValueError, match="row id 1 is not in this index"):
+        r.metadata(np.array([1]))
+    assert r.metadata(np.array([6]))["url"].to_pylist() == ["s3://bucket/s0/1.tif"]
+    assert old.row_count == 5 and old.metadata(np.array([1])).num_rows == 1  # its own state
+
+    w.finalize()
+    assert w.manifest["index_retired"] == []
+    assert IndexReader.open(index_dir).faiss_index().ntotal == 6
+    assert check_index(index_dir).ok
+
+
+def test_drop_shards_and_repair(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    for i in range(3):
+        _commit(w, f"s{i}", 2)
+    w.finalize()
+    w.close()
+    report = check_index(index_dir)
+    assert report.ok and report.rows == 6 and report.files == 3 * 2 + 2
+
+    m = IndexReader.open(index_dir).manifest
+    part = index_dir / m["shards"][url("s1")]["part"]
+    data = bytearray(part.read_bytes())
+    data[8] ^= 0xFF  # one flipped byte in the first column chunk: the footer still reads
+    part.write_bytes(bytes(data))
+    assert quick_check(index_dir).ok  # only footers and row counts
+    report = check_index(index_dir)
+    assert [(d.file, d.shard) for d in report.damage] == [(m["shards"][url("s1")]["part"],
+                                                           url("s1"))]
+    assert "checksum differs" in str(report.damage[0])
+    (index_dir / m["index_file"]).write_bytes(b"garbage")
+    report = check_index(index_dir)
+    assert {d.file for d in report.damage} == {m["shards"][url("s1")]["part"], m["index_file"]}
+
+    assert repair_index(report) == [url("s1")]
+    r = IndexReader.open(index_dir)
+    assert list(r.manifest["shards"]) == [url("s0"), url("s2")] and r.manifest["index_file"] is None
+    np.testing.assert_array_equal(r.row_ids(), [0, 1, 4, 5])
+    assert r.faiss_index().ntotal == 4 and check_index(index_dir).ok
+
+
+def test_reopen_adds_only_new_shards(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 4)
+    r = IndexReader.open(index_dir)
+    first = r.faiss_index()
+    assert r.reopen() is r  # nothing new
+    _commit(w, "s1", 3)
+    r2 = r.reopen()
+    assert r2 is not r and r2.generation == r.generation + 1 and r2.row_count == 7
+    index = r2.faiss_index()
+    assert index is not first and first.ntotal == 4 and index.ntotal == 7  # old state intact
+    d, found = hamming_topk(index, shard_codes(0, 7), 1)
+    np.testing.assert_array_equal(found[:, 0], np.arange(7))
+
+
+def test_format_1_manifest_is_read(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"])
+    _commit(w, "s0", 2)
+    w.finalize()
+    w.close()
+    m = json.loads((index_dir / "manifest.json").read_text())
+    entry = m["shards"].pop(url("s0"))
+    for key in ("name", "fingerprint", "part_sha256", "errors_sha256"):
+        del entry[key]
+    m["shards"]["s0"] = {**entry, "source": url("s0")}
+    m["index_shards"] = ["s0"]
+    m["format"] = "dahash-index/1"
+    del m["index_retired"]
+    (index_dir / "manifest.json").write_text(json.dumps(m))
+    r = IndexReader.open(index_dir)
+    assert list(r.manifest["shards"]) == [url("s0")] and r.faiss_index().ntotal == 2
+    assert r.manifest["shards"][url("s0")]["fingerprint"] is None  # indexed again when seen
+    assert check_index(index_dir).ok
+
+
+def test_lock_wait(index_dir, ckpts):
+    import threading
+    import time
+
+    holder = IndexWriter.open(index_dir, ckpts["a"])
+    start = time.monotonic()
+    with pytest.raises(IndexStoreError, match=r"\(waited 0.5 s\)"):
+        IndexWriter.open(index_dir, ckpts["a"], wait=0.5)
+    assert time.monotonic() - start >= 0.5
+    threading.Timer(0.3, holder.close).start()
+    IndexWriter.open(index_dir, ckpts["a"], wait=10).close()
+
+
+def test_parameters_bind_only_once_rows_are_committed(index_dir, ckpts):
+    w = IndexWriter.open(index_dir, ckpts["a"], kind="ivf", nlist=4, extra={"bands": [5, 6, 7]})
+    _commit(w, "s0", 0, n_errors=2)  # every scene failed: no row
+    w.close()
+    w = IndexWriter.open(index_dir, ckpts["a"], extra={"bands": None})  # flat, other bands
+    _commit(w, "s1", 2)
+    m = w.manifest
+    assert (m["kind"], m["nlist"], m["extra"]) == ("flat", None, {"bands": None})
+    w.close()
+    with pytest.raises(IndexStoreError, match="kind is 'flat', not 'ivf'"):
+        IndexWriter.open(index_dir, ckpts["a"], kind="ivf")

@@ -1,0 +1,186 @@
+"""Verify an index directory file by file, and recover from damage by forgetting damaged shards.
+
+``check_index`` reads every file the manifest names: each part and errors file against the
+checksum recorded at commit, its schema, row count and row ids; the model copy against the
+manifest's model checksum; the FAISS file's K, kind, row count and ids. ``repair_index`` drops
+the damaged shards from the manifest in one commit (and the FAISS file, when it is the damaged
+one), so that the next build indexes those shards again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dahash_index.files import one_line, sha256_file
+from dahash_index.store.faiss_file import check_faiss_file
+from dahash_index.store.layout import (
+    ERRORS_SCHEMA,
+    MANIFEST,
+    MODEL,
+    IndexStoreError,
+    read_manifest,
+)
+from dahash_index.store.parts import read_parquet, read_part
+from dahash_index.store.writer import IndexWriter
+from indexes import load_index
+from indexes.binary import as_ivf
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged file: the shard it belongs to (None for the model or the FAISS file)."""
+
+    file: str  # relative to the index directory
+    reason: str
+    shard: str | None = None
+
+    def __str__(self) -> str:
+        where = f" (shard {self.shard})" if self.shard else ""
+        return f"{self.file}: {self.reason}{where}"
+
+
+@dataclass
+class CheckReport:
+    path: Path
+    rows: int = 0
+    shards: int = 0
+    files: int = 0  # files read and verified
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+
+def check_index(path: str | os.PathLike) -> CheckReport:
+    """Read and verify every file of the index at ``path``; raises IndexStoreError only when
+    the manifest itself is unreadable."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    report = CheckReport(path, manifest["row_count"], len(manifest["shards"]))
+    for key, entry in manifest["shards"].items():
+        for what in ("part", "errors"):
+            problem = _check_shard_file(path, manifest, key, what)
+            report.files += 1
+            if problem is not None:
+                report.damage.append(Damage(entry[what], problem, key))
+    report.files += 1
+    if not (path / MODEL).is_file():
+        report.damage.append(Damage(MODEL, "missing"))
+    elif sha256_file(path / MODEL) != manifest["model_sha256"]:
+        report.damage.append(Damage(MODEL, "checksum differs from the manifest's model"))
+    if manifest["index_file"] is not None:
+        report.files += 1
+        problem = _check_faiss(path, manifest)
+        if problem is not None:
+            report.damage.append(Damage(manifest["index_file"], problem))
+    return report
+
+
+def quick_check(path: str | os.PathLike) -> CheckReport:
+    """What ``info`` verifies: every named file exists and each Parquet file's footer is
+    readable and gives the row count the manifest says (no data read, no checksums)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    report = CheckReport(path, manifest["row_count"], len(manifest["shards"]))
+    for key, entry in manifest["shards"].items():
+        for what, rows in (("part", entry["rows"]), ("errors", entry["error_count"])):
+            rel = entry[what]
+            report.files += 1
+            try:
+                found = pq.read_metadata(path / rel).num_rows
+            except FileNotFoundError:
+                report.damage.append(Damage(rel, f"missing (named in {MANIFEST})", key))
+                continue
+            except (OSError, pa.ArrowException) as err:
+                report.damage.append(Damage(rel, f"unreadable ({one_line(err)})", key))
+                continue
+            if found != rows:
+                report.damage.append(Damage(rel, f"holds {found} rows, {MANIFEST} says {rows}",
+                                            key))
+    rel = manifest["index_file"]
+    if rel is not None and not (path / rel).is_file():
+        report.damage.append(Damage(rel, f"missing (named in {MANIFEST})"))
+    return report
+
+
+def repair_index(report: CheckReport) -> list[str]:
+    """Drop the shards with damaged files from the manifest (one commit), and the FAISS file
+    if it is damaged; return the dropped shard URLs. The next build re-indexes those shards.
+    A damaged model copy cannot be repaired here (rebuild the index)."""
+    if any(d.file == MODEL for d in report.damage):
+        raise IndexStoreError(f"{report.path}: {MODEL} is damaged; rebuild the index")
+    manifest = read_manifest(report.path)
+    shards = list(dict.fromkeys(d.shard for d in report.damage if d.shard))
+    faiss_damaged = any(d.shard is None for d in report.damage)
+    with IndexWriter.open(report.path, report.path / MODEL, kind=manifest["kind"]) as writer:
+        writer.drop_shards(shards, drop_index_file=faiss_damaged)
+    return shards
+
+
+def _strip(path: Path, err: Exception) -> str:
+    text = str(err)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _check_shard_file(path: Path, manifest: dict, key: str, what: str) -> str | None:
+    entry = manifest["shards"][key]
+    rel = entry[what]
+    if not (path / rel).is_file():
+        return f"missing (named in {MANIFEST})"
+    expected = entry.get(f"{what}_sha256")
+    if expected is not None and sha256_file(path / rel) != expected:
+        return "checksum differs from the one recorded at commit"
+    try:
+        if what == "part":
+            read_part(path, manifest, key)
+        else:
+            read_parquet(path, rel, ERRORS_SCHEMA, entry["error_count"])
+    except IndexStoreError as err:
+        return _strip(path, err)
+    return None
+
+
+def _check_faiss(path: Path, manifest: dict) -> str | None:
+    rel = manifest["index_file"]
+    if not (path / rel).is_file():
+        return f"missing (named in {MANIFEST})"
+    try:
+        index = load_index(str(path / rel))
+        check_faiss_file(path, manifest, index)
+    except RuntimeError as err:
+        return f"unreadable ({' '.join(str(err).split())[:200]})"
+    except IndexStoreError as err:
+        return _strip(path, err)
+    expected = [
+        np.arange(e["first_row"], e["first_row"] + e["rows"])
+        for e in (manifest["shards"][s] for s in manifest["index_shards"])
+    ] + [np.arange(first, first + rows) for first, rows in manifest["index_retired"]]
+    want = np.sort(np.concatenate(expected)) if expected else np.empty(0, np.int64)
+    have = np.sort(_faiss_ids(index))
+    if not np.array_equal(have, want):
+        return "holds other row ids than the shards it covers"
+    return None
+
+
+def _faiss_ids(index: faiss.IndexBinary) -> np.ndarray:
+    """The ids an IDMap or IVF binary index holds, int64 (ntotal,)."""
+    ivf = as_ivf(index)
+    if ivf is None:
+        index = faiss.downcast_IndexBinary(index)
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    lists = ivf.invlists
+    ids = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(ivf.nlist)
+        if lists.list_size(i)
+    ]
+    return np.concatenate(ids).astype(np.int64) if ids else np.empty(0, np.int64)

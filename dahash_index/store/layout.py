@@ -1,0 +1,186 @@
+"""What an index directory holds: file names, table schemas, the manifest and its checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from dahash_index.files import one_line
+from indexes.binary import check_bits
+
+FORMAT = "dahash-index/2"
+OLD_FORMATS = ("dahash-index/1",)  # read and upgraded in memory; written back as FORMAT
+MANIFEST = "manifest.json"
+MODEL = "model.pt"
+KINDS = ("flat", "ivf")
+
+# The scene metadata a caller hands to ``commit_shard``; the parts add row_id and code in front.
+METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("member", pa.string()),  # tar member, None for plain files
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("bands", pa.int16(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("crs", pa.string()),
+        # bounds in the CRS's units, then in WGS84 degrees; pixel size in CRS units
+        *(pa.field(name, pa.float64()) for name in ("left", "bottom", "right", "top")),
+        *(pa.field(name, pa.float64()) for name in ("west", "south", "east", "north")),
+        pa.field("pixel_size_x", pa.float64()),
+        pa.field("pixel_size_y", pa.float64()),
+        pa.field("datetime", pa.string()),
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("member", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+def metadata_schema(bits: int) -> pa.Schema:
+    """Schema of a Parquet part for K-bit codes: row_id int64, code binary(K/8), METADATA_SCHEMA."""
+    bits = check_bits(bits)
+    return pa.schema(
+        [
+            pa.field("row_id", pa.int64(), nullable=False),
+            pa.field("code", pa.binary(bits // 8), nullable=False),
+            *METADATA_SCHEMA,
+        ]
+    )
+
+
+class IndexStoreError(ValueError):
+    """An index directory cannot be created, opened or read; the one-line message names it."""
+
+
+class ModelMismatchError(IndexStoreError):
+    """The index was built with another model checkpoint."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def missing_model(checkpoint_path: object) -> str:
+    return (
+        f"{checkpoint_path}: model checkpoint not found (train one with "
+        f"`dahash-index train --data DIR --out {checkpoint_path}`)"
+    )
+
+
+def model_sha256(checkpoint_path: str | os.PathLike) -> str:
+    from dahash_index.files import sha256_file
+
+    if not Path(checkpoint_path).is_file():
+        raise IndexStoreError(missing_model(checkpoint_path))
+    return sha256_file(checkpoint_path)
+
+
+def mismatch(directory: Path, manifest: Mapping, checkpoint_path: object, sha: str) -> str:
+    return (
+        f"index {directory} was built with model {manifest['model_sha256'][:12]} "
+        f"(backbone {manifest['backbone']}); {checkpoint_path} is {sha[:12]}"
+    )
+
+
+# --- the manifest --------------------------------------------------------------------------
+#
+# "shards" maps each committed shard's key (its full URL: the identity of a shard is where it
+# is plus what it holds) to an entry:
+#   name         the shard's short name ('agricultural', 'part-0001.tar'), as in the parts
+#   fingerprint  what the shard held when it was read (names, sizes, mtimes/ETags), or None
+#   part/errors  its Parquet files; part_sha256/errors_sha256 their checksums at commit
+#   first_row, rows, error_count
+# Entries are in commit order, which is row-id order. Row ids are never reused: a shard that
+# is re-indexed gets new ones, so a live index may have gaps. "index_retired" lists the
+# [first_row, rows] ranges that the FAISS file still holds but no manifest shard does.
+
+_MANIFEST_KEYS = (
+    "format bits model_sha256 backbone backbone_sha256 kind nlist row_count next_row_id "
+    "generation index_file index_shards index_retired created updated extra shards"
+).split()
+
+
+def read_manifest(directory: Path) -> dict:
+    """Read and check ``directory/manifest.json``: ordered row ranges, totals that add up."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise IndexStoreError(f"{directory}: not a dahash index (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise IndexStoreError(f"{directory}: {MANIFEST} is unreadable ({one_line(err)})") from None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found in OLD_FORMATS:
+        manifest = _upgrade_v1(manifest)
+    elif found != FORMAT:
+        raise IndexStoreError(f"{directory}: {MANIFEST} has format {found!r}, expected {FORMAT!r}")
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise IndexStoreError(f"{directory}: {MANIFEST} lacks {missing}")
+    try:
+        end, total = 0, 0
+        for key, entry in manifest["shards"].items():
+            if entry["first_row"] < end or entry["rows"] < 0:
+                raise IndexStoreError(
+                    f"{directory}: {MANIFEST}: shard {key!r} holds rows from "
+                    f"{entry['first_row']} (x{entry['rows']}), overlapping rows before {end}"
+                )
+            end = entry["first_row"] + entry["rows"]
+            total += entry["rows"]
+        if total != manifest["row_count"] or end > manifest["next_row_id"]:
+            raise IndexStoreError(
+                f"{directory}: {MANIFEST}: shards hold {total} rows up to row {end} but "
+                f"row_count is {manifest['row_count']} and next_row_id {manifest['next_row_id']}"
+            )
+        if not set(manifest["index_shards"]) <= set(manifest["shards"]):
+            raise IndexStoreError(f"{directory}: {MANIFEST}: index_shards names unknown shards")
+        for first, rows in manifest["index_retired"]:
+            if first < 0 or rows < 1:
+                raise IndexStoreError(f"{directory}: {MANIFEST}: bad retired range {first}+{rows}")
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, IndexStoreError):
+            raise
+        raise IndexStoreError(f"{directory}: {MANIFEST} is malformed ({one_line(err)})") from None
+    return manifest
+
+
+def _upgrade_v1(manifest: dict) -> dict:
+    """A format-1 manifest (shards keyed by name, no fingerprints or checksums) as format 2."""
+    shards, keys = {}, {}
+    for name, entry in manifest.get("shards", {}).items():
+        key = entry.get("source") or name
+        if key in shards:
+            key = name
+        keys[name] = key
+        shards[key] = {k: v for k, v in entry.items() if k != "source"} | {
+            "name": name, "fingerprint": None, "part_sha256": None, "errors_sha256": None,
+        }
+    return manifest | {
+        "format": FORMAT,
+        "shards": shards,
+        "index_shards": [keys.get(n, n) for n in manifest.get("index_shards", [])],
+        "index_retired": [],
+    }
+
+
+def check_files(directory: Path, manifest: Mapping) -> None:
+    """Raise unless every file the manifest names exists (a stat each; contents are checked
+    when read, or by ``check_index``)."""
+    for entry in manifest["shards"].values():
+        for rel in (entry["part"], entry["errors"]):
+            if not (directory / rel).is_file():
+                raise IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})")

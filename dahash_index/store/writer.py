@@ -1,0 +1,403 @@
+"""Adding shards to an index directory, one crash-safe commit each (see the package docstring)."""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dahash_index.files import atomic_write, fsync_dir, sha256_file
+from dahash_index.store.faiss_file import faiss_index, is_exact_stand_in
+from dahash_index.store.layout import (
+    ERRORS_SCHEMA,
+    FORMAT,
+    KINDS,
+    MANIFEST,
+    METADATA_SCHEMA,
+    MODEL,
+    IndexStoreError,
+    ModelMismatchError,
+    check_files,
+    metadata_schema,
+    mismatch,
+    missing_model,
+    model_sha256,
+    now,
+    read_manifest,
+)
+from dahash_index.store.parts import codes_to_arrow, conform
+from indexes import save_index
+from indexes.binary import check_codes
+
+
+def _create(
+    directory: Path,
+    checkpoint_path: str | os.PathLike,
+    kind: str,
+    nlist: int | None,
+    extra: Mapping | None,
+) -> None:
+    """Make a new index directory: built beside it, then renamed into place, so that a crash
+    never leaves a half-made index where the next open would refuse it as a foreign folder."""
+    from dahash_index.checkpoint import load_checkpoint  # lazy: importing torch costs seconds
+
+    if not Path(checkpoint_path).is_file():
+        raise IndexStoreError(missing_model(checkpoint_path))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.creating-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        (tmp / "parts").mkdir()
+        (tmp / "errors").mkdir()
+        with open(checkpoint_path, "rb") as src:
+            atomic_write(tmp / MODEL, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+        # Read the copy, not the original: its checksum is then the one of the file we hold.
+        ckpt = load_checkpoint(tmp / MODEL)
+        created = now()
+        manifest = {
+            "format": FORMAT,
+            "bits": ckpt.net_config.bits,
+            "model_sha256": ckpt.sha256,
+            "backbone": ckpt.backbone,
+            "backbone_sha256": ckpt.backbone_sha256,
+            "kind": kind,
+            "nlist": nlist,
+            "row_count": 0,
+            "next_row_id": 0,
+            "generation": 0,
+            "index_file": None,
+            "index_shards": [],
+            "index_retired": [],
+            "created": created,
+            "updated": created,
+            "extra": extra or {},
+            "shards": {},
+        }
+        data = json.dumps(manifest, indent=1).encode()
+        atomic_write(tmp / MANIFEST, lambda f: f.write(data))
+        fsync_dir(tmp)
+        os.rename(tmp, directory)  # replaces a missing or empty directory, atomically
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (directory / MANIFEST).is_file():
+            return  # another process created it first; the caller opens theirs
+        raise
+    fsync_dir(directory.parent)
+
+
+def _remove_leftovers(directory: Path, manifest: Mapping) -> None:
+    """Delete what no committed manifest references: parts of interrupted commits, .tmp files,
+    FAISS files replaced by a later finalize, parts of retired shards. Called only after
+    reading that manifest, with the writer's lock held."""
+    keep = {entry[k] for entry in manifest["shards"].values() for k in ("part", "errors")}
+    for sub in ("parts", "errors"):
+        (directory / sub).mkdir(exist_ok=True)
+        for f in (directory / sub).iterdir():
+            if f.suffix in (".parquet", ".tmp") and f"{sub}/{f.name}" not in keep and f.is_file():
+                f.unlink()
+    for f in directory.iterdir():
+        stale = f.name.startswith("index-") and f.suffix == ".faiss"
+        if f.is_file() and (f.suffix == ".tmp" or (stale and f.name != manifest["index_file"])):
+            f.unlink()
+
+
+def _lock(directory: Path, wait: float) -> int:
+    # Two writers would delete each other's in-flight files; flock is released by the kernel
+    # even when the holder is SIGKILLed.
+    fd = os.open(directory, os.O_RDONLY)
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                waited = f" (waited {wait:g} s)" if wait > 0 else ""
+                raise IndexStoreError(
+                    f"{directory}: another build is writing to this index{waited}; let it "
+                    "finish, or wait for it with --wait SECONDS"
+                ) from None
+            time.sleep(0.2)
+
+
+class IndexWriter:
+    """Adds shards to an index directory, one atomic commit each; see the package docstring.
+
+    One writer per directory at a time (an exclusive lock, released by ``close``, by garbage
+    collection or by the process's end). Usable as a context manager.
+    """
+
+    def __init__(self, path: Path, manifest: dict, lock_fd: int) -> None:
+        self.path = path
+        self._manifest = manifest
+        self._close_lock = weakref.finalize(self, os.close, lock_fd)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        checkpoint_path: str | os.PathLike,
+        kind: str = "flat",
+        nlist: int | None = None,
+        extra: Mapping | None = None,
+        wait: float = 0.0,
+    ) -> IndexWriter:
+        """Create an index directory, or reopen one to add shards to it.
+
+        A new directory gets a copy of the checkpoint as model.pt and an empty manifest.
+        Reopening refuses (ModelMismatchError) a checkpoint whose SHA-256 differs from the
+        index's model, and (IndexStoreError) a different ``kind``, a given ``nlist`` or ``extra``
+        different from the stored ones (None means "whatever the index has"). An index that
+        holds no row yet is not bound by its parameters: they were never used, and the ones
+        given here replace them with the next commit. An existing non-empty directory without
+        manifest.json is refused, never written into. wait: seconds to wait for another writer.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if extra is not None:
+            extra = json.loads(json.dumps(dict(extra)))  # as stored: tuples become lists
+        if nlist is not None and kind != "ivf":
+            raise ValueError("nlist applies only to kind='ivf'")
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise IndexStoreError(
+                    f"{path}: exists and is not a dahash index (no {MANIFEST}); refusing to "
+                    "write into it"
+                )
+            _create(path, checkpoint_path, kind, nlist, extra)
+        lock_fd = _lock(path, wait)
+        try:
+            manifest = read_manifest(path)
+            sha = model_sha256(checkpoint_path)
+            if sha != manifest["model_sha256"]:
+                raise ModelMismatchError(mismatch(path, manifest, checkpoint_path, sha))
+            if manifest["row_count"] == 0:
+                manifest = _unbound(manifest, kind, nlist, extra)
+            if kind != manifest["kind"]:
+                raise IndexStoreError(f"{path}: index kind is {manifest['kind']!r}, not {kind!r}")
+            if nlist is not None and manifest["nlist"] not in (None, nlist):
+                raise IndexStoreError(f"{path}: index nlist is {manifest['nlist']}, not {nlist}")
+            if extra is not None and extra != manifest["extra"]:
+                raise IndexStoreError(
+                    f"{path}: index was built with {manifest['extra']}, not {extra}"
+                )
+            check_files(path, manifest)
+            _remove_leftovers(path, manifest)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        if nlist is not None and manifest["nlist"] is None:
+            manifest = {**manifest, "nlist": nlist}  # recorded with the next commit
+        return cls(path, manifest, lock_fd)
+
+    @property
+    def manifest(self) -> dict:
+        """A copy of the last committed manifest."""
+        return copy.deepcopy(self._manifest)
+
+    def is_committed(self, shard_url: str) -> bool:
+        return shard_url in self._manifest["shards"]
+
+    def entry(self, shard_url: str) -> dict | None:
+        """A copy of the committed shard's manifest entry, or None."""
+        entry = self._manifest["shards"].get(shard_url)
+        return dict(entry) if entry is not None else None
+
+    def commit_shard(
+        self,
+        shard_name: str,
+        shard_url: str,
+        codes: np.ndarray,
+        rows: pa.Table | Sequence[Mapping[str, Any]],
+        errors: Sequence[Mapping[str, Any]],
+        fingerprint: str | None = None,
+        replace: bool = False,
+    ) -> range:
+        """Make one shard durable, whole or not at all; return the row ids its rows got.
+
+        The shard is known by its URL (two roots may hold shards of one name); ``shard_name``
+        is what its rows' ``shard`` column says. codes: uint8 (n, K/8), row i of ``rows`` goes
+        with code i. rows: n rows of METADATA_SCHEMA's columns (a table or dicts; absent
+        nullable columns become null). errors: dicts of ERRORS_SCHEMA's columns, the scenes
+        that could not be indexed. n may be 0: a shard whose every scene failed still commits
+        with its errors. fingerprint: what the shard held when read (``ShardReader.fingerprint``).
+        replace: the URL is committed already; its old rows are retired in this same commit, so
+        readers see the old rows or the new ones, never both. Row ids are never reused.
+        """
+        self._check_open()
+        if not shard_url:
+            raise ValueError(f"shard {shard_name!r}: the shard URL must not be empty")
+        m = self._manifest
+        old = m["shards"].get(shard_url)
+        if old is not None and not replace:
+            raise IndexStoreError(f"{self.path}: shard {shard_url!r} is already committed")
+        codes = check_codes(codes, m["bits"] // 8)
+        n = len(codes)
+        scene = conform(rows, METADATA_SCHEMA, f"rows of shard {shard_name!r}")
+        if scene.num_rows != n:
+            raise ValueError(f"shard {shard_name!r}: {n} codes but {scene.num_rows} rows")
+        errs = conform(errors, ERRORS_SCHEMA, f"errors of shard {shard_name!r}")
+        for what, table in (("rows", scene), ("errors", errs)):
+            if set(table["shard"].unique().to_pylist()) - {shard_name}:
+                raise ValueError(f"shard {shard_name!r}: {what} name another shard")
+
+        first = m["next_row_id"]
+        ids = np.arange(first, first + n, dtype=np.int64)
+        part = pa.Table.from_arrays(
+            [pa.array(ids), codes_to_arrow(codes), *scene.columns],
+            schema=metadata_schema(m["bits"]),
+        )
+        generation = m["generation"] + 1
+        # A name no committed manifest uses: an interrupted attempt's file is never referenced.
+        name = f"{generation:06d}.parquet"
+        entry = {
+            "name": shard_name,
+            "fingerprint": fingerprint,
+            "part": f"parts/{name}",
+            "errors": f"errors/{name}",
+            "first_row": first,
+            "rows": n,
+            "error_count": errs.num_rows,
+        }
+        for key, table in (("part", part), ("errors", errs)):
+            path = self.path / entry[key]
+            atomic_write(path, lambda f, t=table: pq.write_table(t, f))
+            entry[f"{key}_sha256"] = sha256_file(path)
+        # The renames must be durable before the manifest that references them is.
+        fsync_dir(self.path / "parts")
+        fsync_dir(self.path / "errors")
+        shards = {k: e for k, e in m["shards"].items() if k != shard_url}
+        self._commit(
+            {
+                **_retire(m, [shard_url]),
+                "row_count": m["row_count"] - (old["rows"] if old else 0) + n,
+                "next_row_id": first + n,
+                "generation": generation,
+                "shards": {**shards, shard_url: entry},
+            }
+        )
+        return range(first, first + n)
+
+    def drop_shards(self, shard_urls: Sequence[str], drop_index_file: bool = False) -> None:
+        """Remove shards from the manifest in one commit (their rows are retired), so that the
+        next build indexes them again; with ``drop_index_file`` the FAISS file is forgotten too
+        and rebuilt from the parts. Used to recover from damaged files."""
+        self._check_open()
+        m = self._manifest
+        unknown = [u for u in shard_urls if u not in m["shards"]]
+        if unknown:
+            raise IndexStoreError(f"{self.path}: no committed shard {unknown[0]!r}")
+        retired = _retire(m, shard_urls)
+        if drop_index_file:
+            retired = {**retired, "index_file": None, "index_shards": [], "index_retired": []}
+        gone = sum(m["shards"][u]["rows"] for u in shard_urls)
+        self._commit(
+            {
+                **retired,
+                "row_count": m["row_count"] - gone,
+                "generation": m["generation"] + 1,
+                "shards": {k: e for k, e in m["shards"].items() if k not in set(shard_urls)},
+            }
+        )
+
+    def finalize(self, ivf_train_sample: int | None = None) -> None:
+        """Write ``index-<generation>.faiss`` covering every committed shard and commit it.
+
+        The previous FAISS file, if any, is reused (an IVF stays trained): retired rows are
+        removed and the shards it lacks are added. An IVF without one is trained on all codes,
+        or on a random sample of ``ivf_train_sample`` of them, with the index's nlist or
+        ``default_nlist(row_count)``. While an IVF has too few codes to train, nothing is
+        written (readers search its codes exactly). Nothing happens when the FAISS file
+        already covers every shard.
+        """
+        self._check_open()
+        if ivf_train_sample is not None and ivf_train_sample < 1:
+            raise ValueError(f"ivf_train_sample must be positive, got {ivf_train_sample}")
+        m = self._manifest
+        shards = list(m["shards"])
+        if m["index_file"] is not None and m["index_shards"] == shards and not m["index_retired"]:
+            return
+        index, nlist = faiss_index(self.path, m, train_sample=ivf_train_sample)
+        if is_exact_stand_in(m, index):
+            return
+        generation = m["generation"] + 1
+        index_file = f"index-{generation}.faiss"
+        save_index(index, str(self.path / index_file))
+        self._commit(
+            {
+                **m,
+                "nlist": nlist,
+                "generation": generation,
+                "index_file": index_file,
+                "index_shards": shards,
+                "index_retired": [],
+            }
+        )
+        # Only now that no durable manifest references them.
+        for f in self.path.glob("index-*.faiss"):
+            if f.name != index_file:
+                f.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the directory's lock; the writer cannot commit after this."""
+        self._close_lock()
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if not self._close_lock.alive:
+            raise IndexStoreError(f"{self.path}: this IndexWriter is closed")
+
+    def _commit(self, manifest: dict) -> None:
+        manifest["updated"] = now()
+        data = json.dumps(manifest, indent=1).encode()
+        atomic_write(self.path / MANIFEST, lambda f: f.write(data))
+        # The rename has happened: memory follows the disk even if the fsync below fails.
+        self._manifest = manifest
+        fsync_dir(self.path)
+
+
+def _unbound(manifest: dict, kind: str, nlist: int | None, extra: Mapping | None) -> dict:
+    """An index without rows takes the parameters of the build that opens it."""
+    return {
+        **manifest,
+        "kind": kind,
+        "nlist": nlist,
+        "extra": manifest["extra"] if extra is None else dict(extra),
+        "index_file": None if kind != manifest["kind"] else manifest["index_file"],
+        "index_shards": [] if kind != manifest["kind"] else manifest["index_shards"],
+    }
+
+
+def _retire(manifest: Mapping, shard_urls: Sequence[str]) -> dict:
+    """The manifest with the FAISS file's rows of ``shard_urls`` marked as retired."""
+    covered = set(manifest["index_shards"])
+    gone = [u for u in shard_urls if u in covered]
+    ranges = [
+        [manifest["shards"][u]["first_row"], manifest["shards"][u]["rows"]]
+        for u in gone
+        if manifest["shards"][u]["rows"]
+    ]
+    return {
+        **manifest,
+        "index_shards": [s for s in manifest["index_shards"] if s not in set(gone)],
+        "index_retired": [*manifest["index_retired"], *ranges],
+    }
