@@ -16,7 +16,6 @@ Resizing to 299x299 and normalisation are part of the backbone: callers hand in 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import warnings
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
+from dahash_index.files import sha256_file  # noqa: F401  (re-exported: the weights' checksum)
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 BACKBONES = ("tf2015", "torchvision")
@@ -36,15 +37,6 @@ BACKBONES = ("tf2015", "torchvision")
 
 class BackboneError(RuntimeError):
     """The backbone's weights cannot be found or do not fit."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- TF-2015 graph details that torchvision's blocks do not have ---------------------------

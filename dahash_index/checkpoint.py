@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dahash_index.backbones import BackboneSpec, sha256_file
+from dahash_index.backbones import BackboneSpec
+from dahash_index.files import atomic_write, sha256_file
 from dahash_index.network import HashNet, NetConfig
+from dahash_index.store.layout import missing_model
 
 FORMAT = "dahash-index-checkpoint/1"
 
@@ -82,9 +84,7 @@ def save_checkpoint(
     }
     if centre_codes is not None:
         payload["centre_codes"] = torch.from_numpy(np.asarray(centre_codes, dtype=bool))
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(payload, f))
     return sha256_file(path)
 
 
@@ -92,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint safely (``weights_only=True``); a clear error for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: model checkpoint not found")
+        raise CheckpointError(missing_model(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file

@@ -40,7 +40,28 @@ def _int_list(text: str) -> list[int]:
 
 
 def _fail(err: Exception) -> None:
-    raise click.ClickException(str(err)) from err
+    """The one way a command reports a failure: 'Error: <one line>' on stderr, exit 1."""
+    raise click.ClickException(" ".join(str(err).split()) or type(err).__name__) from err
+
+
+def _storage_options(pairs: tuple[str, ...], endpoint_url: str | None) -> dict:
+    from dahash_index.remote import parse_storage_options
+
+    try:
+        return parse_storage_options(pairs, endpoint_url)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--storage-option") from None
+
+
+def _storage_flags(command):
+    """--endpoint-url and --storage-option, shared by every command that reads URLs."""
+    command = click.option(
+        "--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE",
+        help="fsspec option for remote URLs, e.g. anon=true or requester_pays=true "
+             "(values are JSON when they parse).")(command)
+    return click.option(
+        "--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
+        help="S3-compatible endpoint for s3:// URLs (or $AWS_ENDPOINT_URL).")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,7 +80,7 @@ def main() -> None:
     runtime.configure_threads()
 
 
-@main.command()
+@main.command(short_help="Train the hash network on a labelled dataset.")
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Image-folder dataset: DATA/<class>/<scene>; the folder name is the label.")
 @click.option("--bits", default=64, show_default=True, type=int,
@@ -100,7 +121,7 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
         _fail(err)
 
 
-@main.command(name="eval")
+@main.command(name="eval", short_help="Evaluate the method and its baselines (METHOD.md).")
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Labelled image-folder dataset (DATA/<class>/<scene>).")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -127,7 +148,7 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
               show_default=True, help="Directory for results.json and the PR curves.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Markdown report to write [default: OUT/report.md].")
-@click.option("--jobs", default=1, show_default=True, type=int,
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Networks trained at once (worker processes sharing the cores).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Feature cache directory.")
@@ -152,7 +173,7 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
     click.echo(f"wrote {report}")
 
 
-@main.command()
+@main.command(short_help="Index shards of scenes (new or changed ones) into an index.")
 @click.option("--shards", required=True, metavar="DIR_OR_URL",
               help="Local directory or fsspec URL (s3://, gs://, memory://, file://). Each "
                    "subdirectory or .tar is a shard; loose files at the top form one shard.")
@@ -162,8 +183,9 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
               help=f"Trained checkpoint [default: {HOME_HELP}/model.pt].")
 @click.option("--kind", default="flat", show_default=True, type=click.Choice(["flat", "ivf"]),
               help="FAISS binary index: exact flat search, or IVF (trained on the codes).")
-@click.option("--nlist", type=int, default=None,
-              help="IVF lists [default: about 4 sqrt(N), from the archive size].")
+@click.option("--nlist", type=click.IntRange(min=1), default=None,
+              help="IVF lists [default: about 4 sqrt(N), from the archive size]. Until the "
+                   "index holds 39 codes per list, its codes are searched exactly.")
 @click.option("--bands", default=None, metavar="R,G,B",
               help="1-based bands of multi-band TIFFs that make the RGB input, e.g. 3,2,1 "
                    "[default: 1,2,3].")
@@ -173,17 +195,24 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
               help="Decode processes; 0 decodes in the build process [default: 0 when the "
                    "network runs on the CPU, whose cores it already uses; up to 8 with a GPU].")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip shards already committed to INDEX (always safe). --no-resume refuses "
-                   "to add to an existing index.")
-@click.option("--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
-              help="S3-compatible endpoint for s3:// URLs (or $AWS_ENDPOINT_URL).")
+              help="Skip shards already committed to INDEX and unchanged (always safe). "
+                   "--no-resume refuses to add to an existing index.")
+@click.option("--retry-errors", is_flag=True,
+              help="Index again every committed shard that recorded scene errors (shards that "
+                   "yielded no row at all are retried without it).")
+@click.option("--wait", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              metavar="SECONDS", help="Wait this long for another build writing to INDEX.")
+@_storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, resume,
-          endpoint_url):
+          retry_errors, wait, endpoint_url, storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
 
-    A shard counts as indexed only once its codes and metadata are durable; running build
-    again (or after a crash) skips committed shards and adds new ones. Scenes that cannot be
-    read are reported in one line each, kept in the index's errors table, and skipped.
+    A shard is its URL plus a fingerprint of its files (names, sizes, modification times or
+    ETags). Running build again (or after a crash) skips committed, unchanged shards, adds new
+    ones and indexes changed ones again, replacing their rows in the same commit. A shard counts
+    as indexed only once its codes and metadata are durable. Scenes that cannot be decoded are
+    reported in one line each, kept in the index's errors table, and skipped; a shard the
+    storage fails on is not committed, and the next build retries it (exit status 1).
     """
     from dahash_index.images import parse_bands
     from dahash_index.indexer import BuildOptions, build_index
@@ -192,37 +221,50 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
     model = model or default_model()
     if not resume and (index_dir / "manifest.json").exists():
         raise click.ClickException(f"{index_dir} already holds an index (use --resume)")
-    storage = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+    storage = _storage_options(storage_pairs, endpoint_url)
     try:
         options = BuildOptions(kind=kind, nlist=nlist,
                                bands=parse_bands(bands) if bands else None,
-                               batch_size=batch_size, workers=workers, storage_options=storage)
+                               batch_size=batch_size, workers=workers, storage_options=storage,
+                               retry_errors=retry_errors, wait=wait)
         report = build_index(shards, index_dir, model, options)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
+    again = f", {report.shards_reindexed} of them again" if report.shards_reindexed else ""
     click.echo(
-        f"indexed {report.scenes} scenes from {report.shards_indexed} shard(s) "
+        f"indexed {report.scenes} scenes from {report.shards_indexed} shard(s){again} "
         f"({report.shards_skipped} already committed), {report.errors} error(s), "
         f"in {report.seconds:.1f}s; {index_dir} holds {report.row_count} rows"
     )
+    if report.exact_ivf:
+        click.echo(f"Warning: {index_dir} holds too few codes to train its IVF yet (39 per "
+                   "list); they are searched exactly until then", err=True)
+    if report.failed:
+        raise click.ClickException(
+            f"{len(report.failed)} shard(s) could not be read and were not indexed (named "
+            "above); run build again to retry them")
 
 
-@main.command()
+@main.command(short_help="Find the scenes nearest to query images.")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help=f"Index directory [default: {HOME_HELP}/index].")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Refuse to answer unless the index was built with this checkpoint.")
-@click.option("--top", default=50, show_default=True, type=int, help="Hits per query.")
-@click.option("--radius", type=int, default=None,
+@click.option("--top", default=None, type=click.IntRange(min=1),
+              help="Hits per query [default: 50].")
+@click.option("--radius", type=click.IntRange(min=0), default=None,
               help="Instead of --top: every hit within this Hamming distance.")
-@click.option("--nprobe", type=int, default=None, help="IVF lists to visit (IVF indexes).")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists to visit (IVF indexes).")
 @click.option("--bands", default=None, metavar="R,G,B", help="Bands of multi-band queries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit (JSON lines).")
 @click.option("--mmap", is_flag=True,
               help="Map the index's codes from disk instead of reading them into memory "
                    "(large indexes; processes on one machine share the pages).")
-def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap):
+@_storage_flags
+def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, endpoint_url,
+          storage_pairs):
     """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
 
     Prints, per query, rank, Hamming distance, row id, scene URL and metadata.
@@ -232,19 +274,31 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap):
     from dahash_index.api import SceneIndex
     from dahash_index.images import parse_bands
 
+    if top is not None and radius is not None:
+        raise click.UsageError("give --top or --radius, not both")
     index_dir = index_dir or default_index()
+    storage = _storage_options(storage_pairs, endpoint_url)
     try:
-        index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap)
-        table = index.query(list(images), top=top, radius=radius,
-                            bands=parse_bands(bands) if bands else None)
+        band_numbers = parse_bands(bands) if bands else None
+        index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap,
+                                storage_options=storage)
+        if index.row_count == 0:
+            click.echo(f"Warning: {index_dir} holds no rows yet (dahash-index build --shards "
+                       f"DIR --index {index_dir})", err=True)
+        table = index.query(list(images), top=top, radius=radius, bands=band_numbers)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
     failed = False
     rows = table.drop_columns(["code"]) if "code" in table.column_names else table
+    answered = set()
     for row in rows.to_pylist():
+        answered.add(row["query"])
         if row["error"] is not None:
             failed = True
-            click.echo(f"error: {row['query_name']}: {row['error']}", err=True)
+            error = row["error"]
+            if not error.startswith(row["query_name"]):
+                error = f"{row['query_name']}: {error}"
+            click.echo(f"Error: {error}", err=True)
             continue
         if as_json:
             click.echo(json.dumps({k: v for k, v in row.items() if k != "error"}))
@@ -255,38 +309,89 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap):
         extra = " ".join(f"{k}={row[k]}" for k in ("label", "width", "height", "crs")
                          if row.get(k) is not None)
         click.echo(f"{row['rank']:>4} {row['distance']:>3} {row['row_id']:>8} {name} {extra}")
+    for number, name in enumerate(images):
+        if number not in answered and not as_json:
+            click.echo(f"# {name}: no hits")
     if failed:
         sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="Show what an index holds.")
 @click.argument("index_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(index_dir, as_json):
-    """Show what an index holds [default INDEX_DIR: $DAHASH_INDEX_HOME/index]."""
+    """Show what an index holds [default INDEX_DIR: $DAHASH_INDEX_HOME/index].
+
+    Also checks that every file the manifest names is there and that each Parquet file's
+    footer gives the row count the manifest says; `dahash-index check` reads them whole.
+    """
     import json
 
-    from dahash_index.store import IndexReader
+    from dahash_index.store import IndexReader, quick_check
 
     index_dir = index_dir or default_index()
     try:
         reader = IndexReader.open(index_dir)
+        health = quick_check(index_dir)
     except (ValueError, OSError) as err:
         _fail(err)
     m = reader.manifest
     if as_json:
         click.echo(json.dumps(m, indent=1))
-        return
-    errors = sum(s["error_count"] for s in m["shards"].values())
-    click.echo(f"index      {index_dir}")
-    click.echo(f"format     {m['format']}")
-    click.echo(f"rows       {m['row_count']} from {len(m['shards'])} committed shard(s)")
-    click.echo(f"errors     {errors} scene(s) could not be indexed")
-    click.echo(f"codes      {m['bits']} bits, {m['kind']} index"
-               + (f", nlist {m['nlist']}" if m.get("nlist") else ""))
-    click.echo(f"model      sha256 {m['model_sha256']} ({reader.model_path})")
-    click.echo(f"backbone   {m['backbone']} (weights sha256 {m['backbone_sha256'][:12]})")
-    click.echo(f"updated    {m['updated']}")
+    else:
+        errors = sum(s["error_count"] for s in m["shards"].values())
+        click.echo(f"index      {index_dir}")
+        click.echo(f"format     {m['format']}")
+        click.echo(f"rows       {m['row_count']} from {len(m['shards'])} committed shard(s)")
+        click.echo(f"errors     {errors} scene(s) could not be indexed")
+        click.echo(f"codes      {m['bits']} bits, {m['kind']} index"
+                   + (f", nlist {m['nlist']}" if m.get("nlist") else ""))
+        click.echo(f"model      sha256 {m['model_sha256']} ({reader.model_path})")
+        click.echo(f"backbone   {m['backbone']} (weights sha256 {m['backbone_sha256'][:12]})")
+        click.echo(f"updated    {m['updated']}")
+    _report_damage(index_dir, health.damage)
+
+
+def _report_damage(index_dir: Path, damage: list) -> None:
+    for problem in damage:
+        click.echo(f"damaged: {problem}", err=True)
+    if damage:
+        raise click.ClickException(
+            f"{index_dir}: {len(damage)} damaged file(s); `dahash-index check --repair "
+            f"{index_dir}` drops their shards so that the next build indexes them again")
+
+
+@main.command(short_help="Verify every file of an index; --repair drops damaged shards.")
+@click.argument("index_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--repair", is_flag=True,
+              help="Drop the shards whose files are damaged from the manifest (and a damaged "
+                   "FAISS file), so that the next build indexes them again.")
+def check(index_dir, repair):
+    """Read every file of INDEX_DIR whole and verify it [default: $DAHASH_INDEX_HOME/index].
+
+    Parts and errors tables against the checksums recorded at commit, their schemas, row
+    counts and row ids; the model copy against the manifest; the FAISS file's K, kind, row
+    count and ids. Exit status 1 names each damaged file.
+    """
+    from dahash_index.store import check_index, repair_index
+
+    index_dir = index_dir or default_index()
+    try:
+        report = check_index(index_dir)
+        if report.ok:
+            click.echo(f"ok: {index_dir} holds {report.rows} rows in {report.shards} shard(s); "
+                       f"{report.files} file(s) verified")
+            return
+        if repair:
+            dropped = repair_index(report)
+            for problem in report.damage:
+                click.echo(f"damaged: {problem}", err=True)
+            click.echo(f"repaired: dropped {len(dropped)} shard(s) from {index_dir}; run build "
+                       "again to index them")
+            return
+    except (ValueError, OSError) as err:
+        _fail(err)
+    _report_damage(index_dir, report.damage)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,51 @@
 """Stream shards of scenes through the network into an on-disk index, one shard at a time.
 
-For each shard not yet committed: read scene bytes (``ShardReader``) in a background thread,
-decode them (in worker processes when the network runs on a GPU, in line on a CPU), encode
-them in batches (``SceneEncoder``), then commit the shard's codes, metadata and errors in one
-step (``IndexWriter.commit_shard``). A re-run skips committed shards, so a killed build
-resumes where it stopped. Unreadable scenes are reported in one line each, recorded in the
-errors table, and the build goes on.
+For each shard that is new or changed (its fingerprint differs from the committed one): read
+scene bytes (``ShardReader``) in a background thread, decode them (in worker processes when
+the network runs on a GPU, in line on a CPU; see ``streaming``), encode them in batches
+(``SceneEncoder``), then commit the shard's codes, metadata and errors in one step
+(``IndexWriter.commit_shard``). A re-run skips committed, unchanged shards, so a killed build
+resumes where it stopped. Undecodable scenes are reported in one line each, recorded in the
+errors table, and the build goes on. A shard the storage fails on (or whose decode process
+dies twice) is not committed, named in one line, and retried by the next build.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import queue
+import shutil
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dahash_index.backbones import image_to_tensor
-from dahash_index.checkpoint import load_checkpoint
+from dahash_index.checkpoint import Checkpoint, load_checkpoint
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene
-from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader
-from dahash_index.store import IndexWriter
+from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader, ShardReadError
+from dahash_index.store import KINDS, MANIFEST, IndexWriter
+from dahash_index.streaming import (
+    DecodePool,
+    batches,
+    decode_for_index,
+    default_workers,
+    ordered_map,
+    prefetch,
+    scene_name,
+)
 
 
 @dataclass(frozen=True)
 class BuildOptions:
+    """How to build; every value is checked when the options are made (ValueError)."""
+
     kind: str = "flat"
     nlist: int | None = None
     bands: tuple[int, int, int] | None = None
@@ -46,145 +54,55 @@ class BuildOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage_options: dict = field(default_factory=dict)
     device: str | None = None
+    retry_errors: bool = False  # re-index committed shards that recorded scene errors
+    wait: float = 0.0  # seconds to wait for another build holding the index
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.nlist is not None:
+            if self.kind != "ivf":
+                raise ValueError("nlist applies only to kind 'ivf'")
+            _check_int("nlist", self.nlist, 1)
+        if self.bands is not None:
+            if len(self.bands) != 3:
+                raise ValueError(f"bands must be three band numbers, got {self.bands!r}")
+            for band in self.bands:
+                _check_int("band numbers (1-based)", band, 1)
+        _check_int("batch size", self.batch_size, 1)
+        if self.workers is not None:
+            _check_int("workers", self.workers, 0)
+        _check_int("max_pixels", self.max_pixels, 1)
+        if not isinstance(self.wait, (int, float)) or self.wait < 0:
+            raise ValueError(f"wait must be a non-negative number of seconds, got {self.wait!r}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
 class BuildReport:
     shards_total: int = 0
-    shards_skipped: int = 0  # already committed by an earlier run
+    shards_skipped: int = 0  # committed by an earlier run, unchanged
     shards_indexed: int = 0
-    scenes: int = 0
-    errors: int = 0
+    shards_reindexed: int = 0  # of those indexed: changed since, or retried for errors
+    failed: list[str] = field(default_factory=list)  # one line per shard not indexed
+    scenes: int = 0  # rows committed by this run
+    errors: int = 0  # scene errors recorded by this run
     seconds: float = 0.0
     row_count: int = 0
+    exact_ivf: bool = False  # an IVF with too few codes to train yet: searched exactly
 
 
-T = TypeVar("T")
+@dataclass(frozen=True)
+class ShardTask:
+    """A shard to index: what it holds now, and whether it replaces a committed version."""
 
-
-def default_workers(device: torch.device) -> int:
-    """Decode processes when none are asked for. Zero on a CPU: the backbone's threads already
-    use every core, and a decoder beside them slows the forward more than decoding in line
-    costs (benchmarks/build_throughput.py). On a GPU, enough processes to keep it fed."""
-    if device.type == "cpu":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def scene_name(url: str, member: str | None) -> str:
-    """How a scene is named in messages: the file URL, or 'tar-url[member]'."""
-    return f"{url}[{member}]" if member else url
-
-
-def decode_for_index(
-    scene: SceneBytes, bands: tuple[int, int, int] | None, max_pixels: int
-) -> tuple[dict, np.ndarray | None, str | None]:
-    """Decode one scene -> (metadata row, network input (3, 299, 299) float32 or None, error)."""
-    row = {"url": scene.url, "shard": scene.shard, "member": scene.member, "label": scene.label}
-    try:
-        image, info = decode_scene(scene.data, scene.member or scene.url, bands, max_pixels)
-    except SceneDecodeError as err:
-        return row, None, str(err)
-    bounds = info.bounds or (None,) * 4
-    wgs84 = info.bounds_wgs84 or (None,) * 4
-    pixel = info.pixel_size or (None, None)
-    row.update(
-        width=info.width, height=info.height, bands=info.bands, dtype=info.dtype, crs=info.crs,
-        left=bounds[0], bottom=bounds[1], right=bounds[2], top=bounds[3],
-        west=wgs84[0], south=wgs84[1], east=wgs84[2], north=wgs84[3],
-        pixel_size_x=pixel[0], pixel_size_y=pixel[1], datetime=info.datetime,
-    )
-    return row, image_to_tensor(image).numpy(), None
-
-
-def _init_decode_worker(parent_pid: int | None = None) -> None:
-    # Decoders must not start their own OpenMP pools next to the backbone's threads.
-    torch.set_num_threads(1)
-    if parent_pid is not None:
-        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_when_orphaned(parent_pid: int) -> None:
-    # A build killed with SIGKILL cannot shut its pool down, and a worker blocked on the call
-    # queue (whose write end it holds itself) would never see EOF: it would live on forever.
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def _prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
-    """``items`` iterated by a background thread, at most ``depth`` ahead of the consumer.
-
-    Reading scene bytes waits on disks and networks with the GIL released, so the next scenes
-    arrive while the current batch is encoded. An exception in ``items`` is raised here.
-    """
-    ready: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    end = object()
-
-    def put(entry: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            put((end, err))
-            return
-        put((end, None))
-
-    threading.Thread(target=produce, daemon=True, name="scene-reader").start()
-    try:
-        while True:
-            item, error = ready.get()
-            if item is end:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()  # a consumer that stops early releases the reader thread
-
-
-def _ordered_map(
-    executor: Executor | None, fn: Callable, items: Iterable, window: int
-) -> Iterator:
-    """fn over items, in order, with at most ``window`` in flight (bounded memory)."""
-    if executor is None:
-        yield from map(fn, items)
-        return
-    pending: deque[Future] = deque()
-    for item in items:
-        pending.append(executor.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def _batches(results: Iterator, size: int, on_error: Callable[[dict], None]) -> Iterator:
-    """Group decoded scenes into (rows, stacked inputs) batches; errors go to on_error."""
-    rows: list[dict] = []
-    inputs: list[np.ndarray] = []
-    for row, x, reason in results:
-        if x is None:
-            on_error(row | {"reason": reason})
-            continue
-        rows.append(row)
-        inputs.append(x)
-        if len(rows) == size:
-            yield rows, np.stack(inputs)
-            rows, inputs = [], []
-    if rows:
-        yield rows, np.stack(inputs)
+    shard: Shard
+    fingerprint: str
+    replace: bool
 
 
 def index_shard(
@@ -192,11 +110,12 @@ def index_shard(
     shard: Shard,
     encoder: SceneEncoder,
     decode: Callable,
-    executor: Executor | None,
+    pool: DecodePool,
     options: BuildOptions,
     on_progress: Callable[[int, int], None],
 ) -> tuple[np.ndarray, list[dict], list[dict]]:
-    """Encode one shard -> (codes (n, K/8) uint8, n metadata rows, error rows)."""
+    """Encode one shard -> (codes (n, K/8) uint8, n metadata rows, error rows); ``decode`` runs
+    in the pool's processes, or in line when it has none."""
     errors: list[dict] = []
 
     def record_error(error: dict) -> None:
@@ -206,7 +125,7 @@ def index_shard(
         on_progress(0, 1)
 
     def scenes() -> Iterator[SceneBytes]:
-        for item in _prefetch(reader.iter_scenes(shard), 2 * options.batch_size):
+        for item in prefetch(reader.iter_scenes(shard), 2 * options.batch_size):
             if isinstance(item, SceneError):
                 record_error({"url": item.url, "shard": item.shard, "member": item.member,
                               "reason": item.reason})
@@ -214,16 +133,76 @@ def index_shard(
                 yield item
 
     window = max(2, options.workers) * options.batch_size
-    results = _ordered_map(executor, decode, scenes(), window)
+    results = ordered_map(pool.executor, decode, scenes(), window, pool.result)
     all_rows: list[dict] = []
     all_codes: list[np.ndarray] = []
-    for rows, inputs in _batches(results, options.batch_size, record_error):
+    for rows, inputs in batches(results, options.batch_size, record_error):
         all_codes.append(encoder.encode(torch.from_numpy(inputs)))
         all_rows.extend(rows)
         on_progress(len(rows), 0)
     codes = np.concatenate(all_codes) if all_codes else np.zeros((0, encoder.bits // 8), np.uint8)
     errors = [{k: e.get(k) for k in ("url", "shard", "member", "reason")} for e in errors]
     return codes, all_rows, errors
+
+
+def plan_shards(
+    reader: ShardReader,
+    writer: IndexWriter,
+    shards: list[Shard],
+    retry_errors: bool,
+    warn: Callable[[str], None],
+) -> tuple[list[ShardTask], int, list[str]]:
+    """Decide what to index -> (tasks, shards skipped, one line per shard that cannot be listed).
+
+    A shard is indexed when its URL is not committed; again (replacing its rows) when its
+    fingerprint changed, when it yielded no row but had errors, or, with ``retry_errors``,
+    when it had any error. Otherwise it is skipped.
+    """
+    tasks: list[ShardTask] = []
+    skipped = 0
+    failed: list[str] = []
+    for shard in shards:
+        try:
+            fingerprint = reader.fingerprint(shard)
+        except ShardReadError as err:
+            failed.append(str(err))
+            continue
+        entry = writer.entry(shard.url)
+        if entry is None:
+            tasks.append(ShardTask(shard, fingerprint, False))
+        elif entry["fingerprint"] != fingerprint:
+            warn(f"Warning: shard {shard.url} changed since it was indexed; indexing it again "
+                 f"(its {entry['rows']} old rows are replaced)")
+            tasks.append(ShardTask(shard, fingerprint, True))
+        elif entry["error_count"] and (retry_errors or entry["rows"] == 0):
+            why = "--retry-errors" if retry_errors else "it yielded no row last time"
+            warn(f"Warning: shard {shard.url} had {entry['error_count']} scene error(s); "
+                 f"indexing it again ({why})")
+            tasks.append(ShardTask(shard, fingerprint, True))
+        else:
+            skipped += 1
+    return tasks, skipped, failed
+
+
+def check_bands(reader: ShardReader, shard: Shard, options: BuildOptions) -> None:
+    """Refuse ``options.bands`` before anything is committed when the shard's first readable
+    scene decodes without them but not with them (the bands, not the scene, are wrong)."""
+    if options.bands is None:
+        return
+    for item in islice(reader.iter_scenes(shard), 16):
+        if isinstance(item, SceneError):
+            continue
+        name = scene_name(item.url, item.member)
+        try:
+            decode_scene(item.data, item.member or item.url, options.bands, options.max_pixels)
+            return
+        except SceneDecodeError as err:
+            try:
+                decode_scene(item.data, item.member or item.url, None, options.max_pixels)
+            except SceneDecodeError:
+                continue  # a bad scene: it says nothing about the bands
+            bands = ",".join(map(str, options.bands))
+            raise ValueError(f"--bands {bands} does not fit {name}: {err}") from None
 
 
 def build_index(
@@ -233,48 +212,116 @@ def build_index(
     options: BuildOptions = BuildOptions(),
     progress: bool = True,
 ) -> BuildReport:
-    """Index every shard under ``shards_url`` into ``index_dir`` (created or resumed)."""
+    """Index every new or changed shard under ``shards_url`` into ``index_dir`` (created or
+    resumed). Shards the storage fails on are left out and named in ``report.failed``."""
     start = time.perf_counter()
+    index_dir = Path(index_dir)
     reader = ShardReader(shards_url, options.storage_options or None)
+    shards = reader.list_shards()
+    if not shards:
+        raise FileNotFoundError(
+            f"no shards under {shards_url}: expected subdirectories or .tar files of scenes, "
+            "or scene files"
+        )
     checkpoint = load_checkpoint(model_path)
     extra = {"bands": list(options.bands) if options.bands else None}
-    writer = IndexWriter.open(index_dir, model_path, options.kind, options.nlist, extra)
-    shards = reader.list_shards()
-    todo = [s for s in shards if not writer.is_committed(s.name)]
-    report = BuildReport(shards_total=len(shards), shards_skipped=len(shards) - len(todo))
+    created = not (index_dir / MANIFEST).is_file()
+    writer = IndexWriter.open(index_dir, model_path, options.kind, options.nlist, extra,
+                              options.wait)
+    try:
+        report = _build(reader, shards, writer, checkpoint, options, progress)
+    except BaseException:
+        if created and not writer.manifest["shards"]:
+            # Refused before its first commit: the directory this build made goes (removed
+            # while the lock is held, so no other writer can be in it).
+            shutil.rmtree(index_dir, ignore_errors=True)
+        writer.close()
+        raise
+    writer.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _build(
+    reader: ShardReader,
+    shards: list[Shard],
+    writer: IndexWriter,
+    checkpoint: Checkpoint,
+    options: BuildOptions,
+    progress: bool,
+) -> BuildReport:
+    start = time.perf_counter()
+    tasks, skipped, failed = plan_shards(reader, writer, shards, options.retry_errors,
+                                         lambda line: tqdm.write(line, file=sys.stderr))
+    report = BuildReport(shards_total=len(shards), shards_skipped=skipped, failed=failed)
+    for line in failed:
+        tqdm.write(f"Error: {line}", file=sys.stderr)
+    if tasks:
+        check_bands(reader, tasks[0].shard, options)
     encoder = SceneEncoder(checkpoint, options.device)
     if options.workers is None:
         options = replace(options, workers=default_workers(encoder.device))
     decode = partial(decode_for_index, bands=options.bands, max_pixels=options.max_pixels)
 
-    bar = tqdm(total=len(todo), unit="shard", desc="build", disable=not progress)
+    # Not on a pipe or a log file, where every redraw would add to one endless line.
+    bar = tqdm(total=len(tasks), unit="shard", desc="build", disable=None if progress else True)
+    seen = {"scenes": 0, "errors": 0}
 
     def on_progress(scenes: int, errors: int) -> None:
-        report.scenes += scenes
-        report.errors += errors
-        rate = report.scenes / max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(scenes=report.scenes, per_s=f"{rate:.1f}", errors=report.errors)
+        seen["scenes"] += scenes
+        seen["errors"] += errors
+        rate = seen["scenes"] / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(scenes=seen["scenes"], per_s=f"{rate:.1f}", errors=seen["errors"])
 
-    executor = None
-    if options.workers > 0 and todo:
-        executor = ProcessPoolExecutor(
-            options.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_decode_worker,
-            initargs=(os.getpid(),),
-        )
+    pool = DecodePool(options.workers if tasks else 0)
     try:
-        for shard in todo:
-            codes, rows, errors = index_shard(reader, shard, encoder, decode, executor, options,
-                                              on_progress)
-            writer.commit_shard(shard.name, shard.url, codes, rows, errors)
-            report.shards_indexed += 1
+        for task in tasks:
+            result = _index_with_retry(reader, task.shard, encoder, decode, pool, options,
+                                       on_progress)
+            if isinstance(result, str):
+                report.failed.append(result)
+                tqdm.write(f"Error: {result}", file=sys.stderr)
+            else:
+                codes, rows, errors = result
+                writer.commit_shard(task.shard.name, task.shard.url, codes, rows, errors,
+                                    fingerprint=task.fingerprint, replace=task.replace)
+                report.shards_indexed += 1
+                report.shards_reindexed += task.replace
+                report.scenes += len(rows)
+                report.errors += len(errors)
             bar.update(1)
     finally:
         bar.close()
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
+        pool.shutdown()
     writer.finalize()
-    report.row_count = writer.manifest["row_count"]
-    report.seconds = time.perf_counter() - start
+    manifest = writer.manifest
+    report.row_count = manifest["row_count"]
+    report.exact_ivf = manifest["kind"] == "ivf" and manifest["index_file"] is None
     return report
+
+
+def _index_with_retry(
+    reader: ShardReader,
+    shard: Shard,
+    encoder: SceneEncoder,
+    decode: Callable,
+    pool: DecodePool,
+    options: BuildOptions,
+    on_progress: Callable[[int, int], None],
+) -> tuple[np.ndarray, list[dict], list[dict]] | str:
+    """index_shard, once more on a fresh decode pool if a decode process died; a one-line
+    reason instead of the result when the shard cannot be indexed this time."""
+    for attempt in (1, 2):
+        try:
+            return index_shard(reader, shard, encoder, decode, pool, options,
+                               on_progress)
+        except ShardReadError as err:
+            return str(err)
+        except BrokenProcessPool:
+            pool.restart()
+            if attempt == 2:
+                return (f"shard {shard.url}: a decode process died twice while reading it; "
+                        "not indexed (run build again to retry)")
+            tqdm.write(f"Warning: a decode process died during shard {shard.url}; "
+                       "reading it again", file=sys.stderr)
+    raise AssertionError("unreachable")

@@ -18,11 +18,20 @@ Layout under the shards URL (local path, file://, s3://, gs://, memory://, ...):
   starting with '.') and top-level entries starting with '_' (reserved, e.g. ``_dahash``).
 
 Reading never raises for bad data: an unreadable file, an unsafe tar member or a corrupt
-tar becomes a :class:`SceneError` in the stream and the iteration goes on.
+tar becomes a :class:`SceneError` in the stream and the iteration goes on. A failure of the
+storage itself (a dead endpoint, a connection lost mid-tar: ``remote.is_transient``) raises
+:class:`ShardReadError` instead: the shard must not be committed short of its scenes, and the
+next build retries it.
+
+A shard's identity is its URL plus ``ShardReader.fingerprint``: a digest of its scene names,
+sizes and modification times (or ETags / object versions, where the store has them).
+Local symlinks to shard directories, tars and scenes are followed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import lzma
 import os
 import tarfile
@@ -32,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from dahash_index.images import SCENE_SUFFIXES
+from dahash_index.remote import describe, is_transient, url_filesystem
 
 TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tgz", ".tar.gz")
 ROOT_SHARD = "."
@@ -59,6 +68,11 @@ class SceneBytes:
     member: str | None  # tar member name exactly as stored, None for plain files
     label: str | None  # containing directory name, when the layout has one
     data: bytes
+
+
+class ShardReadError(OSError):
+    """The storage failed while a shard was read (not bad data): the shard is not indexed
+    this time, and the next build retries it. One line, naming the shard."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +99,14 @@ class ShardReader:
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.fs, root = url_filesystem(url, storage_options)
         self.root = root.rstrip("/") or root
         try:
             is_dir = self.fs.isdir(self.root)
             exists = is_dir or self.fs.exists(self.root)
-        except OSError:
-            raise
         except Exception as exc:  # object-store clients raise their own types (botocore's
             # NoCredentialsError, EndpointConnectionError, ...), which callers cannot know
-            raise OSError(f"cannot list shards URL {url}: {_one_line(exc)}") from exc
+            raise OSError(f"cannot list shards URL {describe(url, exc)}") from exc
         if not is_dir:
             if exists:
                 raise FileNotFoundError(f"shards URL is not a directory: {url}")
@@ -108,12 +120,19 @@ class ShardReader:
         """All shards under the URL, sorted by name (the root shard '.' first)."""
         shards = []
         has_loose = False
-        for entry in self.fs.ls(self.root, detail=True):
+        try:
+            entries = self.fs.ls(self.root, detail=True)
+        except Exception as exc:
+            raise OSError(f"cannot list shards URL {describe(self.url, exc)}") from exc
+        for entry in entries:
             name = _basename(entry["name"])
             # Object stores may list a 'prefix/' marker object as the prefix itself.
             if entry["name"].rstrip("/") == self.root or name.startswith((".", "_")):
                 continue
-            if entry["type"] == "directory":
+            kind = entry["type"]
+            if self._local and entry.get("islink"):  # fsspec does not follow links
+                kind = "directory" if os.path.isdir(entry["name"]) else "file"
+            if kind == "directory":
                 shards.append(Shard(name, self._url(name), "dir"))
             elif _is_tar(name):
                 shards.append(Shard(name, self._url(name), "tar"))
@@ -129,20 +148,42 @@ class ShardReader:
         Dir and root shards come in sorted path order. Tar shards come in archive order,
         which is just as deterministic: sorting would mean holding the whole tar in
         memory or seeking around in it, and tars are read as one stream.
+        Raises ShardReadError when the storage fails (see the module docstring).
         """
         if shard.kind == "tar":
             yield from self._iter_tar(shard)
             return
-        for rel in self._scene_paths(shard):
+        try:
+            files = self._scene_files(shard)
+        except Exception as exc:  # the listing failed: nothing of the shard can be trusted
+            raise ShardReadError(f"shard {describe(shard.url, exc)}") from exc
+        for rel, _ in files:
             url = self._url(rel)
             parts = PurePosixPath(rel).parts
             label = parts[-2] if len(parts) > 1 else None
             try:
                 data = self.fs.cat_file(self._path(rel))
-            except OSError as exc:  # fsspec maps permission/I/O/vanished files to OSError
+            except Exception as exc:  # fsspec maps permission/I/O/vanished files to OSError;
+                # object stores raise their own types
+                if is_transient(exc):
+                    raise ShardReadError(f"shard {shard.url}: {describe(url, exc)}") from exc
                 yield SceneError(url, shard.name, None, f"cannot read file: {_one_line(exc)}")
                 continue
             yield SceneBytes(url, shard.name, None, label, data)
+
+    def fingerprint(self, shard: Shard) -> str:
+        """A digest of what the shard holds now: its scene files' names, sizes and
+        modification times (ETags or versions on object stores); for a tar, the tar file's.
+        One listing, no data read. Raises ShardReadError when the storage fails."""
+        try:
+            if shard.kind == "tar":
+                files = [(shard.name, self._file_info(self._path(shard.name)))]
+            else:
+                files = self._scene_files(shard)
+        except Exception as exc:
+            raise ShardReadError(f"shard {describe(shard.url, exc)}") from exc
+        data = json.dumps(files, sort_keys=True, default=str).encode()
+        return hashlib.sha256(data).hexdigest()[:32]
 
     def count_scenes(self, shard: Shard) -> int:
         """How many items ``iter_scenes`` yields for the shard, read errors aside.
@@ -152,7 +193,7 @@ class ShardReader:
         tar counts the members found before the damage, and never raises.
         """
         if shard.kind != "tar":
-            return len(self._scene_paths(shard))
+            return len(self._scene_files(shard))
         count = 0
         try:
             with self.fs.open(self._path(shard.name), "rb") as f:
@@ -170,27 +211,52 @@ class ShardReader:
     def _url(self, rel: str) -> str:
         return f"{self._base}/{rel}" if rel else self._base
 
-    def _scene_paths(self, shard: Shard) -> list[str]:
-        """Sorted paths of a dir or root shard's scenes, relative to the shards root."""
+    def _file_info(self, path: str) -> tuple:
+        """(size, version) of one file: mtime for local files (links followed), else the
+        first of the store's ETag / version / generation / modification time."""
+        if self._local:
+            return _local_info(path)
+        return _remote_info(self.fs.info(path))
+
+    def _scene_files(self, shard: Shard) -> list[tuple[str, tuple]]:
+        """Sorted (path relative to the shards root, (size, version)) of a dir or root
+        shard's scenes."""
         if shard.kind == "root":
-            names = [
-                _basename(e["name"])
+            entries = [
+                (_basename(e["name"]), e)
                 for e in self.fs.ls(self.root, detail=True)
                 if e["type"] != "directory"
+                and not (self._local and e.get("islink") and os.path.isdir(e["name"]))
             ]
-            return sorted(n for n in names if not n.startswith((".", "_")) and _is_scene(n))
+            names = sorted(
+                (n, e) for n, e in entries if not n.startswith((".", "_")) and _is_scene(n)
+            )
+            if self._local:
+                return [(n, _local_info(self._path(n))) for n, _ in names]
+            return [(n, _remote_info(e)) for n, e in names]
         if shard.kind != "dir":
             raise ValueError(f"unknown shard kind {shard.kind!r} for shard {shard.name!r}")
         top = self._path(shard.name)
-        rels = []
-        for path in self.fs.find(top):
-            rel = path[len(top) :].lstrip("/")
+        found = []
+        for rel, info in self._walk(top):
             # Only components below the shard count as hidden: the shards URL itself
             # may well sit under a dot-directory.
             if any(p.startswith(".") for p in rel.split("/")) or not _is_scene(rel):
                 continue
-            rels.append(f"{shard.name}/{rel}")
-        return sorted(rels)
+            found.append((f"{shard.name}/{rel}", info))
+        return sorted(found)
+
+    def _walk(self, top: str) -> Iterator[tuple[str, tuple]]:
+        """(path relative to top, (size, version)) of every file below top."""
+        if self._local:  # os.walk follows links to directories, fsspec's find does not
+            for folder, dirs, files in os.walk(top, followlinks=True):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                for name in files:
+                    path = os.path.join(folder, name)
+                    yield os.path.relpath(path, top).replace(os.sep, "/"), _local_info(path)
+            return
+        for path, info in self.fs.find(top, detail=True).items():
+            yield path[len(top) :].lstrip("/"), _remote_info(info)
 
     def _iter_tar(self, shard: Shard) -> Iterator[SceneBytes | SceneError]:
         def error(member: str | None, reason: str) -> SceneError:
@@ -198,7 +264,10 @@ class ShardReader:
 
         try:
             f = self.fs.open(self._path(shard.name), "rb")
-        except OSError as exc:
+        except Exception as exc:
+            if is_transient(exc) or isinstance(exc, FileNotFoundError):
+                # a vanished tar is not listed next time; a dead store is retried
+                raise ShardReadError(f"shard {describe(shard.url, exc)}") from exc
             yield error(None, f"cannot open tar: {_one_line(exc)}")
             return
         last = None
@@ -214,10 +283,33 @@ class ShardReader:
                         yield error(member.name, problem)
                     else:
                         yield SceneBytes(shard.url, shard.name, member.name, _label(member), data)
-        except _TAR_DAMAGE as exc:
+        except Exception as exc:
+            if is_transient(exc):
+                raise ShardReadError(f"shard {describe(shard.url, exc)}") from exc
+            if not isinstance(exc, _TAR_DAMAGE):
+                raise
             where = f"after member {last.name!r}" if last is not None else "at the start"
             detail = _one_line(exc, with_type=isinstance(exc, OSError))
             yield error(None, f"truncated or corrupt tar {where}, rest of shard skipped: {detail}")
+
+
+def _local_info(path: str) -> tuple:
+    """(size, mtime in ns) of a local file, links followed; (None, None) for a dangling link,
+    whose reading then reports the error."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def _remote_info(info: dict) -> tuple:
+    """(size, version) from an object store's listing entry."""
+    for key in ("ETag", "etag", "VersionId", "version_id", "generation", "md5Hash",
+                "mtime", "LastModified", "last_modified", "updated", "created"):
+        if info.get(key) is not None:
+            return info.get("size"), f"{key}={info[key]}"
+    return info.get("size"), None
 
 
 # --- tar helpers ---------------------------------------------------------------------

@@ -125,31 +125,36 @@ def small(tmp_path_factory, quick_checkpoint, run_cli):
 
 
 def add_shard_and_build(tmp_path: Path, small: dict, run_cli, new_shard, workers: int = 1) -> tuple:
-    """Copy the small index and its shards, add ``new_shard(shards_dir)`` and build again
+    """Copy the small index, add ``new_shard(shards_dir)`` to its shards and build again
     (``workers`` decode processes; 0 decodes in the build process, saving a process start).
+    The new shard is removed afterwards: a shard is known by its URL, so the shards cannot be
+    copied elsewhere without becoming other shards.
 
     Checks that the committed rows are untouched (metadata and codes) and the old shards were
     skipped; returns (build result, reader of the index after, number of rows before).
     """
     index = tmp_path / "index"
-    shards = tmp_path / "shards"
+    shards = small["shards"]
     shutil.copytree(small["index"], index)
-    shutil.copytree(small["shards"], shards)
     before = IndexReader.open(index)
     before_meta, before_codes = before.metadata(), before.codes()
-    new_shard(shards)
-
-    result = run_cli(
-        "build",
-        "--shards",
-        shards,
-        "--index",
-        index,
-        "--model",
-        small["model"],
-        "--workers",
-        workers,
-    )
+    existing = set(shards.iterdir())
+    try:
+        new_shard(shards)
+        result = run_cli(
+            "build",
+            "--shards",
+            shards,
+            "--index",
+            index,
+            "--model",
+            small["model"],
+            "--workers",
+            workers,
+        )
+    finally:
+        for path in set(shards.iterdir()) - existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "(2 already committed)" in result.stdout, result.stdout
@@ -197,7 +202,7 @@ def test_zero_byte_file_is_skipped_with_one_line(tmp_path, small, run_cli):
         save_scene(shards / "new" / "z.jpg", 12)
 
     result, reader, n = add_shard_and_build(tmp_path, small, run_cli, shard, workers=0)
-    bad = str(tmp_path / "shards" / "new" / "empty.jpg")
+    bad = str(small["shards"] / "new" / "empty.jpg")
     assert_skipped_one_line(result.stderr, bad, "empty file (0 bytes)")
     assert [Path(r["url"]).name for r in new_rows(reader, n)] == ["a.jpg", "z.jpg"]
     assert reader.errors().select(["url", "reason"]).to_pylist() == [
@@ -221,7 +226,7 @@ def test_non_image_with_image_suffix_is_skipped_with_one_line(tmp_path, small, r
         save_scene(shards / "new" / "z.jpg", 12)
 
     result, reader, n = add_shard_and_build(tmp_path, small, run_cli, shard, workers=0)
-    new = tmp_path / "shards" / "new"
+    new = small["shards"] / "new"
     for name, (_, reason) in NOT_IMAGES.items():
         assert_skipped_one_line(result.stderr, str(new / name), reason)
     assert [Path(r["url"]).name for r in new_rows(reader, n)] == ["a.jpg", "z.jpg"]
@@ -280,7 +285,7 @@ def test_header_claiming_100000_by_100000_pixels_is_refused_unread(tmp_path, sma
         save_scene(shards / "new" / "z.jpg", 12)
 
     result, reader, n = add_shard_and_build(tmp_path, small, run_cli, shard)
-    new = tmp_path / "shards" / "new"
+    new = small["shards"] / "new"
     assert_skipped_one_line(
         result.stderr, str(new / "huge.tif"), "100000 x 100000 pixels", "above the limit"
     )
@@ -307,7 +312,7 @@ def test_tar_member_escaping_the_shard_is_skipped_with_one_line(tmp_path, small,
                 tf.addfile(info, io.BytesIO(data))
 
     result, reader, n = add_shard_and_build(tmp_path, small, run_cli, shard)
-    tar_url = str(tmp_path / "shards" / "new.tar")
+    tar_url = str(small["shards"] / "new.tar")
     assert_skipped_one_line(result.stderr, f"{tar_url}[../x.jpg]", "escapes the shard")
     rows = new_rows(reader, n)
     assert [(r["url"], r["member"], r["label"]) for r in rows] == [
@@ -319,7 +324,8 @@ def test_tar_member_escaping_the_shard_is_skipped_with_one_line(tmp_path, small,
         (tar_url, "new.tar", "../x.jpg")
     ]
     # Nothing is ever extracted, least of all beside the shards.
-    assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "shards" / "x.jpg").exists()
+    shards = small["shards"]
+    assert not (shards.parent / "x.jpg").exists() and not (shards / "x.jpg").exists()
 
 
 @pytest.mark.parametrize("where", ["local", "s3-prefix", "s3-endpoint"])
@@ -572,7 +578,7 @@ def test_api_bad_query_gets_an_error_row_and_the_others_go_on(small, run_cli, tm
     result = run_cli("query", bad, good, "--index", small["index"], "--top", "2")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        f"error: {bad}: {err[0]['error']}"
+        f"Error: {bad}: {err[0]['error']}"
     ]
     assert str(good) in result.stdout
 
@@ -778,7 +784,8 @@ def test_s3_build_killed_and_resumed_indexes_every_scene_once(s3_index):
     assert meta["row_id"].to_pylist() == list(range(total))  # contiguous, no duplicates
     scenes = list(zip(meta["url"].to_pylist(), meta["member"].to_pylist(), strict=True))
     assert len(set(scenes)) == total  # every scene indexed exactly once
-    assert set(m["shards"]) == {f"{c}.tar" for c in s3_index["classes"]}
+    assert set(m["shards"]) == {f"{s3_index['url']}/{c}.tar" for c in s3_index["classes"]}
+    assert {e["name"] for e in m["shards"].values()} == {f"{c}.tar" for c in s3_index["classes"]}
     assert all(e["rows"] == PER_CLASS and e["error_count"] == 0 for e in m["shards"].values())
     # The shards committed before the kill are untouched by the resume.
     for name, entry in killed["manifest"]["shards"].items():

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from dahash_index.indexer import _prefetch, default_workers
+from dahash_index.streaming import default_workers, prefetch
 
 
 def test_prefetch_keeps_order_and_reads_ahead():
@@ -19,7 +19,7 @@ def test_prefetch_keeps_order_and_reads_ahead():
             read.append(i)
             yield i
 
-    got = _prefetch(items(), depth=3)
+    got = prefetch(items(), depth=3)
     assert next(got) == 0
     # Bounded: 1 consumed + 3 queued + 1 read and waiting for room, and no further.
     deadline = time.monotonic() + 5
@@ -38,7 +38,7 @@ def test_prefetch_raises_the_readers_error_after_the_items_before_it():
 
     got = []
     with pytest.raises(OSError, match="connection reset"):
-        for item in _prefetch(items(), depth=4):
+        for item in prefetch(items(), depth=4):
             got.append(item)
     assert got == [1, 2]
 
@@ -51,7 +51,7 @@ def test_prefetch_releases_its_thread_when_the_consumer_stops():
             i += 1
 
     before = threading.active_count()
-    got = _prefetch(endless(), depth=2)
+    got = prefetch(endless(), depth=2)
     assert [next(got) for _ in range(3)] == [0, 1, 2]
     got.close()
     deadline = time.monotonic() + 5

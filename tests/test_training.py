@@ -185,6 +185,9 @@ def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
     (["--bits", "12"], "K must be a positive multiple of 8"),
     (["--variants", "full,nonsense"], "unknown variant(s) ['nonsense']"),
     (["--protocols", "standard,other"], "unknown protocol(s) ['other']"),
+    (["--jobs", "0"], "Invalid value for '--jobs': 0 is not in the range x>=1"),
+    (["--seeds", "abc"], "expected comma-separated integers, got 'abc'"),
+    (["--seeds", ","], "--bits and --seeds each need at least one value"),
 ])
 def test_bad_eval_arguments_refused_before_any_work(tmp_path, extra, message):
     # The data folder does not even exist: the arguments are checked before anything loads.
