@@ -34,6 +34,7 @@ import torch
 import indexes
 from dahash_index.backbones import image_to_tensor
 from dahash_index.checkpoint import load_checkpoint
+from dahash_index.checks import check_int
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import SceneDecodeError, decode_scene
 from dahash_index.remote import RemoteError, read_url
@@ -58,7 +59,7 @@ class SceneIndex:
         if reload not in RELOADS:
             raise ValueError(f"reload must be one of {RELOADS}, got {reload!r}")
         if nprobe is not None:
-            _check_count("nprobe", nprobe, 1)
+            check_int("nprobe", nprobe, 1)
         self.bits = reader.bits
         self.nprobe = nprobe
         self.reload = reload
@@ -211,21 +212,15 @@ class SceneIndex:
         return table.append_column("error", pa.array(errors, pa.string()).take(query_col))
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_search(top: int | None, radius: int | None, nprobe: int | None) -> int:
     """The number of hits to fetch (top's default 50); ValueError for bad arguments."""
     if top is not None and radius is not None:
         raise ValueError("give top (the nearest hits) or radius (every hit within it), not both")
     if radius is not None:
-        _check_count("radius", radius, 0)
+        check_int("radius", radius, 0)
     if nprobe is not None:
-        _check_count("nprobe", nprobe, 1)
-    return _check_count("top", 50 if top is None else top, 1)
+        check_int("nprobe", nprobe, 1)
+    return check_int("top", 50 if top is None else top, 1)
 
 
 def _stat(path: Path) -> tuple | None:

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from dahash_index.checkpoint import Checkpoint, load_checkpoint
+from dahash_index.checks import check_int
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene
 from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader, ShardReadError
@@ -63,23 +64,18 @@ class BuildOptions:
         if self.nlist is not None:
             if self.kind != "ivf":
                 raise ValueError("nlist applies only to kind 'ivf'")
-            _check_int("nlist", self.nlist, 1)
+            check_int("nlist", self.nlist, 1)
         if self.bands is not None:
             if len(self.bands) != 3:
                 raise ValueError(f"bands must be three band numbers, got {self.bands!r}")
             for band in self.bands:
-                _check_int("band numbers (1-based)", band, 1)
-        _check_int("batch size", self.batch_size, 1)
+                check_int("band numbers (1-based)", band, 1)
+        check_int("batch size", self.batch_size, 1)
         if self.workers is not None:
-            _check_int("workers", self.workers, 0)
-        _check_int("max_pixels", self.max_pixels, 1)
+            check_int("workers", self.workers, 0)
+        check_int("max_pixels", self.max_pixels, 1)
         if not isinstance(self.wait, (int, float)) or self.wait < 0:
             raise ValueError(f"wait must be a non-negative number of seconds, got {self.wait!r}")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass

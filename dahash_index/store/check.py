@@ -157,7 +157,7 @@ def _check_faiss(path: Path, manifest: dict) -> str | None:
         index = load_index(str(path / rel))
         check_faiss_file(path, manifest, index)
     except RuntimeError as err:
-        return f"unreadable ({' '.join(str(err).split())[:200]})"
+        return f"unreadable ({one_line(err)})"
     except IndexStoreError as err:
         return _strip(path, err)
     expected = [
