@@ -49,7 +49,7 @@ def main() -> None:
 
     from dahash_index.api import SceneIndex
     from dahash_index.backbones import BackboneSpec
-    from dahash_index.checkpoint import save_checkpoint
+    from dahash_index.checkpoint import load_checkpoint, save_checkpoint
     from dahash_index.network import dahash_net
     from dahash_index.store import IndexWriter
 
@@ -62,7 +62,7 @@ def main() -> None:
         model = tmp / "model.pt"
         spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
         save_checkpoint(model, dahash_net(64), spec, [], 0, {})
-        writer = IndexWriter.open(tmp / "index", model)
+        writer = IndexWriter.open(tmp / "index", load_checkpoint(model).identity)
         for shard, part in enumerate(np.array_split(np.arange(args.rows), args.shards)):
             rows = [{"url": f"s3://archive/{shard}/{i}.tif", "shard": str(shard), "width": 256,
                      "height": 256, "bands": 3, "dtype": "uint8"} for i in part]

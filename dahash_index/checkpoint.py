@@ -18,7 +18,7 @@ import torch
 from dahash_index.backbones import BackboneSpec
 from dahash_index.files import atomic_write, sha256_file
 from dahash_index.network import HashNet, NetConfig
-from dahash_index.store.layout import missing_model
+from dahash_index.store.layout import ModelIdentity, missing_model
 
 FORMAT = "dahash-index-checkpoint/1"
 
@@ -40,6 +40,13 @@ class Checkpoint:
     # (n_classes, K) bool target codes of the class-centre term, row i for classes[i]; None
     # for a model trained without it (and for checkpoints from before the option existed).
     centre_codes: np.ndarray | None = None
+    path: Path | None = None  # the file it was read from
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """What an index records of this model (see ``store.ModelIdentity``)."""
+        return ModelIdentity(self.sha256, self.net_config.bits, self.backbone,
+                             self.backbone_sha256, self.path)
 
     def build_net(self) -> HashNet:
         """The hash network with these weights, in eval mode."""
@@ -115,4 +122,5 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         train_config=dict(payload["train_config"]),
         sha256=sha256_file(path),
         centre_codes=None if centre is None else centre.numpy().astype(bool),
+        path=path,
     )

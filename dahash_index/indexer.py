@@ -222,7 +222,7 @@ def build_index(
     checkpoint = load_checkpoint(model_path)
     extra = {"bands": list(options.bands) if options.bands else None}
     created = not (index_dir / MANIFEST).is_file()
-    writer = IndexWriter.open(index_dir, model_path, options.kind, options.nlist, extra,
+    writer = IndexWriter.open(index_dir, checkpoint.identity, options.kind, options.nlist, extra,
                               options.wait)
     try:
         report = _build(reader, shards, writer, checkpoint, options, progress)

@@ -27,6 +27,7 @@ from conftest import UCMERCED, UCMERCED_TIF, cli_command, needs_ucmerced
 from test_build_e2e import assert_one_line_failure, free_port, messages
 
 from dahash_index.api import SceneIndex
+from dahash_index.checkpoint import load_checkpoint
 from dahash_index.store import IndexReader, IndexWriter, check_index
 
 pytestmark = needs_ucmerced
@@ -286,7 +287,8 @@ def test_a_second_build_waits_or_fails_with_a_hint(tmp_path, run_cli, quick_chec
     build(run_cli, shards, index, quick_checkpoint, check=True)
     copy_scenes(shards / "b", "forest", 2)
 
-    holder = IndexWriter.open(index, quick_checkpoint)  # another build, as far as anyone knows
+    # another build, as far as anyone knows
+    holder = IndexWriter.open(index, load_checkpoint(quick_checkpoint).identity)
     result = build(run_cli, shards, index, quick_checkpoint, "--wait", "1")
     assert_one_line_failure(result, "another build is writing to this index (waited 1 s)",
                             "--wait SECONDS")

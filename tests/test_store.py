@@ -21,7 +21,7 @@ import torch
 
 from dahash_index import files
 from dahash_index.backbones import BackboneSpec, sha256_file
-from dahash_index.checkpoint import save_checkpoint
+from dahash_index.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.network import dahash_net
 from dahash_index.store import (
     ERRORS_SCHEMA,
@@ -30,6 +30,7 @@ from dahash_index.store import (
     IndexReader,
     IndexStoreError,
     IndexWriter,
+    ModelIdentity,
     ModelMismatchError,
     check_index,
     metadata_schema,
@@ -139,6 +140,10 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def identity(checkpoint: Path) -> ModelIdentity:
+    return load_checkpoint(checkpoint).identity
+
+
 @pytest.fixture
 def index_dir(tmp_path) -> Path:
     return tmp_path / "index"
@@ -155,7 +160,7 @@ def test_schemas():
 
 
 def test_commit_shards_and_read_back(index_dir, ckpts):
-    with IndexWriter.open(index_dir, ckpts["a"], extra={"bands": (3, 2, 1)}) as w:
+    with IndexWriter.open(index_dir, identity(ckpts["a"]), extra={"bands": (3, 2, 1)}) as w:
         assert _commit(w, "s0", 3) == range(0, 3)
         # A shard whose every scene failed still commits, with its errors.
         assert _commit(w, "s1", 0, n_errors=2) == range(3, 3)
@@ -214,7 +219,7 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
 
 
 def test_reader_sees_only_its_committed_state(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 4)
     r = IndexReader.open(index_dir)
     _commit(w, "s1", 3)
@@ -223,7 +228,7 @@ def test_reader_sees_only_its_committed_state(index_dir, ckpts):
 
 
 def test_finalize_flat_then_commit_more(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 6)
     _commit(w, "s1", 4)
     w.finalize()
@@ -254,7 +259,7 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
 
 
 def test_faiss_file_replaced_under_an_open_reader(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 5)
     w.finalize()
     r = IndexReader.open(index_dir)
@@ -277,7 +282,7 @@ def _centroids(index: faiss.IndexBinary) -> np.ndarray:
 
 
 def test_finalize_ivf_matches_flat(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["wide"], kind="ivf", nlist=8)
+    w = IndexWriter.open(index_dir, identity(ckpts["wide"]), kind="ivf", nlist=8)
     codes = np.vstack([_ivf_commit(w, "s0", 1200, 0), _ivf_commit(w, "s1", 800, 1)])
     w.finalize(ivf_train_sample=1000)
     ivf = IndexReader.open(index_dir).faiss_index()
@@ -303,7 +308,7 @@ def test_finalize_ivf_matches_flat(index_dir, ckpts):
 
 
 def test_ivf_with_too_few_codes(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["wide"], kind="ivf", nlist=8)
+    w = IndexWriter.open(index_dir, identity(ckpts["wide"]), kind="ivf", nlist=8)
     codes = _ivf_commit(w, "s0", 100, 0)  # an IVF of 8 lists trains on 39 * 8 = 312 codes
     w.finalize()  # writes nothing: until there are enough codes, they are searched exactly
     assert w.manifest["index_file"] is None and not list(index_dir.glob("index-*"))
@@ -323,7 +328,7 @@ class Crash(Exception):
 
 @pytest.mark.parametrize("crash_at", ["parts/", "errors/", "manifest.json"])
 def test_crash_mid_commit_leaves_last_commit(index_dir, ckpts, monkeypatch, crash_at):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     _commit(w, "s1", 2, n_errors=1)
     before = w.manifest
@@ -343,7 +348,7 @@ def test_crash_mid_commit_leaves_last_commit(index_dir, ckpts, monkeypatch, cras
     if crash_at != "parts/":  # a failed write removes its .tmp; earlier renames stay behind
         assert _files(index_dir) - _referenced(before)
 
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     assert w.manifest == before and not w.is_committed(url("s2"))
     assert _files(index_dir) == _referenced(before)  # leftovers cleaned
     assert _commit(w, "s2", 4, n_errors=1) == range(5, 9)
@@ -355,7 +360,7 @@ def test_crash_mid_commit_leaves_last_commit(index_dir, ckpts, monkeypatch, cras
 
 
 def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     real_replace = os.replace
 
@@ -371,7 +376,7 @@ def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
     w.close()
     assert (index_dir / "index-2.faiss").is_file()  # written, never committed
 
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     assert w.manifest["index_file"] is None
     assert not (index_dir / "index-2.faiss").exists()
     assert IndexReader.open(index_dir).faiss_index().ntotal == 3
@@ -382,7 +387,7 @@ def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
 _CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_store import _commit
+from test_store import _commit, identity
 from dahash_index.store import IndexWriter
 
 real_replace = os.replace
@@ -393,7 +398,7 @@ def replace(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
 
 os.replace = replace
-writer = IndexWriter.open({index!r}, {ckpt!r})
+writer = IndexWriter.open({index!r}, identity({ckpt!r}))
 for i in range(6):
     _commit(writer, f"s{{i}}", 2 + i, n_errors=i % 2)
 """
@@ -411,7 +416,7 @@ def test_real_sigkill_mid_commit(index_dir, ckpts):
     assert list(r.manifest["shards"]) == [url("s0"), url("s1")]
     assert len(r.metadata()) == r.row_count == 2 + 3
 
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     assert _files(index_dir) == _referenced(w.manifest)
     for i in range(6):
         if not w.is_committed(url(f"s{i}")):
@@ -429,7 +434,7 @@ def test_real_sigkill_mid_commit(index_dir, ckpts):
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_damaged_part_is_named(index_dir, ckpts, damage):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     _commit(w, "s1", 3)
     w.close()
@@ -445,11 +450,11 @@ def test_damaged_part_is_named(index_dir, ckpts, damage):
         with pytest.raises(IndexStoreError, match="parts/000002.parquet is missing"):
             IndexReader.open(index_dir)
         with pytest.raises(IndexStoreError, match="parts/000002.parquet is missing"):
-            IndexWriter.open(index_dir, ckpts["a"])
+            IndexWriter.open(index_dir, identity(ckpts["a"]))
 
 
 def test_manifest_and_part_disagreeing(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     _commit(w, "s1", 3)
     w.close()
@@ -471,10 +476,10 @@ def test_manifest_and_part_disagreeing(index_dir, ckpts):
 
 
 def test_refusals(tmp_path, index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 2)
     with pytest.raises(IndexStoreError, match="another build is writing to this index; let it"):
-        IndexWriter.open(index_dir, ckpts["a"])
+        IndexWriter.open(index_dir, identity(ckpts["a"]))
     with pytest.raises(IndexStoreError, match="already committed"):
         _commit(w, "s0", 2)
     w.close()
@@ -482,7 +487,7 @@ def test_refusals(tmp_path, index_dir, ckpts):
         _commit(w, "s1", 2)
 
     with pytest.raises(ModelMismatchError) as info:
-        IndexWriter.open(index_dir, ckpts["b"])
+        IndexWriter.open(index_dir, identity(ckpts["b"]))
     a, b = sha256_file(ckpts["a"])[:12], sha256_file(ckpts["b"])[:12]
     assert str(info.value) == (
         f"index {index_dir} was built with model {a} (backbone tf2015); {ckpts['b']} is {b}"
@@ -490,29 +495,29 @@ def test_refusals(tmp_path, index_dir, ckpts):
     with pytest.raises(ModelMismatchError, match=b):
         IndexReader.open(index_dir).check_model(ckpts["b"])
     with pytest.raises(IndexStoreError, match="kind is 'flat', not 'ivf'"):
-        IndexWriter.open(index_dir, ckpts["a"], kind="ivf")
+        IndexWriter.open(index_dir, identity(ckpts["a"]), kind="ivf")
     with pytest.raises(IndexStoreError, match="built with"):
-        IndexWriter.open(index_dir, ckpts["a"], extra={"bands": [1, 2, 3]})
-    IndexWriter.open(index_dir, ckpts["a"]).close()  # the refusals released the lock
+        IndexWriter.open(index_dir, identity(ckpts["a"]), extra={"bands": [1, 2, 3]})
+    IndexWriter.open(index_dir, identity(ckpts["a"])).close()  # the refusals released the lock
 
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(IndexStoreError, match="not a dahash index"):
-        IndexWriter.open(foreign, ckpts["a"])
+        IndexWriter.open(foreign, identity(ckpts["a"]))
     assert os.listdir(foreign) == ["holiday.jpg"]
     with pytest.raises(IndexStoreError, match=r"missing: not a dahash index \(no manifest.json\)"):
         IndexReader.open(tmp_path / "missing")
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    IndexWriter.open(empty, ckpts["a"]).close()  # an empty directory is fine to create in
+    IndexWriter.open(empty, identity(ckpts["a"])).close()  # an empty directory is fine to create in
     assert sorted(os.listdir(empty)) == ["errors", "manifest.json", "model.pt", "parts"]
     assert not [p for p in os.listdir(tmp_path) if ".creating-" in p]
 
 
 def test_bad_shard_input(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     rows = shard_rows("s0", 2)
     with pytest.raises(ValueError, match="uint8"):
         w.commit_shard("s0", url("s0"), shard_codes(0, 2).astype(np.int64), rows, [])
@@ -532,7 +537,7 @@ def test_bad_shard_input(index_dir, ckpts):
 
 
 def test_part_file_is_plain_parquet(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     table = pq.read_table(index_dir / "parts" / "000001.parquet")
     assert table.schema.equals(metadata_schema(16))
@@ -540,7 +545,7 @@ def test_part_file_is_plain_parquet(index_dir, ckpts):
 
 
 def test_corrupt_faiss_file_is_named(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     w.finalize()
     (index_dir / "index-2.faiss").write_bytes(b"IBxM" + b"\0" * 10)
@@ -552,7 +557,7 @@ def test_corrupt_faiss_file_is_named(index_dir, ckpts):
 
 
 def test_replacing_a_shard_retires_its_rows_in_the_same_commit(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     _commit(w, "s1", 2)
     w.finalize()  # the FAISS file holds rows 0..4
@@ -586,7 +591,7 @@ def test_replacing_a_shard_retires_its_rows_in_the_same_commit(index_dir, ckpts)
 
 
 def test_drop_shards_and_repair(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     for i in range(3):
         _commit(w, f"s{i}", 2)
     w.finalize()
@@ -616,7 +621,7 @@ def test_drop_shards_and_repair(index_dir, ckpts):
 
 
 def test_reopen_adds_only_new_shards(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 4)
     r = IndexReader.open(index_dir)
     first = r.faiss_index()
@@ -631,7 +636,7 @@ def test_reopen_adds_only_new_shards(index_dir, ckpts):
 
 
 def test_format_1_manifest_is_read(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"])
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 2)
     w.finalize()
     w.close()
@@ -654,23 +659,25 @@ def test_lock_wait(index_dir, ckpts):
     import threading
     import time
 
-    holder = IndexWriter.open(index_dir, ckpts["a"])
+    holder = IndexWriter.open(index_dir, identity(ckpts["a"]))
     start = time.monotonic()
     with pytest.raises(IndexStoreError, match=r"\(waited 0.5 s\)"):
-        IndexWriter.open(index_dir, ckpts["a"], wait=0.5)
+        IndexWriter.open(index_dir, identity(ckpts["a"]), wait=0.5)
     assert time.monotonic() - start >= 0.5
     threading.Timer(0.3, holder.close).start()
-    IndexWriter.open(index_dir, ckpts["a"], wait=10).close()
+    IndexWriter.open(index_dir, identity(ckpts["a"]), wait=10).close()
 
 
 def test_parameters_bind_only_once_rows_are_committed(index_dir, ckpts):
-    w = IndexWriter.open(index_dir, ckpts["a"], kind="ivf", nlist=4, extra={"bands": [5, 6, 7]})
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]), kind="ivf", nlist=4,
+                         extra={"bands": [5, 6, 7]})
     _commit(w, "s0", 0, n_errors=2)  # every scene failed: no row
     w.close()
-    w = IndexWriter.open(index_dir, ckpts["a"], extra={"bands": None})  # flat, other bands
+    # flat, other bands
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]), extra={"bands": None})
     _commit(w, "s1", 2)
     m = w.manifest
     assert (m["kind"], m["nlist"], m["extra"]) == ("flat", None, {"bands": None})
     w.close()
     with pytest.raises(IndexStoreError, match="kind is 'flat', not 'ivf'"):
-        IndexWriter.open(index_dir, ckpts["a"], kind="ivf")
+        IndexWriter.open(index_dir, identity(ckpts["a"]), kind="ivf")

@@ -45,6 +45,7 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     MODEL,
     IndexStoreError,
+    ModelIdentity,
     ModelMismatchError,
     metadata_schema,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "IndexReader",
     "IndexStoreError",
     "IndexWriter",
+    "ModelIdentity",
     "ModelMismatchError",
     "check_index",
     "metadata_schema",

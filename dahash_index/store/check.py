@@ -25,6 +25,7 @@ from dahash_index.store.layout import (
     MANIFEST,
     MODEL,
     IndexStoreError,
+    ModelIdentity,
     read_manifest,
 )
 from dahash_index.store.parts import read_parquet, read_part
@@ -120,7 +121,8 @@ def repair_index(report: CheckReport) -> list[str]:
     manifest = read_manifest(report.path)
     shards = list(dict.fromkeys(d.shard for d in report.damage if d.shard))
     faiss_damaged = any(d.shard is None for d in report.damage)
-    with IndexWriter.open(report.path, report.path / MODEL, kind=manifest["kind"]) as writer:
+    model = ModelIdentity.of_manifest(manifest, report.path / MODEL)
+    with IndexWriter.open(report.path, model, kind=manifest["kind"]) as writer:
         writer.drop_shards(shards, drop_index_file=faiss_damaged)
     return shards
 

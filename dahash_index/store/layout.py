@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +63,27 @@ def metadata_schema(bits: int) -> pa.Schema:
     )
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the store needs to know of a model: its file's SHA-256, K and backbone.
+
+    ``path`` is the checkpoint file, read only to copy it into a new index (the copy is
+    checked against ``sha256``). ``Checkpoint.identity`` makes one from a loaded checkpoint,
+    ``ModelIdentity.of_manifest`` from an index.
+    """
+
+    sha256: str
+    bits: int
+    backbone: str
+    backbone_sha256: str
+    path: Path | None = None
+
+    @classmethod
+    def of_manifest(cls, manifest: Mapping, path: Path | None = None) -> ModelIdentity:
+        return cls(manifest["model_sha256"], manifest["bits"], manifest["backbone"],
+                   manifest["backbone_sha256"], path)
+
+
 class IndexStoreError(ValueError):
     """An index directory cannot be created, opened or read; the one-line message names it."""
 
@@ -94,6 +116,13 @@ def mismatch(directory: Path, manifest: Mapping, checkpoint_path: object, sha: s
         f"index {directory} was built with model {manifest['model_sha256'][:12]} "
         f"(backbone {manifest['backbone']}); {checkpoint_path} is {sha[:12]}"
     )
+
+
+def check_model(directory: Path, manifest: Mapping, model: ModelIdentity) -> None:
+    """Raise ModelMismatchError unless ``model`` made (or may make) the index's codes."""
+    if model.sha256 != manifest["model_sha256"]:
+        raise ModelMismatchError(mismatch(directory, manifest, model.path or "the model",
+                                          model.sha256))
 
 
 # --- the manifest --------------------------------------------------------------------------

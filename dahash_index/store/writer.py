@@ -28,12 +28,11 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     MODEL,
     IndexStoreError,
-    ModelMismatchError,
+    ModelIdentity,
     check_files,
+    check_model,
     metadata_schema,
-    mismatch,
     missing_model,
-    model_sha256,
     now,
     read_manifest,
 )
@@ -44,34 +43,33 @@ from indexes.binary import check_codes
 
 def _create(
     directory: Path,
-    checkpoint_path: str | os.PathLike,
+    model: ModelIdentity,
     kind: str,
     nlist: int | None,
     extra: Mapping | None,
 ) -> None:
     """Make a new index directory: built beside it, then renamed into place, so that a crash
     never leaves a half-made index where the next open would refuse it as a foreign folder."""
-    from dahash_index.checkpoint import load_checkpoint  # lazy: importing torch costs seconds
-
-    if not Path(checkpoint_path).is_file():
-        raise IndexStoreError(missing_model(checkpoint_path))
+    if model.path is None or not Path(model.path).is_file():
+        raise IndexStoreError(missing_model(model.path or "the model"))
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.creating-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         (tmp / "parts").mkdir()
         (tmp / "errors").mkdir()
-        with open(checkpoint_path, "rb") as src:
+        with open(model.path, "rb") as src:
             atomic_write(tmp / MODEL, lambda f: shutil.copyfileobj(src, f, 1 << 20))
-        # Read the copy, not the original: its checksum is then the one of the file we hold.
-        ckpt = load_checkpoint(tmp / MODEL)
+        # Hash the copy, not the original: the index must hold the file its codes came from.
+        if sha256_file(tmp / MODEL) != model.sha256:
+            raise IndexStoreError(f"{model.path}: the checkpoint changed while it was in use")
         created = now()
         manifest = {
             "format": FORMAT,
-            "bits": ckpt.net_config.bits,
-            "model_sha256": ckpt.sha256,
-            "backbone": ckpt.backbone,
-            "backbone_sha256": ckpt.backbone_sha256,
+            "bits": model.bits,
+            "model_sha256": model.sha256,
+            "backbone": model.backbone,
+            "backbone_sha256": model.backbone_sha256,
             "kind": kind,
             "nlist": nlist,
             "row_count": 0,
@@ -149,7 +147,7 @@ class IndexWriter:
     def open(
         cls,
         path: str | os.PathLike,
-        checkpoint_path: str | os.PathLike,
+        model: ModelIdentity,
         kind: str = "flat",
         nlist: int | None = None,
         extra: Mapping | None = None,
@@ -157,9 +155,10 @@ class IndexWriter:
     ) -> IndexWriter:
         """Create an index directory, or reopen one to add shards to it.
 
-        A new directory gets a copy of the checkpoint as model.pt and an empty manifest.
-        Reopening refuses (ModelMismatchError) a checkpoint whose SHA-256 differs from the
-        index's model, and (IndexStoreError) a different ``kind``, a given ``nlist`` or ``extra``
+        model: the identity of the checkpoint the codes come from (``Checkpoint.identity``).
+        A new directory gets a copy of its file as model.pt and an empty manifest.
+        Reopening refuses (ModelMismatchError) a model whose SHA-256 differs from the
+        index's, and (IndexStoreError) a different ``kind``, a given ``nlist`` or ``extra``
         different from the stored ones (None means "whatever the index has"). An index that
         holds no row yet is not bound by its parameters: they were never used, and the ones
         given here replace them with the next commit. An existing non-empty directory without
@@ -178,13 +177,11 @@ class IndexWriter:
                     f"{path}: exists and is not a dahash index (no {MANIFEST}); refusing to "
                     "write into it"
                 )
-            _create(path, checkpoint_path, kind, nlist, extra)
+            _create(path, model, kind, nlist, extra)
         lock_fd = _lock(path, wait)
         try:
             manifest = read_manifest(path)
-            sha = model_sha256(checkpoint_path)
-            if sha != manifest["model_sha256"]:
-                raise ModelMismatchError(mismatch(path, manifest, checkpoint_path, sha))
+            check_model(path, manifest, model)
             if manifest["row_count"] == 0:
                 manifest = _unbound(manifest, kind, nlist, extra)
             if kind != manifest["kind"]:
