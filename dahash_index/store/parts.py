@@ -13,6 +13,15 @@ import pyarrow.parquet as pq
 from dahash_index.files import one_line
 from dahash_index.store.layout import MANIFEST, IndexStoreError, metadata_schema
 
+# Rows per Parquet row group of a part: a lookup of a few rows reads (and decompresses) only
+# the row groups that hold them, whatever the size of the part.
+ROW_GROUP_ROWS = 65_536
+
+
+def write_table(table: pa.Table, f) -> None:
+    """Write a part or errors table to the open binary file ``f``."""
+    pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS)
+
 
 def codes_to_arrow(codes: np.ndarray) -> pa.FixedSizeBinaryArray:
     """uint8 (n, K/8), C-contiguous -> fixed_size_binary(K/8) array of n values (zero copy)."""

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.store.faiss_file import faiss_index, is_exact_stand_in
@@ -36,7 +35,7 @@ from dahash_index.store.layout import (
     now,
     read_manifest,
 )
-from dahash_index.store.parts import codes_to_arrow, conform
+from dahash_index.store.parts import codes_to_arrow, conform, write_table
 from indexes import save_index
 from indexes.binary import check_codes
 
@@ -272,7 +271,7 @@ class IndexWriter:
         }
         for key, table in (("part", part), ("errors", errs)):
             path = self.path / entry[key]
-            atomic_write(path, lambda f, t=table: pq.write_table(t, f))
+            atomic_write(path, lambda f, t=table: write_table(t, f))
             entry[f"{key}_sha256"] = sha256_file(path)
         # The renames must be durable before the manifest that references them is.
         fsync_dir(self.path / "parts")
