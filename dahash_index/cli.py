@@ -53,6 +53,12 @@ def _storage_options(pairs: tuple[str, ...], endpoint_url: str | None) -> dict:
         raise click.BadParameter(str(err), param_hint="--storage-option") from None
 
 
+def _engines() -> list[str]:
+    from dahash_index.pipeline.runner import ENGINES
+
+    return list(ENGINES)
+
+
 def _storage_flags(command):
     """--endpoint-url and --storage-option, shared by every command that reads URLs."""
     command = click.option(
@@ -202,9 +208,16 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
                    "yielded no row at all are retried without it).")
 @click.option("--wait", default=0.0, show_default=True, type=click.FloatRange(min=0),
               metavar="SECONDS", help="Wait this long for another build writing to INDEX.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(_engines()),
+              help="Who encodes the shards: this process (local), or Ray tasks and actors "
+                   "(ray; pip install 'dahash-index[ray]'). This process commits either way.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto) "
+                   "[default: start Ray on this machine]. Workers must reach INDEX's "
+                   "directory (a shared filesystem) to write their shard results.")
 @_storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, resume,
-          retry_errors, wait, endpoint_url, storage_pairs):
+          retry_errors, wait, engine, ray_address, endpoint_url, storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
 
     A shard is its URL plus a fingerprint of its files (names, sizes, modification times or
@@ -226,7 +239,8 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
         options = BuildOptions(kind=kind, nlist=nlist,
                                bands=parse_bands(bands) if bands else None,
                                batch_size=batch_size, workers=workers, storage_options=storage,
-                               retry_errors=retry_errors, wait=wait)
+                               retry_errors=retry_errors, wait=wait, engine=engine,
+                               ray_address=ray_address)
         report = build_index(shards, index_dir, model, options)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)

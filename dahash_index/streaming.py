@@ -159,7 +159,6 @@ def batches(results: Iterator, size: int, on_error: Callable[[dict], None]) -> I
         yield rows, np.stack(inputs)
 
 
-
 class DecodePool:
     """The decode processes (none when ``workers`` is 0), restartable after one died."""
 
@@ -177,6 +176,11 @@ class DecodePool:
                 initializer=_init_decode_worker,
                 initargs=(os.getpid(),),
             )
+
+    def map(self, fn: Callable, items: Iterable, window: int) -> Iterator:
+        """fn over items in order, in the decode processes (in line without any), at most
+        ``window`` in flight."""
+        return ordered_map(self.executor, fn, items, window, self.result)
 
     def result(self, future: Future) -> object:
         """``future.result()``, raising BrokenProcessPool if a decode process died.

@@ -28,6 +28,7 @@ from dahash_index.store.layout import (
     MODEL,
     IndexStoreError,
     ModelIdentity,
+    ModelMismatchError,
     check_files,
     check_model,
     metadata_schema,
@@ -36,6 +37,13 @@ from dahash_index.store.layout import (
     read_manifest,
 )
 from dahash_index.store.parts import codes_to_arrow, conform, write_table
+from dahash_index.store.staging import (
+    STAGING,
+    StagedResult,
+    read_rows,
+    remove_result,
+    remove_unfinished,
+)
 from indexes import save_index
 from indexes.binary import check_codes
 
@@ -104,6 +112,7 @@ def _remove_leftovers(directory: Path, manifest: Mapping) -> None:
         for f in (directory / sub).iterdir():
             if f.suffix in (".parquet", ".tmp") and f"{sub}/{f.name}" not in keep and f.is_file():
                 f.unlink()
+    remove_unfinished(directory / STAGING)
     for f in directory.iterdir():
         stale = f.name.startswith("index-") and f.suffix == ".faiss"
         if f.is_file() and (f.suffix == ".tmp" or (stale and f.name != manifest["index_file"])):
@@ -287,6 +296,34 @@ class IndexWriter:
             }
         )
         return range(first, first + n)
+
+    @property
+    def staging(self) -> Path:
+        """Where workers write shard results for ``adopt`` (see ``store.staging``)."""
+        return self.path / STAGING
+
+    def adopt(self, result: StagedResult) -> range:
+        """Commit a staged shard result and delete it; return the row ids its rows got.
+
+        Row ids are assigned here, by the one committer, so workers anywhere can encode shards
+        without coordinating. A URL already committed is replaced in the same commit (the
+        planner staged it because it changed or had errors). A result encoded with another
+        model, or for another K, is refused (ModelMismatchError) and left in place.
+        """
+        self._check_open()
+        m = self._manifest
+        if (result.model_sha256, result.bits) != (m["model_sha256"], m["bits"]):
+            raise ModelMismatchError(
+                f"{result.path}: shard {result.shard_url} was encoded with model "
+                f"{result.model_sha256[:12]} ({result.bits} bits), but {self.path} holds "
+                f"model {m['model_sha256'][:12]} ({m['bits']} bits); not adopted"
+            )
+        codes, rows, errors = read_rows(result)
+        ids = self.commit_shard(result.shard_name, result.shard_url, codes, rows, errors,
+                                fingerprint=result.fingerprint,
+                                replace=result.shard_url in m["shards"])
+        remove_result(result)  # committed: a crash before this leaves a stale copy, never a gap
+        return ids
 
     def drop_shards(self, shard_urls: Sequence[str], drop_index_file: bool = False) -> None:
         """Remove shards from the manifest in one commit (their rows are retired), so that the

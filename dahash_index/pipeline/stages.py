@@ -1,0 +1,191 @@
+"""The stages of a build, as plain callables with plain inputs and outputs.
+
+    list shards -> plan -> read scene bytes -> decode -> encode -> write a shard result -> commit
+
+``ShardReader.list_shards`` lists, ``plan_shards`` decides what to index, ``read_scenes``
+reads a shard's scene bytes, ``streaming.decode_for_index`` decodes one scene,
+``encode_scenes`` turns decoded scenes into codes, metadata rows and error rows,
+``write_shard_result`` puts them in the index's staging area, and ``IndexWriter.adopt``
+commits them. A runner (``pipeline.local``, ``pipeline.ray_runner``) wires them; nothing here
+knows which runner, process or machine it runs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dahash_index.encoder import SceneEncoder
+from dahash_index.images import SceneDecodeError, decode_scene
+from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader, ShardReadError
+from dahash_index.store import IndexWriter, ModelIdentity
+from dahash_index.store.staging import StagedResult, write_result
+from dahash_index.streaming import batches, scene_name
+
+Decoded = tuple[dict, np.ndarray | None, str | None]  # what streaming.decode_for_index returns
+ERROR_KEYS = ("url", "shard", "member", "reason")
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """A shard to index: what it holds now, and whether it replaces a committed version."""
+
+    shard: Shard
+    fingerprint: str
+    replace: bool
+
+
+@dataclass
+class ShardResult:
+    """One shard, encoded: codes uint8 (n, K/8), n metadata rows (dicts of METADATA_SCHEMA
+    columns, row i with code i), and the scenes that could not be indexed (ERRORS_SCHEMA)."""
+
+    codes: np.ndarray
+    rows: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+
+def plan_shards(
+    reader: ShardReader,
+    writer: IndexWriter,
+    shards: list[Shard],
+    retry_errors: bool,
+    warn: Callable[[str], None],
+) -> tuple[list[ShardTask], int, list[str]]:
+    """Decide what to index -> (tasks, shards skipped, one line per shard that cannot be listed).
+
+    A shard is indexed when its URL is not committed; again (replacing its rows) when its
+    fingerprint changed, when it yielded no row but had errors, or, with ``retry_errors``,
+    when it had any error. Otherwise it is skipped.
+    """
+    tasks: list[ShardTask] = []
+    skipped = 0
+    failed: list[str] = []
+    for shard in shards:
+        try:
+            fingerprint = reader.fingerprint(shard)
+        except ShardReadError as err:
+            failed.append(str(err))
+            continue
+        entry = writer.entry(shard.url)
+        if entry is None:
+            tasks.append(ShardTask(shard, fingerprint, False))
+        elif entry["fingerprint"] != fingerprint:
+            warn(f"Warning: shard {shard.url} changed since it was indexed; indexing it again "
+                 f"(its {entry['rows']} old rows are replaced)")
+            tasks.append(ShardTask(shard, fingerprint, True))
+        elif entry["error_count"] and (retry_errors or entry["rows"] == 0):
+            why = "--retry-errors" if retry_errors else "it yielded no row last time"
+            warn(f"Warning: shard {shard.url} had {entry['error_count']} scene error(s); "
+                 f"indexing it again ({why})")
+            tasks.append(ShardTask(shard, fingerprint, True))
+        else:
+            skipped += 1
+    return tasks, skipped, failed
+
+
+def check_bands(
+    reader: ShardReader, shard: Shard, bands: tuple[int, int, int] | None, max_pixels: int
+) -> None:
+    """Refuse ``bands`` before anything is committed when the shard's first readable scene
+    decodes without them but not with them (the bands, not the scene, are wrong)."""
+    if bands is None:
+        return
+    for item in islice(reader.iter_scenes(shard), 16):
+        if isinstance(item, SceneError):
+            continue
+        name = scene_name(item.url, item.member)
+        try:
+            decode_scene(item.data, item.member or item.url, bands, max_pixels)
+            return
+        except SceneDecodeError as err:
+            try:
+                decode_scene(item.data, item.member or item.url, None, max_pixels)
+            except SceneDecodeError:
+                continue  # a bad scene: it says nothing about the bands
+            raise ValueError(f"--bands {','.join(map(str, bands))} does not fit {name}: "
+                             f"{err}") from None
+
+
+def read_scenes(reader: ShardReader, shard: Shard) -> Iterator[SceneBytes | SceneError]:
+    """A shard's scenes as bytes, or as errors for the ones that cannot be read. Raises
+    ShardReadError when the storage itself fails (the shard is then retried later)."""
+    return reader.iter_scenes(shard)
+
+
+def scene_errors(
+    items: Iterable[SceneBytes | SceneError], on_error: Callable[[dict], None]
+) -> Iterator[SceneBytes]:
+    """The scenes of ``items``; read errors go to ``on_error`` as ERRORS_SCHEMA dicts."""
+    for item in items:
+        if isinstance(item, SceneError):
+            on_error({"url": item.url, "shard": item.shard, "member": item.member,
+                      "reason": item.reason})
+        else:
+            yield item
+
+
+def encode_scenes(
+    decoded: Iterable[Decoded],
+    encoder: SceneEncoder,
+    batch_size: int,
+    on_error: Callable[[dict], None],
+    on_batch: Callable[[int], None] = _ignore,
+) -> tuple[np.ndarray, list[dict]]:
+    """Encode decoded scenes in batches of ``batch_size`` -> (codes uint8 (n, K/8), n rows).
+
+    decoded: ``decode_for_index`` results in scene order; the ones that failed go to
+    ``on_error`` (ERRORS_SCHEMA dicts). on_batch(n): after each batch of n encoded scenes.
+    """
+    rows: list[dict] = []
+    codes: list[np.ndarray] = [np.zeros((0, encoder.bits // 8), np.uint8)]
+    for batch_rows, inputs in batches(iter(decoded), batch_size, on_error):
+        codes.append(encoder.encode(torch.from_numpy(inputs)))
+        rows.extend(batch_rows)
+        on_batch(len(batch_rows))
+    return np.concatenate(codes), rows
+
+
+def index_shard(
+    scenes: Iterable[SceneBytes | SceneError],
+    decode: Callable[[Iterator[SceneBytes]], Iterator[Decoded]],
+    encoder: SceneEncoder,
+    batch_size: int,
+    on_error: Callable[[dict], None] = _ignore,
+    on_batch: Callable[[int], None] = _ignore,
+) -> ShardResult:
+    """read -> decode -> encode for one shard.
+
+    scenes: what ``read_scenes`` yields. decode: maps scenes to ``decode_for_index`` results
+    in the same order (in line: ``functools.partial(map, decode_one)``; in decode processes:
+    ``DecodePool.map``). Every scene that cannot be read or decoded becomes an error row
+    (also passed to ``on_error`` as it happens).
+    """
+    errors: list[dict] = []
+
+    def error(row: dict) -> None:
+        errors.append({k: row.get(k) for k in ERROR_KEYS})
+        on_error(errors[-1])
+
+    codes, rows = encode_scenes(decode(scene_errors(scenes, error)), encoder, batch_size,
+                                error, on_batch)
+    return ShardResult(codes, rows, errors)
+
+
+def write_shard_result(
+    staging: Path, model: ModelIdentity, task: ShardTask, result: ShardResult
+) -> StagedResult:
+    """Put one shard's result into the index's staging area, tagged with the model and the
+    shard's identity, for the committer to adopt."""
+    shard = task.shard
+    return write_result(staging, model, shard.name, shard.url, task.fingerprint, result.codes,
+                        result.rows, result.errors)
