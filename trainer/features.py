@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dahash_index.backbones import FEATURE_DIM, InceptionBackbone, image_to_tensor
+from dahash_index.files import atomic_write
 from dahash_index.images import SceneDecodeError, decode_scene
 from dahash_index.orientations import check_orientation, orient
 from trainer.data import ImageFolder
@@ -165,9 +166,7 @@ def cached_features(
     result = extract_features(backbone, data.root, data.paths, progress=progress,
                               orientation=orientation)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
+    arrays = dict(
         version=CACHE_VERSION,
         fingerprint=fingerprint,
         backbone_sha256=sha,
@@ -177,5 +176,5 @@ def cached_features(
         error_paths=np.asarray(list(result.errors), dtype=str),
         error_reasons=np.asarray(list(result.errors.values()), dtype=str),
     )
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return result
