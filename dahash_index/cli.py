@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from dahash_index import runtime
+from dahash_index.merge_cli import merge
 
 HOME_HELP = "$DAHASH_INDEX_HOME (default ~/.dahash-index)"
 
@@ -179,6 +180,35 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
     click.echo(f"wrote {report}")
 
 
+class _StoreKinds(click.Choice):
+    """The kinds an index can be built as (``indexes.registry``, via the store's KINDS), read
+    at first use: the registry imports FAISS, which must load after ``configure_threads``."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from dahash_index.store.layout import KINDS
+
+        return KINDS
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+class _KindOption(click.Option):
+    """--kind, whose help lists every kind with its registered description."""
+
+    def get_help_record(self, ctx: click.Context):
+        from indexes import get_kind
+
+        kinds = "; ".join(f"{k}: {get_kind(k).description}" for k in self.type.choices)
+        self.help = f"FAISS binary index. {kinds}."
+        return super().get_help_record(ctx)
+
+
 @main.command(short_help="Index shards of scenes (new or changed ones) into an index.")
 @click.option("--shards", required=True, metavar="DIR_OR_URL",
               help="Local directory or fsspec URL (s3://, gs://, memory://, file://). Each "
@@ -187,8 +217,8 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
               default=None, help=f"Index directory [default: {HOME_HELP}/index].")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Trained checkpoint [default: {HOME_HELP}/model.pt].")
-@click.option("--kind", default="flat", show_default=True, type=click.Choice(["flat", "ivf"]),
-              help="FAISS binary index: exact flat search, or IVF (trained on the codes).")
+@click.option("--kind", default="flat", show_default=True, type=_StoreKinds(),
+              cls=_KindOption, help="FAISS binary index")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF lists [default: about 4 sqrt(N), from the archive size]. Until the "
                    "index holds 39 codes per list, its codes are searched exactly.")
@@ -407,6 +437,8 @@ def check(index_dir, repair):
         _fail(err)
     _report_damage(index_dir, report.damage)
 
+
+main.add_command(merge)  # commands kept in modules of their own
 
 if __name__ == "__main__":
     main()
