@@ -94,6 +94,38 @@ def _untrained_checkpoint(path: Path, spec, seed: int) -> Path:
     return path
 
 
+def _tiny_checkpoint(path: Path, bits: int, seed: int) -> Path:
+    """A checkpoint on a stand-in backbone spec: for the store, never for encoding scenes."""
+    import torch
+
+    from dahash_index.backbones import BackboneSpec
+    from dahash_index.checkpoint import save_checkpoint
+    from dahash_index.network import dahash_net
+
+    torch.manual_seed(seed)
+    spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
+    save_checkpoint(path, dahash_net(bits=bits), spec, ["a", "b"], 0, {})
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Three tiny checkpoints: "a" and "b" (16 bits, other weights), "wide" (64 bits)."""
+    d = tmp_path_factory.mktemp("ckpt")
+    return {
+        "a": _tiny_checkpoint(d / "a.pt", 16, 0),
+        "b": _tiny_checkpoint(d / "b.pt", 16, 1),
+        "wide": _tiny_checkpoint(d / "wide.pt", 64, 2),
+    }
+
+
+def identity(checkpoint: Path):
+    """The ModelIdentity of a checkpoint file, as the store receives it."""
+    from dahash_index.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint).identity
+
+
 @pytest.fixture(scope="session")
 def quick_checkpoint(tmp_path_factory, tf2015_spec) -> Path:
     """An untrained 64-bit network on the real tf2015 backbone: valid codes, made in seconds."""

@@ -13,22 +13,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 from click.testing import CliRunner
-from conftest import UCMERCED, needs_ucmerced
+from conftest import UCMERCED, identity, needs_ucmerced
 
 from dahash_index import store
 from dahash_index.api import SceneIndex
-from dahash_index.backbones import BackboneSpec
-from dahash_index.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.merge import MergeReport, SceneKeys, merge_indexes, scene_digests
 from dahash_index.merge_cli import merge
-from dahash_index.network import dahash_net
 from dahash_index.store import (
     IndexReader,
     IndexStoreError,
     IndexWriter,
-    ModelIdentity,
     ModelMismatchError,
 )
 from indexes import hamming_topk
@@ -41,28 +36,8 @@ NAMES = {"agricultural": 7, "airplane": 5, "baseball": 0, "beach": 9, "buildings
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _make_checkpoint(path: Path, bits: int, seed: int) -> Path:
-    torch.manual_seed(seed)
-    spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
-    save_checkpoint(path, dahash_net(bits=bits), spec, ["a", "b"], 0, {})
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ckpt")
-    return {
-        "a": _make_checkpoint(d / "a.pt", 16, 0),
-        "b": _make_checkpoint(d / "b.pt", 16, 1),
-        "wide": _make_checkpoint(d / "wide.pt", 64, 2),
-    }
-
 
 @functools.cache
-def identity(checkpoint: Path) -> ModelIdentity:
-    return load_checkpoint(checkpoint).identity
-
-
 def shard_codes(name: str, n: int) -> np.ndarray:
     """n 16-bit codes of a shard, the same wherever it is indexed. Only 6 bits vary, so codes
     repeat and most distances tie."""

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import identity
 from PIL import Image
-from test_store import _full, ckpts, identity, shard_codes, shard_errors, shard_rows  # noqa: F401
+from test_store import _full, shard_codes, shard_errors, shard_rows
 
 from dahash_index.indexer import BuildReport, _adopt_leftovers
 from dahash_index.pipeline.runner import BuildJob, get_runner, skipped_line
@@ -170,7 +171,7 @@ def writer_model(writer: IndexWriter):
     return ModelIdentity.of_manifest(writer.manifest)
 
 
-def test_adoption_assigns_row_ids_and_removes_the_result(tmp_path, ckpts):  # noqa: F811
+def test_adoption_assigns_row_ids_and_removes_the_result(tmp_path, ckpts):
     with IndexWriter.open(tmp_path / "I", identity(ckpts["a"])) as writer:
         staged = [_stage(writer, "s0", 3), _stage(writer, "s1", 2)]
         assert [r.shard_url for r in list_results(writer.staging)] == [
@@ -191,7 +192,7 @@ def test_adoption_assigns_row_ids_and_removes_the_result(tmp_path, ckpts):  # no
     assert reader.manifest["shards"]["s3://bucket/s0"]["fingerprint"] == "fp"
 
 
-def test_adopting_a_changed_shard_replaces_its_rows(tmp_path, ckpts):  # noqa: F811
+def test_adopting_a_changed_shard_replaces_its_rows(tmp_path, ckpts):
     with IndexWriter.open(tmp_path / "I", identity(ckpts["a"])) as writer:
         writer.adopt(_stage(writer, "s0", 3))
         writer.adopt(_stage(writer, "s0", 2, fingerprint="fp2"))
@@ -199,7 +200,7 @@ def test_adopting_a_changed_shard_replaces_its_rows(tmp_path, ckpts):  # noqa: F
     assert m["row_count"] == 2 and m["shards"]["s3://bucket/s0"]["first_row"] == 3
 
 
-def test_a_result_of_another_model_is_refused(tmp_path, ckpts):  # noqa: F811
+def test_a_result_of_another_model_is_refused(tmp_path, ckpts):
     with IndexWriter.open(tmp_path / "I", identity(ckpts["a"])) as writer:
         other = _stage(writer, "s0", 3, model=identity(ckpts["b"]))
         with pytest.raises(ModelMismatchError, match="was encoded with model .* not adopted"):
@@ -214,7 +215,7 @@ def test_a_result_of_another_model_is_refused(tmp_path, ckpts):  # noqa: F811
                      np.zeros((1, 8), np.uint8), shard_rows("s", 1), [])
 
 
-def test_leftovers_of_an_interrupted_build_are_adopted_or_dropped(tmp_path, ckpts):  # noqa: F811
+def test_leftovers_of_an_interrupted_build_are_adopted_or_dropped(tmp_path, ckpts):
     ident = identity(ckpts["a"])
     with IndexWriter.open(tmp_path / "I", ident) as writer:
         _stage(writer, "s0", 3)                               # still wanted: adopted
@@ -235,7 +236,8 @@ def test_leftovers_of_an_interrupted_build_are_adopted_or_dropped(tmp_path, ckpt
 _KILLED_WORKER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_pipeline import _stage, identity
+from conftest import identity
+from test_pipeline import _stage
 from dahash_index.store import IndexWriter
 
 real_rename = os.rename
@@ -257,7 +259,7 @@ _stage(writer, "s1", 3)
 
 
 @pytest.mark.parametrize("when", ["before-rename", "before-adopt"])
-def test_a_kill_between_writing_and_adopting_leaves_nothing_visible(tmp_path, ckpts, when):  # noqa: F811
+def test_a_kill_between_writing_and_adopting_leaves_nothing_visible(tmp_path, ckpts, when):
     index = tmp_path / "I"
     script = _KILLED_WORKER.format(tests=str(Path(__file__).parent), when=when,
                                    index=str(index), ckpt=str(ckpts["a"]))
