@@ -39,7 +39,6 @@ from dahash_index.encoder import SceneEncoder
 from dahash_index.images import SceneDecodeError, decode_scene
 from dahash_index.remote import RemoteError, read_url
 from dahash_index.store import MANIFEST, IndexReader
-from indexes.binary import as_ivf
 
 QueryInput = str | Path | bytes | np.ndarray
 
@@ -174,7 +173,7 @@ class SceneIndex:
                 top: int, radius: int | None, nprobe: int | None) -> pa.Table:
         reader, index = self._current()
         nprobe = nprobe if nprobe is not None else self.nprobe
-        if as_ivf(index) is None:  # flat, or an IVF searched exactly until it can be trained
+        if indexes.nlist_of(index) is None:  # flat, or an IVF searched exactly until trained
             nprobe = None
         if radius is not None:
             found = indexes.hamming_radius(index, codes, radius, nprobe)

@@ -13,12 +13,16 @@ row tied at the k-th distance and re-sorts them.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import faiss
 import numpy as np
+
+from indexes.registry import get_kind, list_kinds, register_kind
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -86,30 +90,71 @@ def as_ivf(index: faiss.IndexBinary) -> faiss.IndexBinaryIVF | None:
     return index if isinstance(index, faiss.IndexBinaryIVF) else None
 
 
-def new_index(bits: int, kind: str = "flat", nlist: int | None = None) -> faiss.IndexBinary:
-    """Make an empty binary index for K-bit codes whose rows carry explicit int64 ids.
+class CompositeIndex(abc.ABC):
+    """An index made of several FAISS indexes (``indexes.sharded.ShardedIndex``) that answers
+    ``hamming_topk`` and ``hamming_radius`` itself, with the same contract as a FAISS index."""
 
-    ``kind='flat'``: ``IndexBinaryIDMap(IndexBinaryFlat(bits))``, exhaustive search, no training.
+    d: int  # K, the bits per code
+    code_size: int  # K / 8
+    ntotal: int
+
+    @abc.abstractmethod
+    def topk(
+        self, queries: np.ndarray, k: int, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``hamming_topk`` on this index (arguments already checked)."""
+
+    @abc.abstractmethod
+    def radius(
+        self, queries: np.ndarray, radius: int, nprobe: int | None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``hamming_radius`` on this index (arguments already checked)."""
+
+    @property
+    @abc.abstractmethod
+    def nlist(self) -> int | None:
+        """The nlist of its IVF parts, None when it has none (nprobe does not apply)."""
+
+    @property
+    @abc.abstractmethod
+    def mapped(self) -> bool:
+        """True if its codes are memory-mapped from files."""
+
+
+def nlist_of(index: faiss.IndexBinary | CompositeIndex) -> int | None:
+    """The number of inverted lists of an IVF index (or of a composite's IVF parts); None when
+    the index has none, i.e. when ``nprobe`` does not apply to it."""
+    if isinstance(index, CompositeIndex):
+        return index.nlist
+    ivf = as_ivf(index)
+    return None if ivf is None else int(ivf.nlist)
+
+
+def new_index(bits: int, kind: str = "flat", nlist: int | None = None):
+    """Make an empty binary index of a registered kind (``indexes.registry``) for K-bit codes.
+
+    ``kind='flat'``: ``IndexBinaryIDMap(IndexBinaryFlat(bits))``, exhaustive search, no training;
+    rows carry explicit int64 ids.
     ``kind='ivf'``: ``IndexBinaryIVF(IndexBinaryFlat(bits), bits, nlist)``; it stores ids in its
     inverted lists itself, so it needs no IDMap. It must be trained (``train_ivf``) before
     ``add_codes``; see ``default_nlist`` for a choice of ``nlist``.
+    ``kind='sharded'``: an empty ``indexes.sharded.ShardedIndex`` (add parts with ``add_part``).
+    ValueError for an unknown kind, an nlist given to a kind that takes none, or none given to
+    one that needs it.
     """
+    spec = get_kind(kind)
     bits = check_bits(bits)
-    if kind == "flat":
-        if nlist is not None:
-            raise ValueError("nlist applies only to kind='ivf'")
-        storage = faiss.IndexBinaryFlat(bits)
-        index = faiss.IndexBinaryIDMap(storage)
-        owned = storage
-    elif kind == "ivf":
+    if spec.takes_nlist:
         if nlist is None:
-            raise ValueError("kind='ivf' needs nlist (see indexes.default_nlist)")
+            raise ValueError(f"kind={kind!r} needs nlist (see indexes.default_nlist)")
         nlist = _check_positive_int(nlist, "nlist")
-        quantizer = faiss.IndexBinaryFlat(bits)
-        index = faiss.IndexBinaryIVF(quantizer, bits, nlist)
-        owned = quantizer
-    else:
-        raise ValueError(f"kind must be 'flat' or 'ivf', got {kind!r}")
+    elif nlist is not None:
+        takes = " or ".join(repr(k) for k in list_kinds() if get_kind(k).takes_nlist)
+        raise ValueError(f"nlist applies only to kind={takes}, not {kind!r}")
+    return spec.new(bits, nlist)
+
+
+def _owning(index: faiss.IndexBinary, owned: faiss.IndexBinary) -> faiss.IndexBinary:
     # Hand the sub-index to C++ so that it lives exactly as long as the index, whichever Python
     # proxy of the index survives.
     owned.this.disown()
@@ -117,8 +162,28 @@ def new_index(bits: int, kind: str = "flat", nlist: int | None = None) -> faiss.
     return index
 
 
+@register_kind("flat", "exhaustive search: exact, no training", storable=True)
+def _new_flat(bits: int, nlist: int | None) -> faiss.IndexBinary:
+    storage = faiss.IndexBinaryFlat(bits)
+    return _owning(faiss.IndexBinaryIDMap(storage), storage)
+
+
+@register_kind(
+    "ivf",
+    "inverted lists (nlist, nprobe): approximate, faster; trained when finalized",
+    needs_training=True,
+    takes_nlist=True,
+    storable=True,
+)
+def _new_ivf(bits: int, nlist: int | None) -> faiss.IndexBinary:
+    quantizer = faiss.IndexBinaryFlat(bits)
+    return _owning(faiss.IndexBinaryIVF(quantizer, bits, nlist), quantizer)
+
+
 def is_mapped(index: faiss.IndexBinary) -> bool:
     """True if the index's codes are memory-mapped from a file (``load_index(mmap=True)``)."""
+    if isinstance(index, CompositeIndex):
+        return index.mapped
     ivf = as_ivf(index)
     if ivf is not None:
         return isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
@@ -151,9 +216,13 @@ def add_codes(index: faiss.IndexBinary, codes: np.ndarray, ids: np.ndarray) -> N
 
 
 def _search_params(index: faiss.IndexBinary, nprobe: int | None) -> faiss.SearchParameters | None:
-    if nprobe is None:
-        return None
     ivf = as_ivf(index)
+    if nprobe is None:
+        if ivf is None:
+            return None
+        from indexes.ivf import default_nprobe  # indexes.ivf builds on this module
+
+        nprobe = default_nprobe(ivf.nlist)
     if ivf is None:
         raise ValueError("nprobe applies only to IVF indexes")
     nprobe = _check_positive_int(nprobe, "nprobe")
@@ -192,7 +261,10 @@ def scan_order_is_id_order(index: faiss.IndexBinary) -> bool:
     when it is strictly nearer than the current k-th and breaks ties inside the heap by position,
     so it then returns exactly the k smallest by (distance, id); ``tests/test_indexes.py`` pins
     this for the installed FAISS. Cost: one pass over the id map, in blocks (no large temporary).
+    False for a ``CompositeIndex`` (it orders its results itself).
     """
+    if isinstance(index, CompositeIndex):
+        return False
     index = faiss.downcast_IndexBinary(index)
     ids = None
     if isinstance(index, (faiss.IndexBinaryIDMap, faiss.IndexBinaryIDMap2)):
@@ -223,13 +295,19 @@ def hamming_topk(
     ``k >= ntotal`` therefore gives every candidate row in (distance, id) order.
     When fewer than k candidates exist the tail is padded with distance -1 and id -1.
 
-    nprobe: IVF only; None uses ``index.nprobe``. Passed per call, the index is not modified.
-    When ``scan_order_is_id_order(index)`` this is one FAISS search for k rows. Otherwise memory
-    is O(q * min(ntotal, 2k + 32)), and a tie group at the k-th distance larger than that costs
-    one more search (with twice as many candidates) per doubling.
+    nprobe: IVF only; None uses ``default_nprobe(nlist)`` (``index.nprobe`` is ignored). Passed
+    per call, the index is not modified. A ``CompositeIndex`` (``indexes.sharded``) answers
+    with the same guarantee over all its parts. When ``scan_order_is_id_order(index)`` this is
+    one FAISS search for k rows. Otherwise memory is O(q * min(ntotal, 2k + 32)), and a tie
+    group at the k-th distance larger than that costs one more search (with twice as many
+    candidates) per doubling.
     """
     queries = check_codes(queries, index.code_size, "queries")
     k = _check_positive_int(k, "k")
+    if isinstance(index, CompositeIndex):
+        if nprobe is not None:
+            nprobe = _check_positive_int(nprobe, "nprobe")
+        return index.topk(queries, k, nprobe)
     params = _search_params(index, nprobe)
     nq, ntotal = len(queries), index.ntotal
     out_d = np.full((nq, k), -1, dtype=np.int32)
@@ -278,11 +356,15 @@ def hamming_radius(
     called with ``radius + 1``. For IVF the search covers the ``nprobe`` nearest lists; as
     IndexBinaryIVF.range_search takes no per-call parameters, a given nprobe is set on the index
     for the duration of the call (do not share one IVF index object across threads with
-    different nprobe values).
+    different nprobe values); None uses ``default_nprobe(nlist)``.
     """
     queries = check_codes(queries, index.code_size, "queries")
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
+    if isinstance(index, CompositeIndex):
+        if nprobe is not None:
+            nprobe = _check_positive_int(nprobe, "nprobe")
+        return index.radius(queries, int(radius), nprobe)
     if len(queries) == 0:
         return []
     if index.ntotal == 0:
@@ -301,36 +383,19 @@ def hamming_radius(
     return out
 
 
-def save_index(index: faiss.IndexBinary, path: str) -> None:
-    """Write the index to ``path`` atomically: ``path + '.tmp'``, fsync, then rename over path.
-
-    Readers of ``path`` see the old file or the new one, never a partial one. A reader that
-    memory-mapped the old file keeps reading it.
+def write_index(index: faiss.IndexBinary, f: BinaryIO) -> None:
+    """Serialise the index into the open binary file ``f``, streamed (no copy of the codes in
+    memory). Atomic replacement of a file is the caller's: ``dahash_index.files.atomic_write``.
     """
-    path = os.fspath(path)
-    tmp = path + ".tmp"
+    writer = faiss.PyCallbackIOWriter(f.write)
     try:
-        faiss.write_index_binary(index, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        faiss.write_index_binary(index, writer)
     finally:
-        os.close(dir_fd)
+        del writer  # flushes its buffer into f
 
 
 def load_index(path: str, mmap: bool = False) -> faiss.IndexBinary:
-    """Read an index written by ``save_index``.
+    """Read an index written by ``write_index``.
 
     ``mmap=True`` maps the codes from the file instead of copying them into memory, and the
     index is then read-only (``add_codes`` refuses it). FAISS has two mechanisms and each covers

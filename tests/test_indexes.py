@@ -9,18 +9,20 @@ import faiss
 import numpy as np
 import pytest
 
+from dahash_index import files
 from indexes import (
     add_codes,
     default_nlist,
+    default_nprobe,
     faiss_threads,
     hamming_radius,
     hamming_topk,
     is_mapped,
     load_index,
     new_index,
-    save_index,
     scan_order_is_id_order,
     train_ivf,
+    write_index,
 )
 
 
@@ -239,7 +241,7 @@ def test_save_load_round_trip(tmp_path, random_db, kind, mmap):
     else:
         index = _ivf(db, ids)
     path = str(tmp_path / "codes.faissindex")
-    save_index(index, path)
+    files.atomic_write(path, lambda f: write_index(index, f))
     assert os.listdir(tmp_path) == ["codes.faissindex"]  # no .tmp left behind
     loaded = load_index(path, mmap=mmap)
     assert loaded.ntotal == len(db)
@@ -261,9 +263,9 @@ def test_save_load_round_trip(tmp_path, random_db, kind, mmap):
 def test_save_overwrites_atomically(tmp_path):
     path = str(tmp_path / "i")
     index = new_index(8)
-    save_index(index, path)
+    files.atomic_write(path, lambda f: write_index(index, f))
     add_codes(index, _pack(["00000001"]), np.array([3]))
-    save_index(index, path)
+    files.atomic_write(path, lambda f: write_index(index, f))
     assert load_index(path).ntotal == 1
     assert sorted(os.listdir(tmp_path)) == ["i"]
 
@@ -354,8 +356,25 @@ def test_default_nlist():
     assert default_nlist(10) == 1
     assert default_nlist(1000) == 25  # 4 * sqrt(1000) = 126, clamped to 1000 // 39 = 25
     assert default_nlist(10**6) == 4000  # 4 * sqrt(1e6), well under 1e6 // 39
+    assert default_nlist(10**8) == 4096  # capped: training time (see indexes/ivf.py)
     for n in (39, 100, 5000, 123456):
         assert n >= 39 * default_nlist(n)
+
+
+def test_default_nprobe_is_used_when_none_is_given(random_db):
+    assert default_nprobe(4096) == 16 and default_nprobe(4) == 4 and default_nprobe(1) == 1
+    db, ids, queries = random_db
+    flat = new_index(8)
+    add_codes(flat, db, ids)
+    ivf = _ivf(db, ids, nlist=4)  # default nprobe 4 = every list: exactly flat's results
+    assert ivf.nprobe == 1
+    np.testing.assert_array_equal(hamming_topk(ivf, queries, 20), hamming_topk(flat, queries, 20))
+    for (d_ivf, i_ivf), (d_fl, i_fl) in zip(
+        hamming_radius(ivf, queries, 2), hamming_radius(flat, queries, 2), strict=True
+    ):
+        np.testing.assert_array_equal(d_ivf, d_fl)
+        np.testing.assert_array_equal(i_ivf, i_fl)
+    assert ivf.nprobe == 1
 
 
 def test_faiss_threads_sets_and_restores():

@@ -17,12 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
+from conftest import identity
 
 from dahash_index import files
-from dahash_index.backbones import BackboneSpec, sha256_file
-from dahash_index.checkpoint import load_checkpoint, save_checkpoint
-from dahash_index.network import dahash_net
+from dahash_index.backbones import sha256_file
 from dahash_index.store import (
     ERRORS_SCHEMA,
     FORMAT,
@@ -30,14 +28,14 @@ from dahash_index.store import (
     IndexReader,
     IndexStoreError,
     IndexWriter,
-    ModelIdentity,
     ModelMismatchError,
     check_index,
+    faiss_file,
     metadata_schema,
     quick_check,
     repair_index,
 )
-from indexes import add_codes, hamming_topk, new_index
+from indexes import add_codes, hamming_topk, is_mapped, new_index, nlist_of, write_index
 from indexes.binary import as_ivf
 
 # Distinct 16-bit codes, one per row id: search results then have exactly one row at distance 0.
@@ -118,30 +116,8 @@ def _files(directory: Path) -> set[str]:
 def _referenced(manifest: dict) -> set[str]:
     names = {"manifest.json", "model.pt"}
     names |= {e[k] for e in manifest["shards"].values() for k in ("part", "errors")}
-    if manifest["index_file"]:
-        names.add(manifest["index_file"])
+    names |= {segment["file"] for segment in manifest["index_segments"]}
     return names
-
-
-def _make_checkpoint(path: Path, bits: int, seed: int) -> Path:
-    torch.manual_seed(seed)
-    spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
-    save_checkpoint(path, dahash_net(bits=bits), spec, ["a", "b"], 0, {})
-    return path
-
-
-@pytest.fixture(scope="session")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ckpt")
-    return {
-        "a": _make_checkpoint(d / "a.pt", 16, 0),
-        "b": _make_checkpoint(d / "b.pt", 16, 1),
-        "wide": _make_checkpoint(d / "wide.pt", 64, 2),
-    }
-
-
-def identity(checkpoint: Path) -> ModelIdentity:
-    return load_checkpoint(checkpoint).identity
 
 
 @pytest.fixture
@@ -233,8 +209,10 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
     _commit(w, "s1", 4)
     w.finalize()
     m = w.manifest
-    assert m["index_file"] == "index-3.faiss" and m["index_shards"] == [url("s0"), url("s1")]
-    assert (index_dir / "index-3.faiss").is_file()
+    assert m["index_file"] == "index.faiss" and m["index_shards"] == [url("s0"), url("s1")]
+    assert m["index_segments"] == [{"file": "index.faiss/000003-0000.faiss",
+                                    "ranges": [[0, 6], [6, 4]]}]
+    assert (index_dir / "index.faiss/000003-0000.faiss").is_file()
     w.finalize()  # nothing new: no new generation
     assert w.manifest["generation"] == 3
 
@@ -252,10 +230,73 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
         d, ids = hamming_topk(index, shard_codes(0, 15), 1)
         np.testing.assert_array_equal(ids[:, 0], np.arange(15))
 
+    w.finalize()  # the small last segment is rewritten with the new shard
+    assert [s["file"] for s in w.manifest["index_segments"]] == ["index.faiss/000005-0000.faiss"]
+    assert not (index_dir / "index.faiss/000003-0000.faiss").exists()
+    index = IndexReader.open(index_dir, mmap=True).faiss_index()
+    assert index.ntotal == 15 and is_mapped(index)
+
+
+def test_segments_kept_added_and_rewritten(index_dir, ckpts, monkeypatch):
+    # Segments of at most 8 rows of 2 bytes: finalize writes several, keeps full ones, and
+    # rewrites only a segment that lost rows (a replaced shard) or a small last one.
+    monkeypatch.setattr(faiss_file, "SEGMENT_BYTES", 16)
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
+    for i in range(4):
+        _commit(w, f"s{i}", 4)  # rows 0..15
     w.finalize()
-    assert w.manifest["index_file"] == "index-5.faiss"
+    first = w.manifest["index_segments"]
+    assert [s["ranges"] for s in first] == [[[0, 4], [4, 4]], [[8, 4], [12, 4]]]
+    _commit(w, "s4", 3)  # rows 16..18
+    w.finalize()
+    second = w.manifest["index_segments"]
+    assert second[:2] == first and second[2]["ranges"] == [[16, 3]]
+    w.commit_shard("s1", url("s1"), shard_codes(19, 2), shard_rows("s1", 2), [], replace=True)
+    r = IndexReader.open(index_dir, mmap=True)  # the segment holding s1 drops its rows
+    d, ids = hamming_topk(r.faiss_index(), shard_codes(0, 21), 1)
+    np.testing.assert_array_equal(ids[:, 0][np.r_[0:4, 8:21]], np.r_[0:4, 8:21])
+    assert not set(ids[4:8, 0]) & {4, 5, 6, 7}
+    w.finalize()
+    third = w.manifest["index_segments"]
+    assert third[0] == first[1]  # intact: kept
+    assert [s["ranges"] for s in third[1:]] == [[[0, 4], [16, 3]], [[19, 2]]]
+    files = {p.name for p in (index_dir / "index.faiss").iterdir()}
+    assert files == {Path(s["file"]).name for s in third}
+    assert check_index(index_dir).ok
+    index = IndexReader.open(index_dir, mmap=True).faiss_index()
+    assert len(index.parts) == 3 and is_mapped(index)
+    d, ids = hamming_topk(index, shard_codes(0, 21), 1)
+    live = np.r_[0:4, 8:21]
+    np.testing.assert_array_equal(ids[live, 0], live)
+
+
+def test_index_file_from_before_segments_is_read_then_replaced(index_dir, ckpts):
+    # A format-2 manifest of the one-file store: index_file names one IDMap file of every row.
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
+    _commit(w, "s0", 3)
+    _commit(w, "s1", 2)
+    w.close()
+    old = new_index(16)
+    add_codes(old, shard_codes(0, 5), np.arange(5))
+    files.atomic_write(index_dir / "index-3.faiss", lambda f: write_index(old, f))
+    m = json.loads((index_dir / "manifest.json").read_text())
+    del m["index_segments"]
+    m.update(index_file="index-3.faiss", index_shards=[url("s0"), url("s1")], generation=3)
+    (index_dir / "manifest.json").write_text(json.dumps(m))
+    for mmap in (False, True):
+        r = IndexReader.open(index_dir, mmap=mmap)
+        assert r.manifest["index_segments"] == [{"file": "index-3.faiss",
+                                                 "ranges": [[0, 3], [3, 2]]}]
+        index = r.faiss_index()
+        assert is_mapped(index) == mmap
+        np.testing.assert_array_equal(hamming_topk(index, shard_codes(0, 5), 1)[1][:, 0],
+                                      np.arange(5))
+    assert check_index(index_dir).ok
+    w = IndexWriter.open(index_dir, identity(ckpts["a"]))
+    w.finalize()  # rewritten as a segment; the old file deleted once committed
+    assert [s["file"] for s in w.manifest["index_segments"]] == ["index.faiss/000004-0000.faiss"]
     assert not (index_dir / "index-3.faiss").exists()
-    assert IndexReader.open(index_dir, mmap=True).faiss_index().ntotal == 15
+    assert IndexReader.open(index_dir).faiss_index().ntotal == 5
 
 
 def test_faiss_file_replaced_under_an_open_reader(index_dir, ckpts):
@@ -276,9 +317,12 @@ def _ivf_commit(writer: IndexWriter, shard: str, n: int, seed: int) -> np.ndarra
     return codes
 
 
-def _centroids(index: faiss.IndexBinary) -> np.ndarray:
-    quantizer = faiss.downcast_IndexBinary(as_ivf(index).quantizer)
-    return faiss.vector_to_array(quantizer.xb)
+def _centroids(index) -> np.ndarray:
+    """The IVF centroids of a reader's index (every IVF segment shares them)."""
+    found = {faiss.vector_to_array(faiss.downcast_IndexBinary(as_ivf(p.index).quantizer).xb)
+             .tobytes() for p in index.parts}
+    assert len(found) == 1
+    return np.frombuffer(found.pop(), dtype=np.uint8)
 
 
 def test_finalize_ivf_matches_flat(index_dir, ckpts):
@@ -286,7 +330,7 @@ def test_finalize_ivf_matches_flat(index_dir, ckpts):
     codes = np.vstack([_ivf_commit(w, "s0", 1200, 0), _ivf_commit(w, "s1", 800, 1)])
     w.finalize(ivf_train_sample=1000)
     ivf = IndexReader.open(index_dir).faiss_index()
-    assert as_ivf(ivf).nlist == 8 and ivf.ntotal == 2000
+    assert nlist_of(ivf) == 8 and ivf.ntotal == 2000
 
     flat = new_index(64)
     add_codes(flat, codes, np.arange(2000))
@@ -313,13 +357,13 @@ def test_ivf_with_too_few_codes(index_dir, ckpts):
     w.finalize()  # writes nothing: until there are enough codes, they are searched exactly
     assert w.manifest["index_file"] is None and not list(index_dir.glob("index-*"))
     index = IndexReader.open(index_dir).faiss_index()
-    assert as_ivf(index) is None and index.ntotal == 100
+    assert nlist_of(index) is None and index.ntotal == 100
     np.testing.assert_array_equal(hamming_topk(index, codes[:5], 1)[1][:, 0], np.arange(5))
 
     _ivf_commit(w, "s1", 300, 1)  # 400 codes: enough to train
     w.finalize()
     index = IndexReader.open(index_dir).faiss_index()
-    assert as_ivf(index).nlist == 8 and index.ntotal == 400
+    assert nlist_of(index) == 8 and index.ntotal == 400
 
 
 class Crash(Exception):
@@ -374,20 +418,24 @@ def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
         w.finalize()
     monkeypatch.undo()
     w.close()
-    assert (index_dir / "index-2.faiss").is_file()  # written, never committed
+    segment = index_dir / "index.faiss" / "000002-0000.faiss"
+    assert segment.is_file()  # written, never committed
 
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
-    assert w.manifest["index_file"] is None
-    assert not (index_dir / "index-2.faiss").exists()
+    assert w.manifest["index_file"] is None and w.manifest["index_segments"] == []
     assert IndexReader.open(index_dir).faiss_index().ntotal == 3
-    w.finalize()
-    assert IndexReader.open(index_dir).manifest["index_file"] == "index-2.faiss"
+    (index_dir / "index.faiss" / "000001-0000.faiss").write_bytes(b"left over")
+    w.finalize()  # deletes what no manifest references
+    m = IndexReader.open(index_dir).manifest
+    assert [s["file"] for s in m["index_segments"]] == ["index.faiss/000002-0000.faiss"]
+    assert _files(index_dir) == _referenced(m)
 
 
 _CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_store import _commit, identity
+from conftest import identity
+from test_store import _commit
 from dahash_index.store import IndexWriter
 
 real_replace = os.replace
@@ -548,8 +596,8 @@ def test_corrupt_faiss_file_is_named(index_dir, ckpts):
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     w.finalize()
-    (index_dir / "index-2.faiss").write_bytes(b"IBxM" + b"\0" * 10)
-    with pytest.raises(IndexStoreError, match="index-2.faiss is unreadable"):
+    (index_dir / "index.faiss/000002-0000.faiss").write_bytes(b"IBxM" + b"\0" * 10)
+    with pytest.raises(IndexStoreError, match="index.faiss/000002-0000.faiss is unreadable"):
         IndexReader.open(index_dir).faiss_index()
 
 
@@ -609,9 +657,10 @@ def test_drop_shards_and_repair(index_dir, ckpts):
     assert [(d.file, d.shard) for d in report.damage] == [(m["shards"][url("s1")]["part"],
                                                            url("s1"))]
     assert "checksum differs" in str(report.damage[0])
-    (index_dir / m["index_file"]).write_bytes(b"garbage")
+    segment = m["index_segments"][0]["file"]
+    (index_dir / segment).write_bytes(b"garbage")
     report = check_index(index_dir)
-    assert {d.file for d in report.damage} == {m["shards"][url("s1")]["part"], m["index_file"]}
+    assert {d.file for d in report.damage} == {m["shards"][url("s1")]["part"], segment}
 
     assert repair_index(report) == [url("s1")]
     r = IndexReader.open(index_dir)

@@ -6,7 +6,9 @@ Layout of an index directory::
     model.pt                 a copy of the checkpoint the codes came from
     parts/<NNNNNN>.parquet   one per committed shard: row_id, code and the scene metadata
     errors/<NNNNNN>.parquet  one per committed shard: the scenes that could not be indexed
-    index-<G>.faiss          the FAISS binary index written by ``finalize`` (a cache)
+    staging/<id>.result/     shard results written by workers, waiting to be adopted
+    index.faiss/<G>-<i>.faiss  the FAISS side written by ``finalize`` (a cache of the parts):
+                             segments of whole shards, searched as one, memory-mappable
 
 A shard's codes live in its Parquet part (a fixed-size binary ``code`` column), so one file
 makes a shard's codes and metadata durable together and they can never disagree. Row ids are
@@ -26,8 +28,9 @@ are recorded in the manifest, and ``check_index`` verifies them.
 Readers read ``manifest.json`` at open and see that committed state however the writer goes
 on; ``IndexReader.reopen`` moves on to the newest one.
 
-Modules: ``layout`` (names, schemas, the manifest), ``parts`` (Parquet files), ``faiss_file``
-(the FAISS index), ``writer``, ``reader``, ``check``.
+Modules: ``layout`` (names, schemas, the manifest), ``parts`` (Parquet files), ``staging``
+(shard results before adoption), ``faiss_file`` (the FAISS segments), ``writer`` (the one
+committer), ``reader``, ``check``.
 """
 
 from dahash_index.store.check import (

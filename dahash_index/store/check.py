@@ -2,9 +2,9 @@
 
 ``check_index`` reads every file the manifest names: each part and errors file against the
 checksum recorded at commit, its schema, row count and row ids; the model copy against the
-manifest's model checksum; the FAISS file's K, kind, row count and ids. ``repair_index`` drops
-the damaged shards from the manifest in one commit (and the FAISS file, when it is the damaged
-one), so that the next build indexes those shards again.
+manifest's model checksum; each FAISS segment file's K, kind, row count and ids.
+``repair_index`` drops the damaged shards from the manifest in one commit (and the FAISS side,
+when a segment file is damaged), so that the next build indexes those shards again.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dahash_index.files import one_line, sha256_file
-from dahash_index.store.faiss_file import check_faiss_file
+from dahash_index.store.faiss_file import check_segment
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     MANIFEST,
     MODEL,
     IndexStoreError,
     ModelIdentity,
+    index_segments,
     read_manifest,
 )
 from dahash_index.store.parts import read_parquet, read_part
@@ -77,11 +78,8 @@ def check_index(path: str | os.PathLike) -> CheckReport:
         report.damage.append(Damage(MODEL, "missing"))
     elif sha256_file(path / MODEL) != manifest["model_sha256"]:
         report.damage.append(Damage(MODEL, "checksum differs from the manifest's model"))
-    if manifest["index_file"] is not None:
-        report.files += 1
-        problem = _check_faiss(path, manifest)
-        if problem is not None:
-            report.damage.append(Damage(manifest["index_file"], problem))
+    report.files += len(index_segments(manifest))
+    report.damage += _check_faiss(path, manifest)
     return report
 
 
@@ -106,9 +104,9 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
             if found != rows:
                 report.damage.append(Damage(rel, f"holds {found} rows, {MANIFEST} says {rows}",
                                             key))
-    rel = manifest["index_file"]
-    if rel is not None and not (path / rel).is_file():
-        report.damage.append(Damage(rel, f"missing (named in {MANIFEST})"))
+    for segment in index_segments(manifest):
+        if not (path / segment["file"]).is_file():
+            report.damage.append(Damage(segment["file"], f"missing (named in {MANIFEST})"))
     return report
 
 
@@ -151,21 +149,31 @@ def _check_shard_file(path: Path, manifest: dict, key: str, what: str) -> str | 
     return None
 
 
-def _check_faiss(path: Path, manifest: dict) -> str | None:
-    rel = manifest["index_file"]
+def _check_faiss(path: Path, manifest: dict) -> list[Damage]:
+    """Each FAISS segment file: readable, K, kind, row count, and the row ids an IDMap or IVF
+    segment stores (a plain flat segment stores none: its ranges give them)."""
+    damage = []
+    for segment in index_segments(manifest):
+        problem = _check_segment(path, manifest, segment)
+        if problem is not None:
+            damage.append(Damage(segment["file"], problem))
+    return damage
+
+
+def _check_segment(path: Path, manifest: dict, segment: dict) -> str | None:
+    rel = segment["file"]
     if not (path / rel).is_file():
         return f"missing (named in {MANIFEST})"
     try:
-        index = load_index(str(path / rel))
-        check_faiss_file(path, manifest, index)
+        index = load_index(str(path / rel), mmap=True)
+        check_segment(path, manifest, segment, index)
     except RuntimeError as err:
         return f"unreadable ({one_line(err)})"
     except IndexStoreError as err:
         return _strip(path, err)
-    expected = [
-        np.arange(e["first_row"], e["first_row"] + e["rows"])
-        for e in (manifest["shards"][s] for s in manifest["index_shards"])
-    ] + [np.arange(first, first + rows) for first, rows in manifest["index_retired"]]
+    if isinstance(faiss.downcast_IndexBinary(index), faiss.IndexBinaryFlat):
+        return None
+    expected = [np.arange(first, first + rows) for first, rows in segment["ranges"]]
     want = np.sort(np.concatenate(expected)) if expected else np.empty(0, np.int64)
     have = np.sort(_faiss_ids(index))
     if not np.array_equal(have, want):

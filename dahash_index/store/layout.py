@@ -13,12 +13,15 @@ import pyarrow as pa
 
 from dahash_index.files import one_line
 from indexes.binary import check_bits
+from indexes.registry import list_kinds
 
 FORMAT = "dahash-index/2"
 OLD_FORMATS = ("dahash-index/1",)  # read and upgraded in memory; written back as FORMAT
 MANIFEST = "manifest.json"
 MODEL = "model.pt"
-KINDS = ("flat", "ivf")
+# The kinds a store can be built as: the registry's storable ones (flat, ivf). Whatever the kind,
+# the store keeps its FAISS side as segments searched as one (indexes.sharded).
+KINDS = tuple(list_kinds(storable=True))
 
 # The scene metadata a caller hands to ``commit_shard``; the parts add row_id and code in front.
 METADATA_SCHEMA = pa.schema(
@@ -134,8 +137,23 @@ def check_model(directory: Path, manifest: Mapping, model: ModelIdentity) -> Non
 #   part/errors  its Parquet files; part_sha256/errors_sha256 their checksums at commit
 #   first_row, rows, error_count
 # Entries are in commit order, which is row-id order. Row ids are never reused: a shard that
-# is re-indexed gets new ones, so a live index may have gaps. "index_retired" lists the
-# [first_row, rows] ranges that the FAISS file still holds but no manifest shard does.
+# is re-indexed gets new ones, so a live index may have gaps.
+#
+# The FAISS side (written by ``IndexWriter.finalize``, a cache of the parts' codes):
+#   index_file      None (no FAISS side: readers index the parts' codes themselves), or
+#                   SEGMENT_DIR ("index.faiss", a directory of segment files), or, in manifests
+#                   written before segments, one FAISS file (an IDMap or IVF of every row)
+#   index_segments  [{"file": path, "ranges": [[first_row, rows], ...]}, ...]: the FAISS files
+#                   searched as one (indexes.sharded), each holding the rows of the ranges in that
+#                   order, one range per shard (ascending). A flat segment is a plain
+#                   IndexBinaryFlat (no ids stored: position -> row id from the ranges); an IVF
+#                   segment stores row ids in its lists; all IVF segments share one quantizer.
+#                   Added with segments; read_manifest derives it for older manifests.
+#   index_shards    the shards whose rows the segments hold
+#   index_retired   [first_row, rows] ranges that the segments still hold but no shard does
+# Segment files are written once under a name no manifest has used (the generation) and never
+# rewritten, so a reader may keep them memory-mapped across commits.
+SEGMENT_DIR = "index.faiss"
 
 _MANIFEST_KEYS = (
     "format bits model_sha256 backbone backbone_sha256 kind nlist row_count next_row_id "
@@ -157,6 +175,8 @@ def read_manifest(directory: Path) -> dict:
         manifest = _upgrade_v1(manifest)
     elif found != FORMAT:
         raise IndexStoreError(f"{directory}: {MANIFEST} has format {found!r}, expected {FORMAT!r}")
+    if isinstance(manifest, dict):
+        manifest = _with_segments(manifest)
     missing = [key for key in _MANIFEST_KEYS if key not in manifest]
     if missing:
         raise IndexStoreError(f"{directory}: {MANIFEST} lacks {missing}")
@@ -185,6 +205,28 @@ def read_manifest(directory: Path) -> dict:
             raise
         raise IndexStoreError(f"{directory}: {MANIFEST} is malformed ({one_line(err)})") from None
     return manifest
+
+
+def index_segments(manifest: Mapping) -> list[dict]:
+    """The manifest's FAISS segments (see the manifest comment); [] when ``index_file`` is None.
+    A manifest from before segments names one file holding the rows of ``index_shards`` and
+    ``index_retired``: that file is its one segment."""
+    if manifest.get("index_file") is None:
+        return []  # also when a commit dropped the FAISS side but kept an old segment list
+    if "index_segments" in manifest:
+        return manifest["index_segments"]
+    shards = manifest.get("shards", {})
+    ranges = [[shards[s]["first_row"], shards[s]["rows"]]
+              for s in manifest.get("index_shards", []) if shards[s]["rows"]]
+    ranges = sorted(ranges + [list(r) for r in manifest.get("index_retired", [])])
+    return [{"file": manifest["index_file"], "ranges": ranges}]
+
+
+def _with_segments(manifest: dict) -> dict:
+    try:
+        return {**manifest, "index_segments": index_segments(manifest)}
+    except (KeyError, TypeError, AttributeError):
+        return manifest  # malformed: the checks below name what is wrong
 
 
 def _upgrade_v1(manifest: dict) -> dict:

@@ -1,8 +1,12 @@
-"""A shard's Parquet files: codes as fixed-size binary, rows checked against the manifest."""
+"""A shard's Parquet files: codes as fixed-size binary, rows checked against the manifest.
+
+Whole parts are read by ``read_part``; a few rows by ``read_footer`` (once per part) and
+``read_row_groups``, which read only the row groups and columns asked for."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +77,20 @@ def conform(
     return table
 
 
+def _unreadable(directory: Path, rel: str, err: BaseException) -> IndexStoreError:
+    if isinstance(err, FileNotFoundError):
+        return IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})")
+    return IndexStoreError(f"{directory}: {rel} is unreadable ({one_line(err)})")
+
+
 def read_parquet(
     directory: Path, rel: str, schema: pa.Schema, rows: int, mmap: bool = False
 ) -> pa.Table:
     """Read one part or errors file, refusing one that does not match what the manifest says."""
     try:
         table = pq.read_table(directory / rel, columns=schema.names, memory_map=mmap)
-    except FileNotFoundError:
-        raise IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})") from None
     except (OSError, pa.ArrowException) as err:
-        raise IndexStoreError(f"{directory}: {rel} is unreadable ({one_line(err)})") from None
+        raise _unreadable(directory, rel, err) from None
     if not table.schema.equals(schema):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if table.num_rows != rows:
@@ -105,22 +113,171 @@ def read_part(
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in dict.fromkeys(["row_id", *columns])])
     table = read_parquet(directory, entry["part"], schema, entry["rows"], mmap)
-    first = entry["first_row"]
-    expected = np.arange(first, first + entry["rows"], dtype=np.int64)
-    if not np.array_equal(table["row_id"].to_numpy(), expected):
-        raise IndexStoreError(
-            f"{directory}: {entry['part']} row ids are not {first}..{first + entry['rows'] - 1}"
-        )
+    check_row_ids(directory, entry["part"], table["row_id"], entry["first_row"], entry["rows"])
     return table
 
 
 def read_codes(
     directory: Path, manifest: Mapping, shards: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row ids int64 (n,) and codes uint8 (n, K/8) of the given shards, in their order."""
+    """Row ids int64 (n,) and codes uint8 (n, K/8) of the given shards, in their order.
+
+    Filled one part at a time into arrays allocated once, so that the peak memory is the
+    result plus one part's two columns, not twice the result."""
     size = manifest["bits"] // 8
-    tables = [read_part(directory, manifest, s, ["code"]) for s in shards]
-    if not tables:
-        return np.empty(0, dtype=np.int64), np.empty((0, size), dtype=np.uint8)
-    table = pa.concat_tables(tables)
-    return table["row_id"].to_numpy(), codes_from_arrow(table["code"], size)
+    n = sum(manifest["shards"][s]["rows"] for s in shards)
+    ids = np.empty(n, dtype=np.int64)
+    codes = np.empty((n, size), dtype=np.uint8)
+    start = 0
+    for shard in shards:
+        footer = read_footer(directory, manifest, shard)
+        rows = footer.rows
+        ids[start : start + rows] = np.arange(footer.first_row, footer.first_row + rows)
+        table = read_row_groups(footer, range(footer.groups), ["code"])
+        codes[start : start + rows] = codes_from_arrow(table["code"], size)
+        start += rows
+    return ids, codes
+
+
+# --- reading a few rows of a part -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartFooter:
+    """What a part's Parquet footer says, checked against the manifest (a few kB per part).
+
+    group_starts: int64 (groups + 1,), the part-relative row of each row group's first row,
+    then the part's row count. ids_checked: every row group's row_id statistics say it holds
+    exactly its rows' ids (``first_row + group_starts[g]`` onwards); when a writer left no
+    statistics, ``read_row_groups`` reads and checks the row ids of each group it reads.
+    (Statistics that fit do not prove every id; ``check_index`` verifies whole files by
+    checksum.) compact_strings: the string columns stored in under 16 bytes a value in every
+    row group (dictionary-encoded, few distinct values), worth reading as dictionaries.
+    """
+
+    directory: Path
+    rel: str
+    metadata: pq.FileMetaData
+    first_row: int
+    group_starts: np.ndarray
+    ids_checked: bool
+    compact_strings: frozenset[str]
+
+    @property
+    def rows(self) -> int:
+        return int(self.group_starts[-1])
+
+    @property
+    def groups(self) -> int:
+        return len(self.group_starts) - 1
+
+    def groups_of(self, rows: np.ndarray) -> np.ndarray:
+        """The row group of each part-relative row (int64 (m,) -> int64 (m,))."""
+        return np.searchsorted(self.group_starts, rows, side="right") - 1
+
+
+def read_footer(directory: Path, manifest: Mapping, shard: str) -> PartFooter:
+    """Read and check a shard's part footer: its columns, row count and row-id statistics.
+
+    Reads only the footer (no column data)."""
+    entry = manifest["shards"][shard]
+    rel, first, rows = entry["part"], entry["first_row"], entry["rows"]
+    try:
+        metadata = pq.read_metadata(directory / rel)
+        found = metadata.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as err:
+        raise _unreadable(directory, rel, err) from None
+    schema = metadata_schema(manifest["bits"])
+    if not all(name in found.names for name in schema.names) or not pa.schema(
+        [found.field(name) for name in schema.names]
+    ).equals(schema):
+        raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
+    if metadata.num_rows != rows:
+        raise IndexStoreError(
+            f"{directory}: {rel} holds {metadata.num_rows} rows, {MANIFEST} says {rows}"
+        )
+    sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    ids_checked = _check_id_statistics(directory, rel, metadata, found.names.index("row_id"),
+                                       first + starts)
+    return PartFooter(directory, rel, metadata, first, starts, ids_checked,
+                      _compact_strings(metadata, found))
+
+
+def _compact_strings(metadata: pq.FileMetaData, schema: pa.Schema) -> frozenset[str]:
+    compact = set()
+    for j, field in enumerate(schema):
+        chunks = [metadata.row_group(g).column(j) for g in range(metadata.num_row_groups)]
+        if field.type == pa.string() and all(
+            c.has_dictionary_page and c.total_uncompressed_size < 16 * max(c.num_values, 1)
+            for c in chunks
+        ):
+            compact.add(field.name)
+    return frozenset(compact)
+
+
+def read_row_groups(
+    footer: PartFooter,
+    groups: Sequence[int],
+    columns: Sequence[str],
+    mmap: bool = False,
+    dictionary: Sequence[str] = (),
+) -> pa.Table:
+    """The rows of the given row groups (in that order) of a part, ``columns`` only.
+
+    dictionary: string columns to read dictionary-encoded (as Parquet stores them): decoding
+    a low-cardinality column to plain strings costs more than the rest of its read, and a
+    caller that takes a few rows can cast just those. Safe to call from several threads: each
+    call opens the file anew (from the cached footer, which costs no read).
+    """
+    columns = list(columns)
+    read = columns if footer.ids_checked else list(dict.fromkeys([*columns, "row_id"]))
+    try:
+        reader = pq.ParquetFile(footer.directory / footer.rel, metadata=footer.metadata,
+                                memory_map=mmap, read_dictionary=list(dictionary) or None)
+        # One thread: with decoding threads per column, a small read only gets slower.
+        table = reader.read_row_groups(list(groups), columns=read, use_threads=False)
+    except (OSError, pa.ArrowException) as err:
+        raise _unreadable(footer.directory, footer.rel, err) from None
+    if not footer.ids_checked:
+        for g, chunk in zip(groups, _split(table["row_id"], footer, groups), strict=True):
+            first = footer.first_row + int(footer.group_starts[g])
+            check_row_ids(footer.directory, footer.rel, chunk, first, len(chunk),
+                          footer.first_row, footer.rows)
+    return table.select(columns)  # in the order asked for, without an added row_id
+
+
+def _split(column: pa.ChunkedArray, footer: PartFooter, groups: Sequence[int]) -> list:
+    sizes = np.diff(footer.group_starts)[list(groups)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    return [column.slice(int(a), int(b - a)) for a, b in zip(offsets[:-1], offsets[1:],
+                                                             strict=True)]
+
+
+def check_row_ids(directory: Path, rel: str, column: pa.ChunkedArray | pa.Array, first: int,
+                  rows: int, part_first: int | None = None, part_rows: int | None = None) -> None:
+    """Raise unless ``column`` holds exactly ``first .. first + rows - 1``; the message names
+    the part's whole range (``part_first``, ``part_rows``; default the same)."""
+    if not np.array_equal(column.to_numpy(), np.arange(first, first + rows, dtype=np.int64)):
+        a = first if part_first is None else part_first
+        n = rows if part_rows is None else part_rows
+        raise IndexStoreError(f"{directory}: {rel} row ids are not {a}..{a + n - 1}")
+
+
+def _check_id_statistics(directory: Path, rel: str, metadata: pq.FileMetaData, column: int,
+                         expected: np.ndarray) -> bool:
+    """True when every row group's row_id statistics fit its expected contiguous ids
+    (``expected``: int64 (groups + 1,) ids, as group_starts); raise when one does not fit;
+    False when some group has no statistics (the ids are then checked when read)."""
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        stats = group.column(column).statistics
+        if group.num_rows == 0:
+            continue
+        if stats is None or not stats.has_min_max or stats.null_count is None:
+            return False
+        low, high = int(expected[g]), int(expected[g + 1]) - 1
+        if (stats.min, stats.max, stats.null_count) != (low, high, 0):
+            first, last = int(expected[0]), int(expected[-1]) - 1
+            raise IndexStoreError(f"{directory}: {rel} row ids are not {first}..{last}")
+    return True

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -22,14 +23,29 @@ from dahash_index.store.layout import (
     model_sha256,
     read_manifest,
 )
-from dahash_index.store.parts import codes_from_arrow, read_parquet, read_part
+from dahash_index.store.parts import (
+    PartFooter,
+    check_row_ids,
+    codes_from_arrow,
+    read_footer,
+    read_parquet,
+    read_row_groups,
+)
+from indexes import ShardedIndex
+
+# Decoded row groups a reader keeps (shared with the readers ``reopen`` makes): hits looked up
+# again (a result page shown twice, a scene's thumbnail after its row) read nothing. Bounded
+# in bytes, so that a query process's memory does not grow with the index.
+ROW_GROUP_CACHE_BYTES = 64 << 20
 
 
 class IndexReader:
     """The last committed state of an index directory, as of ``open`` (or ``reopen``).
 
-    Parts are read at first use and kept in memory; a running writer does not disturb them
-    (it never rewrites a part, and deletes only parts that no manifest names any more).
+    Metadata is read lazily: each part's Parquet footer once (its row groups' sizes, a few kB),
+    then only the row groups and columns that a lookup needs, so a reader's memory stays
+    small whatever the row count. A running writer does not disturb it (it never rewrites a
+    part, and deletes only parts that no manifest names any more).
     """
 
     def __init__(
@@ -37,17 +53,19 @@ class IndexReader:
         path: Path,
         manifest: dict,
         mmap: bool = False,
-        parts: dict[str, pa.Table] | None = None,
-        base: tuple[dict, faiss.IndexBinary] | None = None,
+        footers: dict[str, PartFooter] | None = None,
+        base: tuple[dict, ShardedIndex] | None = None,
+        cache: _RowGroupCache | None = None,
     ) -> None:
         self.path = path
         self._manifest = manifest
         self._mmap = mmap
-        self._parts: dict[str, pa.Table] = dict(parts or {})
+        self._footers: dict[str, PartFooter] = dict(footers or {})
+        self._cache = cache if cache is not None else _RowGroupCache(ROW_GROUP_CACHE_BYTES)
         entries = list(manifest["shards"].values())
         self._starts = np.array([e["first_row"] for e in entries], dtype=np.int64)
         self._ends = self._starts + np.array([e["rows"] for e in entries], dtype=np.int64)
-        self._index: faiss.IndexBinary | None = None
+        self._index: ShardedIndex | None = None
         self._base = base
 
     @classmethod
@@ -64,22 +82,29 @@ class IndexReader:
 
     def reopen(self) -> IndexReader:
         """The directory's newest committed state: ``self`` when nothing was committed since,
-        else a new reader that reuses what this one has read (the parts of shards still
-        committed unchanged, and the FAISS index, to which only the new shards' codes are
-        added)."""
+        else a new reader that reuses what this one has read (the footers and cached row groups
+        of shards still committed unchanged, and the FAISS segments and in-memory parts of its
+        index that are still valid: only new segments and new shards' codes are read)."""
         manifest = read_manifest(self.path)
         if manifest["generation"] == self._manifest["generation"]:
             return self
         check_files(self.path, manifest)
-        parts = {
-            key: table
-            for key, table in self._parts.items()
+        footers = {
+            key: footer
+            for key, footer in self._footers.items()
             if manifest["shards"].get(key) == self._manifest["shards"][key]
         }
+        # The new shards' footers now (a few kB each): a damaged new part then fails the
+        # reopen, and the caller keeps answering from this state, rather than failing a later
+        # query. The FAISS segments no longer read the parts that they cover.
+        for key in manifest["shards"]:
+            if key not in footers:
+                footers[key] = read_footer(self.path, manifest, key)
         base = None
-        if self._index is not None and not self._mmap:
+        if self._index is not None:  # its segments are read-only, mapped or not: all reusable
             base = (self._manifest, self._index)
-        return IndexReader(self.path, manifest, self._mmap, parts, base)
+        # The cache is keyed by part file, and a committed part's name is never reused.
+        return IndexReader(self.path, manifest, self._mmap, footers, base, self._cache)
 
     @property
     def manifest(self) -> dict:
@@ -117,11 +142,15 @@ class IndexReader:
         if sha != self.model_sha256:
             raise ModelMismatchError(mismatch(self.path, self._manifest, checkpoint_path, sha))
 
-    def faiss_index(self) -> faiss.IndexBinary:
-        """The FAISS binary index of every row, ids = row ids; built once, then cached.
+    def faiss_index(self) -> ShardedIndex:
+        """The index of every row, ids = row ids, for ``indexes.hamming_topk`` and
+        ``hamming_radius``; built once, then cached.
 
-        See ``store.faiss_file.faiss_index``: the finalized file, completed from the parts
-        (loaded without mmap then, as a mapped index is read-only), or built from the parts.
+        A ``ShardedIndex`` (see ``store.faiss_file.faiss_index``): the finalized segments,
+        memory-mapped when the reader was opened with ``mmap=True`` (a segment that lost
+        retired rows is loaded instead), plus the shards committed since, indexed in memory
+        from their parts. ``indexes.nlist_of(index)`` is the IVF's nlist, None when nprobe does
+        not apply. After ``reopen``, segments and in-memory parts still valid are reused.
         """
         if self._index is None:
             self._index, _ = faiss_index(self.path, self._manifest, self._mmap, base=self._base)
@@ -137,8 +166,8 @@ class IndexReader:
         columns: default all of the part schema but ``code``. With row_ids every column is
         nullable in the result, as -1 rows are null throughout. A row id that no committed
         shard holds (never assigned, or retired when its shard was re-indexed) is refused.
+        With row_ids only the row groups that hold them are read (their ``columns`` only).
         """
-        parts = self._load_parts()
         schema = metadata_schema(self.bits)
         if columns is None:
             columns = [name for name in schema.names if name != "code"]
@@ -146,8 +175,10 @@ class IndexReader:
         if unknown:
             raise ValueError(f"unknown columns {unknown}; the columns are {schema.names}")
         columns = list(columns)
+        keys = list(self._manifest["shards"])
         if row_ids is None:
-            return pa.concat_tables(parts).select(columns) if parts else _empty(schema, columns)
+            tables = [self._read_whole(key, columns) for key in keys]
+            return pa.concat_tables(tables) if tables else _empty(schema, columns)
 
         ids = np.asarray(row_ids)
         if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
@@ -162,20 +193,20 @@ class IndexReader:
         if np.any(bad) or np.any(ids < -1):
             wrong = ids[bad | (ids < -1)][0]
             raise ValueError(f"row id {wrong} is not in this index (-1 or a committed row)")
-        # Take from each part separately: a take on the concatenated (chunked) table would
-        # concatenate every chunk first, costing time in the size of the whole index.
+        relaxed = pa.schema([schema.field(c).with_nullable(True) for c in columns])
+        # Sorted, the ids of one part and of one row group are runs: each group is read once.
         order = np.argsort(ids[valid], kind="stable")
         wanted = ids[valid][order]
         lows = np.searchsorted(wanted, self._starts)
         highs = np.searchsorted(wanted, self._ends)
         pieces = [
-            part.select(columns).take(wanted[lo:hi] - start)
-            for part, start, lo, hi in zip(parts, self._starts, lows, highs, strict=True)
+            piece
+            for key, start, lo, hi in zip(keys, self._starts, lows, highs, strict=True)
             if hi > lo
+            for piece in self._take(key, wanted[lo:hi] - start, columns, relaxed)
         ]
-        relaxed = pa.schema([schema.field(c).with_nullable(True) for c in columns])
         if pieces:
-            gathered = pa.concat_tables(pieces).combine_chunks().cast(relaxed)
+            gathered = pa.concat_tables(pieces).combine_chunks()
         else:  # only -1s, or no ids: something for the masked take below to index
             gathered = pa.Table.from_pylist([{}], schema=relaxed)
         # gathered[j] is the row of ids[valid][order[j]]; put every row back in place.
@@ -192,25 +223,103 @@ class IndexReader:
         return pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()
 
     def row_ids(self) -> np.ndarray:
-        """All row ids, int64 (row_count,), ascending (with gaps where shards were retired)."""
-        parts = self._load_parts()
-        if not parts:
-            return np.empty(0, dtype=np.int64)
-        return pa.concat_tables(parts)["row_id"].to_numpy()
+        """All row ids, int64 (row_count,), ascending (with gaps where shards were retired).
+
+        Reads the parts' row_id column only."""
+        out = np.empty(self.row_count, dtype=np.int64)
+        start = 0
+        for key in self._manifest["shards"]:
+            footer = self._footer(key)
+            column = self._read_whole(key, ["row_id"])["row_id"]
+            check_row_ids(self.path, footer.rel, column, footer.first_row, footer.rows)
+            out[start : start + footer.rows] = column.to_numpy()
+            start += footer.rows
+        return out
 
     def codes(self) -> np.ndarray:
-        """All codes, uint8 (row_count, K/8), in row-id order (row i has ``row_ids()[i]``)."""
-        parts = self._load_parts()
-        size = self.bits // 8
-        if not parts:
-            return np.empty((0, size), dtype=np.uint8)
-        return codes_from_arrow(pa.concat_tables(parts)["code"], size)
+        """All codes, uint8 (row_count, K/8), in row-id order (row i has ``row_ids()[i]``).
 
-    def _load_parts(self) -> list[pa.Table]:
+        Reads the parts' code column only, one part at a time into the result."""
+        size = self.bits // 8
+        out = np.empty((self.row_count, size), dtype=np.uint8)
+        start = 0
         for key in self._manifest["shards"]:
-            if key not in self._parts:
-                self._parts[key] = read_part(self.path, self._manifest, key, mmap=self._mmap)
-        return [self._parts[key] for key in self._manifest["shards"]]
+            rows = self._footer(key).rows
+            out[start : start + rows] = codes_from_arrow(self._read_whole(key, ["code"])["code"],
+                                                         size)
+            start += rows
+        return out
+
+    def _footer(self, key: str) -> PartFooter:
+        """A shard's checked part footer, read once (a race reads it twice, harmlessly)."""
+        footer = self._footers.get(key)
+        if footer is None:
+            footer = read_footer(self.path, self._manifest, key)
+            self._footers[key] = footer
+        return footer
+
+    def _read_whole(self, key: str, columns: list[str]) -> pa.Table:
+        """Every row of a shard's part, ``columns`` only (not cached: callers read it once)."""
+        footer = self._footer(key)
+        if footer.groups == 0:
+            return _empty(metadata_schema(self.bits), columns)
+        return read_row_groups(footer, range(footer.groups), columns, self._mmap)
+
+    def _take(self, key: str, rows: np.ndarray, columns: list[str], relaxed: pa.Schema
+              ) -> list[pa.Table]:
+        """The part-relative ``rows`` (int64 (m,), ascending) of a shard, as ``relaxed``
+        tables, one per row group read."""
+        footer = self._footer(key)
+        groups = footer.groups_of(rows)
+        bounds = np.flatnonzero(np.diff(groups)) + 1
+        pieces = []
+        for run in np.split(np.arange(len(rows)), bounds):
+            group = int(groups[run[0]])
+            table = self._row_group(footer, group, columns)
+            local = rows[run] - footer.group_starts[group]
+            pieces.append(table.take(pa.array(local)).cast(relaxed))
+        return pieces
+
+    def _row_group(self, footer: PartFooter, group: int, columns: list[str]) -> pa.Table:
+        """One row group's ``columns``, from the cache or read (its low-cardinality strings as
+        dictionaries: the taken rows are cast back to plain strings)."""
+        key = (footer.rel, group, tuple(columns))
+        table = self._cache.get(key)
+        if table is None:
+            compact = [c for c in columns if c in footer.compact_strings]
+            table = read_row_groups(footer, [group], columns, self._mmap, compact)
+            self._cache.put(key, table)
+        return table
+
+
+class _RowGroupCache:
+    """Least-recently-used tables, at most ``budget`` bytes in all; safe between threads."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> pa.Table | None:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+            return table
+
+    def put(self, key: tuple, table: pa.Table) -> None:
+        size = table.nbytes
+        if size > self.budget:
+            return
+        with self._lock:
+            if key in self._tables:
+                return
+            self._tables[key] = table
+            self._bytes += size
+            while self._bytes > self.budget:
+                _, old = self._tables.popitem(last=False)
+                self._bytes -= old.nbytes
 
 
 def _empty(schema: pa.Schema, columns: Sequence[str]) -> pa.Table:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
-from dahash_index.store.faiss_file import faiss_index, is_exact_stand_in
+from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     FORMAT,
@@ -26,11 +26,13 @@ from dahash_index.store.layout import (
     MANIFEST,
     METADATA_SCHEMA,
     MODEL,
+    SEGMENT_DIR,
     IndexStoreError,
     ModelIdentity,
     ModelMismatchError,
     check_files,
     check_model,
+    index_segments,
     metadata_schema,
     missing_model,
     now,
@@ -44,7 +46,6 @@ from dahash_index.store.staging import (
     remove_result,
     remove_unfinished,
 )
-from indexes import save_index
 from indexes.binary import check_codes
 
 
@@ -348,42 +349,50 @@ class IndexWriter:
         )
 
     def finalize(self, ivf_train_sample: int | None = None) -> None:
-        """Write ``index-<generation>.faiss`` covering every committed shard and commit it.
+        """Write the FAISS side of every committed shard as segment files and commit them.
 
-        The previous FAISS file, if any, is reused (an IVF stays trained): retired rows are
-        removed and the shards it lacks are added. An IVF without one is trained on all codes,
-        or on a random sample of ``ivf_train_sample`` of them, with the index's nlist or
+        Segments (see ``store.faiss_file``): files of at most ``SEGMENT_BYTES`` of codes under
+        ``index.faiss/``, written streaming, one part at a time: peak memory is about two
+        segments' codes, whatever the size of the index. Segments of an earlier finalize that
+        lost no rows are kept; new shards get new segments (joined by a small last segment),
+        and a segment that lost retired rows is rewritten. An IVF keeps its trained
+        quantizer; a new one is trained on a random sample of ``ivf_train_sample`` codes
+        (default ``TRAIN_POINTS_PER_LIST * nlist``) with the index's nlist or
         ``default_nlist(row_count)``. While an IVF has too few codes to train, nothing is
-        written (readers search its codes exactly). Nothing happens when the FAISS file
-        already covers every shard.
+        written (readers search its codes exactly). Nothing happens when the segments already
+        cover every shard. The new files are durable before the manifest that references
+        them is committed; the files it no longer references are deleted only after.
         """
         self._check_open()
         if ivf_train_sample is not None and ivf_train_sample < 1:
             raise ValueError(f"ivf_train_sample must be positive, got {ivf_train_sample}")
         m = self._manifest
         shards = list(m["shards"])
-        if m["index_file"] is not None and m["index_shards"] == shards and not m["index_retired"]:
-            return
-        index, nlist = faiss_index(self.path, m, train_sample=ivf_train_sample)
-        if is_exact_stand_in(m, index):
+        keep, todo = plan_segments(m)
+        segments = index_segments(m)
+        if m["index_file"] == SEGMENT_DIR and not todo and keep == segments:
+            if m["index_shards"] != shards or m["index_retired"]:  # 0-row shards only
+                self._commit({**m, "generation": m["generation"] + 1,
+                              "index_shards": shards, "index_retired": []})
             return
         generation = m["generation"] + 1
-        index_file = f"index-{generation}.faiss"
-        save_index(index, str(self.path / index_file))
+        written = write_segments(self.path, m, keep, todo, generation, ivf_train_sample)
+        if written is None:
+            return  # an IVF with too few codes to train: searched exactly until then
+        new, nlist = written
         self._commit(
             {
                 **m,
-                "nlist": nlist,
+                "nlist": nlist if m["kind"] == "ivf" else m["nlist"],
                 "generation": generation,
-                "index_file": index_file,
+                "index_file": SEGMENT_DIR,
+                "index_segments": [*keep, *new],
                 "index_shards": shards,
                 "index_retired": [],
             }
         )
         # Only now that no durable manifest references them.
-        for f in self.path.glob("index-*.faiss"):
-            if f.name != index_file:
-                f.unlink(missing_ok=True)
+        remove_unreferenced(self.path, self._manifest)
 
     def close(self) -> None:
         """Release the directory's lock; the writer cannot commit after this."""
@@ -410,18 +419,21 @@ class IndexWriter:
 
 def _unbound(manifest: dict, kind: str, nlist: int | None, extra: Mapping | None) -> dict:
     """An index without rows takes the parameters of the build that opens it."""
+    same = kind == manifest["kind"]
     return {
         **manifest,
         "kind": kind,
         "nlist": nlist,
         "extra": manifest["extra"] if extra is None else dict(extra),
-        "index_file": None if kind != manifest["kind"] else manifest["index_file"],
-        "index_shards": [] if kind != manifest["kind"] else manifest["index_shards"],
+        "index_file": manifest["index_file"] if same else None,
+        "index_segments": index_segments(manifest) if same else [],
+        "index_shards": manifest["index_shards"] if same else [],
     }
 
 
 def _retire(manifest: Mapping, shard_urls: Sequence[str]) -> dict:
-    """The manifest with the FAISS file's rows of ``shard_urls`` marked as retired."""
+    """The manifest with the FAISS segments' rows of ``shard_urls`` marked as retired (the
+    segments keep them until the next finalize; readers remove them)."""
     covered = set(manifest["index_shards"])
     gone = [u for u in shard_urls if u in covered]
     ranges = [
