@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
-import shutil
-import time
-import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,14 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
+from dahash_index.store.directory import create_index_dir, lock_index_dir, remove_leftovers
 from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
-    FORMAT,
     KINDS,
     MANIFEST,
     METADATA_SCHEMA,
-    MODEL,
     SEGMENT_DIR,
     IndexStoreError,
     ModelIdentity,
@@ -34,7 +29,6 @@ from dahash_index.store.layout import (
     check_model,
     index_segments,
     metadata_schema,
-    missing_model,
     now,
     read_manifest,
 )
@@ -44,100 +38,8 @@ from dahash_index.store.staging import (
     StagedResult,
     read_rows,
     remove_result,
-    remove_unfinished,
 )
 from indexes.binary import check_codes
-
-
-def _create(
-    directory: Path,
-    model: ModelIdentity,
-    kind: str,
-    nlist: int | None,
-    extra: Mapping | None,
-) -> None:
-    """Make a new index directory: built beside it, then renamed into place, so that a crash
-    never leaves a half-made index where the next open would refuse it as a foreign folder."""
-    if model.path is None or not Path(model.path).is_file():
-        raise IndexStoreError(missing_model(model.path or "the model"))
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.creating-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        (tmp / "parts").mkdir()
-        (tmp / "errors").mkdir()
-        with open(model.path, "rb") as src:
-            atomic_write(tmp / MODEL, lambda f: shutil.copyfileobj(src, f, 1 << 20))
-        # Hash the copy, not the original: the index must hold the file its codes came from.
-        if sha256_file(tmp / MODEL) != model.sha256:
-            raise IndexStoreError(f"{model.path}: the checkpoint changed while it was in use")
-        created = now()
-        manifest = {
-            "format": FORMAT,
-            "bits": model.bits,
-            "model_sha256": model.sha256,
-            "backbone": model.backbone,
-            "backbone_sha256": model.backbone_sha256,
-            "kind": kind,
-            "nlist": nlist,
-            "row_count": 0,
-            "next_row_id": 0,
-            "generation": 0,
-            "index_file": None,
-            "index_shards": [],
-            "index_retired": [],
-            "created": created,
-            "updated": created,
-            "extra": extra or {},
-            "shards": {},
-        }
-        data = json.dumps(manifest, indent=1).encode()
-        atomic_write(tmp / MANIFEST, lambda f: f.write(data))
-        fsync_dir(tmp)
-        os.rename(tmp, directory)  # replaces a missing or empty directory, atomically
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (directory / MANIFEST).is_file():
-            return  # another process created it first; the caller opens theirs
-        raise
-    fsync_dir(directory.parent)
-
-
-def _remove_leftovers(directory: Path, manifest: Mapping) -> None:
-    """Delete what no committed manifest references: parts of interrupted commits, .tmp files,
-    FAISS files replaced by a later finalize, parts of retired shards. Called only after
-    reading that manifest, with the writer's lock held."""
-    keep = {entry[k] for entry in manifest["shards"].values() for k in ("part", "errors")}
-    for sub in ("parts", "errors"):
-        (directory / sub).mkdir(exist_ok=True)
-        for f in (directory / sub).iterdir():
-            if f.suffix in (".parquet", ".tmp") and f"{sub}/{f.name}" not in keep and f.is_file():
-                f.unlink()
-    remove_unfinished(directory / STAGING)
-    for f in directory.iterdir():
-        stale = f.name.startswith("index-") and f.suffix == ".faiss"
-        if f.is_file() and (f.suffix == ".tmp" or (stale and f.name != manifest["index_file"])):
-            f.unlink()
-
-
-def _lock(directory: Path, wait: float) -> int:
-    # Two writers would delete each other's in-flight files; flock is released by the kernel
-    # even when the holder is SIGKILLed.
-    fd = os.open(directory, os.O_RDONLY)
-    deadline = time.monotonic() + max(wait, 0.0)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                waited = f" (waited {wait:g} s)" if wait > 0 else ""
-                raise IndexStoreError(
-                    f"{directory}: another build is writing to this index{waited}; let it "
-                    "finish, or wait for it with --wait SECONDS"
-                ) from None
-            time.sleep(0.2)
 
 
 class IndexWriter:
@@ -186,8 +88,8 @@ class IndexWriter:
                     f"{path}: exists and is not a dahash index (no {MANIFEST}); refusing to "
                     "write into it"
                 )
-            _create(path, model, kind, nlist, extra)
-        lock_fd = _lock(path, wait)
+            create_index_dir(path, model, kind, nlist, extra)
+        lock_fd = lock_index_dir(path, wait)
         try:
             manifest = read_manifest(path)
             check_model(path, manifest, model)
@@ -202,7 +104,7 @@ class IndexWriter:
                     f"{path}: index was built with {manifest['extra']}, not {extra}"
                 )
             check_files(path, manifest)
-            _remove_leftovers(path, manifest)
+            remove_leftovers(path, manifest)
         except BaseException:
             os.close(lock_fd)
             raise
