@@ -28,9 +28,9 @@ are recorded in the manifest, and ``check_index`` verifies them.
 Readers read ``manifest.json`` at open and see that committed state however the writer goes
 on; ``IndexReader.reopen`` moves on to the newest one.
 
-Modules: ``layout`` (names, schemas, the manifest), ``parts`` (Parquet files), ``staging``
-(shard results before adoption), ``faiss_file`` (the FAISS segments), ``writer`` (the one
-committer), ``reader``, ``check``.
+Modules: ``layout`` (names, schemas, the manifest), ``directory`` (create, lock, clean up),
+``parts`` (Parquet files), ``staging`` (shard results before adoption), ``faiss_file`` (the
+FAISS segments), ``writer`` (the one committer), ``reader``, ``check``.
 """
 
 from dahash_index.store.check import (
