@@ -11,17 +11,15 @@ from indexes.binary import (
     CompositeIndex,
     add_codes,
     faiss_threads,
-    hamming_radius,
-    hamming_topk,
     is_mapped,
     load_index,
     new_index,
     nlist_of,
-    scan_order_is_id_order,
     write_index,
 )
 from indexes.ivf import default_nlist, default_nprobe, train_ivf
 from indexes.registry import IndexKind, get_kind, list_kinds, register_kind
+from indexes.search import hamming_radius, hamming_topk, scan_order_is_id_order
 from indexes.sharded import RowRanges, ShardedIndex
 
 __all__ = [

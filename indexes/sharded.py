@@ -29,16 +29,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from indexes.binary import (
-    CompositeIndex,
-    _sort_candidates,
-    as_ivf,
-    check_bits,
-    hamming_radius,
-    hamming_topk,
-    is_mapped,
-)
+from indexes.binary import CompositeIndex, as_ivf, check_bits, is_mapped
 from indexes.registry import register_kind
+from indexes.search import _sort_candidates, hamming_radius, hamming_topk
 
 
 class RowRanges:
