@@ -17,14 +17,18 @@ import pyarrow.parquet as pq
 from dahash_index.files import one_line
 from dahash_index.store.layout import MANIFEST, IndexStoreError, metadata_schema
 
-# Rows per Parquet row group of a part: a lookup of a few rows reads (and decompresses) only
-# the row groups that hold them, whatever the size of the part.
-ROW_GROUP_ROWS = 65_536
+# Rows per Parquet row group of a part: a lookup of a few rows reads (and decodes) only the row
+# groups that hold them. Decoding one group of all the metadata columns costs a fixed ~0.1 ms
+# per column plus its rows; 8192 rows is about where the fixed part stops paying for smaller
+# groups (benchmarks/scale.py --row-group-rows), while a 1M-row part's footer stays ~0.2 MB.
+ROW_GROUP_ROWS = 8192
 
 
 def write_table(table: pa.Table, f) -> None:
-    """Write a part or errors table to the open binary file ``f``."""
-    pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS)
+    """Write a part or errors table to the open binary file ``f``. Only row ids get
+    statistics (the lookup of rows by id uses them); others would bloat the footer."""
+    stats = ["row_id"] if "row_id" in table.column_names else False
+    pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS, write_statistics=stats)
 
 
 def codes_to_arrow(codes: np.ndarray) -> pa.FixedSizeBinaryArray:

@@ -1,0 +1,542 @@
+"""The index at scale: 100 M class-structured 64-bit codes with metadata, built and searched.
+
+    python benchmarks/scale.py [--rows 100000000] [--keep DIR] [--seed 0] [--threads 2]
+                               [--nlist N] [--ivf-train-sample N]
+
+Codes. The trained UC Merced model (``--model``, default runs/ucmerced/model.pt) codes the
+2,100 UC Merced scenes (features from the project's cache); each class's centre is its bitwise
+majority code, and the histogram of every code's Hamming distance to its class centre is
+measured. Synthetic codes are ``--classes`` random 64-bit centres, each code a centre with d
+bits flipped, d drawn from that histogram (the bits: a random d-bit mask, rotated by a random
+amount). The real and synthetic intra-class (pairs of one class) and inter-class distance
+means are printed side by side. Queries are drawn the same way. Seed ``--seed``.
+
+Metadata. Each row gets a 60-character URL, width/height/bands/dtype, its class label, a CRS
+of a few UTM zones, bounds in the CRS and in WGS84, pixel size and an acquisition date; one
+part of ``--part-rows`` (1 M) rows per shard, committed through ``IndexWriter.commit_shard``
+(rows as a pyarrow Table built from numpy). Then ``IndexWriter.finalize()``.
+
+Figures, each beside its target (``--rows`` at 100 M; with less, see how they grow):
+  build      commits + finalize in a child process: time; peak RSS <= 1.5 x code bytes + 1 GB
+  flat       one query, top 50: <= 150 ms (best and median); a batch of 1,000 queries
+  IVF        recall@50 against flat >= 0.95 at <= 1/10 of flat's time per query, at the
+             default nprobe; recall and time over nprobe. The IVF index is a second store of
+             the same codes (lean metadata: its figures are the search's)
+  open       SceneIndex.open(path, mmap=True) + the first query, in a fresh process: <= 5 s;
+             that process's RSS
+  metadata   reader.metadata(ids) of 50 hits: <= 50 ms, cold (a fresh reader) and warm
+
+``--keep DIR`` keeps the generated stores in DIR and reuses them on the next run with the
+same parameters. The table is also written to benchmarks/results/scale-<rows>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, UCMERCED, machine
+
+from dahash_index import runtime
+
+BITS = 64
+GB = 1 << 30
+QUERIES = 1000  # the default of --queries
+TOP = 50
+NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
+FLOAT_COLUMNS = ("left", "bottom", "right", "top", "west", "south", "east", "north")
+
+
+# --- the codes: measured on UC Merced, drawn around random centres --------------------------
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (any shape) -> int64 of the same shape."""
+    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1).astype(np.int64)
+
+
+def as_words(codes: np.ndarray) -> np.ndarray:
+    """Packed 64-bit codes uint8 (n, 8) -> uint64 (n,) (a view)."""
+    return np.ascontiguousarray(codes).view(np.uint64).reshape(-1)
+
+
+def ucmerced_codes(model: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The trained model's codes of every UC Merced scene: uint8 (N, 8), labels int (N,)."""
+    from dahash_index.checkpoint import load_checkpoint
+    from dahash_index.codes import hash_codes
+    from dahash_index.orientations import ORIENTATIONS
+    from trainer.evaluate import scene_outputs
+    from trainer.workflow import labelled_features, oriented_features
+
+    checkpoint = load_checkpoint(model)
+    if checkpoint.net_config.bits != BITS:
+        raise SystemExit(f"{model}: K={checkpoint.net_config.bits}, this benchmark needs 64")
+    backbone, images, features = labelled_features(data, checkpoint.backbone, None, None)
+    oriented = None
+    if checkpoint.net_config.average_orientations:
+        oriented = oriented_features(backbone, images, None, ORIENTATIONS)
+    net = checkpoint.build_net()
+    outputs = scene_outputs(net, features, oriented, np.arange(len(features)),
+                            net.config.average_orientations)
+    return hash_codes(outputs), np.asarray(images.labels)
+
+
+def majority_centres(words: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each class's bitwise majority code, uint64 (classes,), classes = sorted labels."""
+    bits = np.unpackbits(words.view(np.uint8).reshape(-1, 8), axis=1)
+    centres = [np.packbits(bits[labels == c].mean(0) >= 0.5) for c in np.unique(labels)]
+    return np.ascontiguousarray(np.stack(centres)).view(np.uint64).reshape(-1)
+
+
+def distance_stats(words: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> dict:
+    """Means of the Hamming distances: code to its class centre, pairs within a class, pairs of
+    two classes (on at most 2,000 codes), and the to-centre histogram (BITS + 1,) float."""
+    classes = np.unique(labels)
+    to_centre = popcount(words ^ centres[np.searchsorted(classes, labels)])
+    pick = np.random.default_rng(0).permutation(len(words))[:2000]
+    w, lab = words[pick], labels[pick]
+    pairs = popcount(w[:, None] ^ w[None, :])
+    same = lab[:, None] == lab[None, :]
+    upper = np.triu(np.ones_like(same), 1)
+    hist = np.bincount(to_centre, minlength=BITS + 1).astype(np.float64)
+    return {
+        "to_centre": float(to_centre.mean()),
+        "intra": float(pairs[same & upper].mean()),
+        "inter": float(pairs[~same & upper].mean()),
+        "hist": hist / hist.sum(),
+    }
+
+
+class CodeModel:
+    """Draws class-structured codes: a random centre of ``classes``, ``d`` bits flipped with
+    d ~ ``hist`` (BITS + 1,) probabilities; deterministic in (seed, stream)."""
+
+    POOL = 4096  # random d-bit masks per d; a random rotation makes 64 x as many
+
+    def __init__(self, hist: np.ndarray, classes: int, seed: int) -> None:
+        rng = np.random.default_rng([seed, 0])
+        self.seed = seed
+        self.cdf = np.cumsum(hist / hist.sum())
+        self.centres = rng.integers(0, 1 << 63, size=classes, dtype=np.uint64) * np.uint64(2) \
+            + rng.integers(0, 2, size=classes, dtype=np.uint64)
+        # masks[d, i]: exactly d bits set, the first d of a random permutation of the 64.
+        ranks = np.argsort(rng.random((self.POOL, BITS)), axis=1)
+        weights = (np.uint64(1) << np.arange(BITS, dtype=np.uint64))
+        self.masks = np.zeros((BITS + 1, self.POOL), dtype=np.uint64)
+        for d in range(1, BITS + 1):
+            self.masks[d] = np.bitwise_or.reduce(weights[ranks[:, :d]], axis=1)
+
+    def draw(self, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        """n codes uint8 (n, 8) and their class numbers int64 (n,)."""
+        rng = np.random.default_rng([self.seed, 1, stream])
+        cls = rng.integers(0, len(self.centres), size=n)
+        d = np.minimum(np.searchsorted(self.cdf, rng.random(n)), BITS)
+        masks = self.masks[d, rng.integers(0, self.POOL, size=n)]
+        r = rng.integers(0, BITS, size=n).astype(np.uint64)
+        rotated = (masks << r) | (masks >> ((np.uint64(BITS) - r) % np.uint64(BITS)))
+        words = self.centres[cls] ^ rotated
+        return words.view(np.uint8).reshape(n, 8), cls
+
+
+# --- the metadata: pyarrow arrays from numpy ------------------------------------------------
+
+
+def digits(values: np.ndarray, width: int) -> np.ndarray:
+    """Non-negative int64 (n,) -> their last ``width`` decimal digits as ASCII uint8 (n, width)."""
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    return (values[:, None] // powers % 10 + ord("0")).astype(np.uint8)
+
+
+def url_column(part: int, first: int, n: int, rng: np.random.Generator):
+    """n distinct URLs of exactly 60 characters:
+    s3://eo-archive/scenes/p0001/r000012345678-0123456789012.tif"""
+    import pyarrow as pa
+
+    head = np.frombuffer(f"s3://eo-archive/scenes/p{part:04d}/r".encode(), np.uint8)
+    pieces = [np.broadcast_to(head, (n, len(head))),
+              digits(np.arange(first, first + n, dtype=np.int64), 12),
+              np.broadcast_to(np.frombuffer(b"-", np.uint8), (n, 1)),
+              digits(rng.integers(0, 10**13, size=n), 13),
+              np.broadcast_to(np.frombuffer(b".tif", np.uint8), (n, 4))]
+    data = np.ascontiguousarray(np.concatenate(pieces, axis=1))
+    width = data.shape[1]
+    assert width == 60, width
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def labels_of(values: np.ndarray, names: list[str]):
+    """int (n,) indices into ``names`` -> a pyarrow string array."""
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(pa.array(values.astype(np.int32)),
+                                          pa.array(names)).cast(pa.string())
+
+
+def metadata_rows(part: int, first: int, cls: np.ndarray, seed: int, lean: bool):
+    """METADATA_SCHEMA rows of one shard as a pyarrow Table (``lean``: the required columns
+    and short URLs only)."""
+    import pyarrow as pa
+
+    n = len(cls)
+    rng = np.random.default_rng([seed, 2, part])
+    shard = f"p{part:04d}"
+    columns = {
+        "shard": pa.array(np.full(n, shard, dtype=object), pa.string()),
+        "width": pa.array(np.full(n, 256, np.int32)),
+        "height": pa.array(np.full(n, 256, np.int32)),
+        "bands": pa.array(np.full(n, 3, np.int16)),
+        "dtype": labels_of(np.zeros(n, np.int64), ["uint8"]),
+    }
+    if lean:
+        columns["url"] = labels_of(np.zeros(n, np.int64), ["s3://eo-archive/x.tif"])
+        return pa.table(columns)
+    columns["url"] = url_column(part, first, n, rng)
+    columns["label"] = labels_of(cls, [f"class-{c:04d}" for c in range(int(cls.max()) + 1)])
+    zone = rng.integers(0, 8, size=n)
+    columns["crs"] = labels_of(zone, [f"EPSG:{32629 + z}" for z in range(8)])
+    left = rng.uniform(166_000, 834_000, n).round(1)
+    bottom = rng.uniform(0, 9_300_000, n).round(1)
+    west = -9.0 + 6 * zone + rng.uniform(0, 6, n)
+    south = bottom / 111_000
+    size = 256 * 0.3
+    for name, values in zip(FLOAT_COLUMNS, (left, bottom, left + size, bottom + size, west,
+                                            south, west + 0.0007, south + 0.0007), strict=True):
+        columns[name] = pa.array(values)
+    columns["pixel_size_x"] = pa.array(np.full(n, 0.3))
+    columns["pixel_size_y"] = pa.array(np.full(n, 0.3))
+    days = rng.integers(0, 2000, size=n)
+    dates = (np.datetime64("2018-01-01") + np.arange(2000)).astype(str)
+    columns["datetime"] = labels_of(days, [f"{d}T10:30:00Z" for d in dates])
+    return pa.table(columns)
+
+
+# --- the child processes --------------------------------------------------------------------
+
+
+def child_build(args: argparse.Namespace) -> None:
+    """Commit every shard of one store and finalize it; print a JSON line of timings."""
+    from dahash_index.checkpoint import load_checkpoint
+    from dahash_index.store import IndexWriter, parts
+
+    params = json.loads(Path(args.params).read_text())
+    if params["row_group_rows"] is not None:  # what-if: parts in smaller row groups
+        parts.ROW_GROUP_ROWS = params["row_group_rows"]
+    model = CodeModel(np.array(params["hist"]), params["classes"], params["seed"])
+    identity = load_checkpoint(params["model"]).identity
+    lean = params["lean"]
+    kind = params["kind"]
+    start = time.perf_counter()
+    generate = 0.0
+    writer = IndexWriter.open(args.index, identity, kind=kind,
+                              nlist=params["nlist"] if kind == "ivf" else None)
+    first = 0
+    for part, n in enumerate(part_sizes(params["rows"], params["part_rows"])):
+        t = time.perf_counter()
+        codes, cls = model.draw(n, part)
+        rows = metadata_rows(part, first, cls, params["seed"], lean)
+        generate += time.perf_counter() - t
+        writer.commit_shard(f"p{part:04d}", f"s3://eo-archive/scenes/p{part:04d}", codes, rows,
+                            [], fingerprint=f"synthetic-{params['seed']}-{part}")
+        first += n
+    committed = time.perf_counter()
+    writer.finalize(ivf_train_sample=params["train_sample"] if kind == "ivf" else None)
+    writer.close()
+    done = time.perf_counter()
+    print(json.dumps({"commit_s": committed - start, "generate_s": generate,
+                      "finalize_s": done - committed, "total_s": done - start,
+                      "vmhwm_kb": vm("VmHWM")}))
+
+
+def child_open(args: argparse.Namespace) -> None:
+    """Time SceneIndex.open(mmap=True) + one query in this fresh process; print JSON."""
+    t0 = time.perf_counter()
+    from dahash_index.api import SceneIndex
+
+    t1 = time.perf_counter()
+    index = SceneIndex.open(args.index, mmap=True)
+    t2 = time.perf_counter()
+    query = np.frombuffer(bytes.fromhex(args.query), np.uint8).reshape(1, 8)
+    table = index.query_codes(query, top=TOP)
+    t3 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "query_s": t3 - t2,
+                      "hits": table.num_rows,
+                      "vmrss_kb": vm("VmRSS"), "vmhwm_kb": vm("VmHWM")}))
+
+
+def vm(field: str) -> int:
+    """This process's /proc/self/status figure (kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def run_child(*argv: str) -> tuple[dict, int]:
+    """Run this script as a child; -> (its JSON line, the peak RSS in kB of the largest child
+    so far, from getrusage: the child's own when it is the largest)."""
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True,
+                          cwd=REPO, env=os.environ | {"OMP_WAIT_POLICY": "PASSIVE"})
+    if done.returncode:
+        raise SystemExit(f"child {argv[:2]} failed:\n{done.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return json.loads(done.stdout.strip().splitlines()[-1]), peak
+
+
+def part_sizes(rows: int, part_rows: int) -> list[int]:
+    return [min(part_rows, rows - s) for s in range(0, rows, part_rows)]
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def timed(fn, repeat: int) -> tuple[float, float, object]:
+    """(best s, median s, last result) of ``repeat`` calls."""
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), float(np.median(times)), out
+
+
+def recall(flat: tuple[np.ndarray, np.ndarray], approx: tuple[np.ndarray, np.ndarray]
+           ) -> tuple[float, float]:
+    """Mean recall@k of ``approx`` against ``flat`` (each (distances, ids) (q, k)): by id, and
+    tie-aware (the multiset of distances found: rows tied at flat's k-th distance are equally
+    right answers)."""
+    (fd, fi), (ad, ai) = flat, approx
+    k = fi.shape[1]
+    by_id = np.mean([len(np.intersect1d(a[a >= 0], f)) / k for a, f in zip(ai, fi, strict=True)])
+    tie = []
+    for a, f in zip(ad, fd, strict=True):
+        ca = np.bincount(a[a >= 0], minlength=BITS + 1)
+        cf = np.bincount(f, minlength=BITS + 1)
+        tie.append(np.minimum(ca, cf).sum() / k)
+    return float(by_id), float(np.mean(tie))
+
+
+def ensure_store(path: Path, params: dict) -> tuple[dict | None, int]:
+    """Build the store at ``path`` in a child unless ``path`` holds one of ``params``;
+    -> (the child's figures or None when reused, its peak RSS kB)."""
+    stamp = path / "scale-params.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return None, -1
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    pfile = path.parent / f"{path.name}-params.json"
+    pfile.write_text(json.dumps(params))
+    figures, peak = run_child("--child", "build", "--index", str(path), "--params", str(pfile))
+    stamp.write_text(json.dumps(params))
+    return figures, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000_000)
+    parser.add_argument("--part-rows", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: project's)")
+    parser.add_argument("--ivf-train-sample", type=int, default=None,
+                        help="codes the IVF is trained on (default: finalize's)")
+    parser.add_argument("--model", type=Path, default=REPO / "runs" / "ucmerced" / "model.pt")
+    parser.add_argument("--data", type=Path, default=UCMERCED)
+    parser.add_argument("--keep", type=Path, default=None, help="keep/reuse the stores here")
+    parser.add_argument("--queries", type=int, default=QUERIES)
+    parser.add_argument("--row-group-rows", type=int, default=None,
+                        help="write parts in row groups of this many rows (default: the store's)")
+    parser.add_argument("--skip-ivf", action="store_true")
+    parser.add_argument("--child", choices=["build", "open"], help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    parser.add_argument("--query", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    runtime.configure_threads(args.threads)
+    if args.child == "build":
+        return child_build(args)
+    if args.child == "open":
+        return child_open(args)
+
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(dir=REPO.parent) as tmp:
+            run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    import indexes
+    from dahash_index.api import SceneIndex
+    from dahash_index.store import IndexReader
+
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    # The codes' distribution, from the trained model on UC Merced.
+    real_codes, real_labels = ucmerced_codes(args.model, args.data)
+    real_words = as_words(real_codes)
+    real = distance_stats(real_words, real_labels, majority_centres(real_words, real_labels))
+    model = CodeModel(real["hist"], args.classes, args.seed)
+    sample, sample_cls = model.draw(100_000, 10_000)
+    synth = distance_stats(as_words(sample), sample_cls, model.centres)
+    queries, _ = model.draw(args.queries, 20_000)
+
+    from dahash_index.backbones import BackboneSpec
+    from dahash_index.checkpoint import save_checkpoint
+    from dahash_index.network import dahash_net
+
+    ckpt = root / "model.pt"
+    if not ckpt.is_file():
+        spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
+        save_checkpoint(ckpt, dahash_net(BITS), spec, [], 0, {})
+    base = {"rows": args.rows, "part_rows": args.part_rows, "classes": args.classes,
+            "seed": args.seed, "hist": real["hist"].tolist(), "model": str(ckpt),
+            "nlist": args.nlist, "train_sample": args.ivf_train_sample,
+            "row_group_rows": args.row_group_rows}
+    flat_dir, ivf_dir = root / f"flat-{args.rows}", root / f"ivf-{args.rows}"
+    flat_build, _ = ensure_store(flat_dir, base | {"kind": "flat", "lean": False})
+    ivf_build = None
+    if not args.skip_ivf:
+        ivf_build, _ = ensure_store(ivf_dir, base | {"kind": "ivf", "lean": True})
+
+    code_bytes = args.rows * BITS // 8
+    rss_goal = 1.5 * code_bytes + GB
+    from dahash_index.store import parts
+
+    say(f"# benchmarks/scale.py {' '.join(sys.argv[1:])}")
+    say(f"rows {args.rows}, seed {args.seed}, {args.classes} classes, parts of {args.part_rows} "
+        f"rows in row groups of {args.row_group_rows or parts.ROW_GROUP_ROWS}, FAISS threads "
+        f"{args.threads}")
+    say(f"machine: {machine()}, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GB:.0f}"
+        " GB RAM")
+    say(f"codes: {args.classes} random centres, bits flipped per the trained model's code-to-"
+        f"centre histogram on UC Merced ({len(real_codes)} scenes, {len(np.unique(real_labels))} "
+        "classes; centre = bitwise majority)")
+    say(f"{'Hamming distance means':<34}{'UC Merced (real)':>18}{'synthetic':>12}")
+    for key, what in (("to_centre", "code to its class centre"), ("intra", "pairs within a class"),
+                      ("inter", "pairs of two classes")):
+        say(f"  {what:<32}{real[key]:>18.2f}{synth[key]:>12.2f}")
+    say()
+    say(f"{'figure':<52}{'measured':>16}   target")
+
+    def row(what: str, value: str, target: str = "") -> None:
+        say(f"{what:<52}{value:>16}   {target}")
+
+    if flat_build is not None:
+        row("build flat: commit 1M-row parts (incl. generation)", f"{flat_build['commit_s']:.1f} s")
+        row("  of which generating codes + metadata", f"{flat_build['generate_s']:.1f} s")
+        row("build flat: finalize", f"{flat_build['finalize_s']:.1f} s")
+        peak = flat_build["vmhwm_kb"] * 1024
+        row("build flat: peak RSS (child's VmHWM)", f"{peak / GB:.2f} GB",
+            f"<= {rss_goal / GB:.2f} GB (1.5 x {code_bytes / GB:.2f} GB codes + 1 GB) "
+            f"{'met' if peak <= rss_goal else 'NOT met'}")
+    else:
+        row("build flat", "reused (--keep)")
+    if ivf_build is not None:
+        row("build IVF (lean metadata): commit", f"{ivf_build['commit_s']:.1f} s")
+        row("build IVF: finalize (trains the IVF)", f"{ivf_build['finalize_s']:.1f} s")
+        row("build IVF: peak RSS", f"{ivf_build['vmhwm_kb'] / 2**20:.2f} GB")
+
+    disk = sum(f.stat().st_size for f in flat_dir.rglob("*") if f.is_file())
+    row("flat store on disk", f"{disk / GB:.2f} GB")
+
+    # Open in a fresh process: SceneIndex.open(mmap=True) and its first query.
+    opened, _ = run_child("--child", "open", "--index", str(flat_dir),
+                          "--query", queries[0].tobytes().hex())
+    total = opened["open_s"] + opened["query_s"]
+    row("open(mmap=True) + first query, fresh process", f"{total:.2f} s",
+        f"<= 5 s {'met' if total <= 5 else 'NOT met'} (open {opened['open_s']:.2f} s, "
+        f"query {opened['query_s']:.2f} s, {opened['hits']} hits; imports "
+        f"{opened['import_s']:.1f} s more)")
+    row("  that process's RSS after the query / peak",
+        f"{opened['vmrss_kb'] / 2**20:.2f}/{opened['vmhwm_kb'] / 2**20:.2f} GB")
+
+    # Flat search.
+    reader = IndexReader.open(flat_dir, mmap=True)
+    flat = reader.faiss_index()
+    best, median, _ = timed(lambda: indexes.hamming_topk(flat, queries[:1], TOP), args.repeat)
+    row("flat: one query, top 50 (hamming_topk)", f"{best * 1e3:.1f}/{median * 1e3:.1f} ms",
+        f"<= 150 ms (best/median of {args.repeat}) {'met' if best <= 0.150 else 'NOT met'}")
+    api = SceneIndex.open(flat_dir, mmap=True)
+    best, median, _ = timed(lambda: api.query_codes(queries[1:2], top=TOP), args.repeat)
+    row("flat: one query through SceneIndex.query_codes", f"{best * 1e3:.1f}/{median * 1e3:.1f} ms",
+        "(search + metadata of the 50 hits + table)")
+    batch_s, _, exact = timed(lambda: indexes.hamming_topk(flat, queries, TOP), 1)
+    flat_per_query = batch_s / len(queries)
+    row(f"flat: batch of {len(queries)} queries, top 50", f"{batch_s:.2f} s",
+        f"({flat_per_query * 1e3:.2f} ms a query)")
+
+    # Metadata of 50 hits.
+    hits = [exact[1][i] for i in range(2, 2 + args.repeat)]
+    cold = []
+    for ids in hits:
+        fresh = IndexReader.open(flat_dir, mmap=True)
+        t = time.perf_counter()
+        fresh.metadata(ids)
+        cold.append(time.perf_counter() - t)
+    warm_reader = IndexReader.open(flat_dir, mmap=True)
+    warm_reader.metadata(exact[1][100])  # reads every footer the hits need
+    warm = []
+    for ids in hits:
+        t = time.perf_counter()
+        warm_reader.metadata(ids)
+        warm.append(time.perf_counter() - t)
+    again, _, _ = timed(lambda: warm_reader.metadata(hits[-1]), args.repeat)
+    for what, times in (("cold: a fresh reader", cold), ("warm: footers read, new hits", warm)):
+        t = float(np.median(times))
+        row(f"metadata of 50 hits, {what}", f"{t * 1e3:.1f} ms",
+            f"<= 50 ms (median of {len(times)}) {'met' if t <= 0.050 else 'NOT met'}")
+    row("metadata of 50 hits, the same hits again", f"{again * 1e3:.2f} ms", "(row-group cache)")
+
+    if not args.skip_ivf:
+        ivf_api = SceneIndex.open(ivf_dir, mmap=True)
+        ivf_reader = ivf_api.reader
+        ivf_index = ivf_reader.faiss_index()
+        nlist = indexes.nlist_of(ivf_index)
+        default = ivf_api.nprobe
+        if default is None and nlist is not None:
+            default = indexes.default_nprobe(nlist)
+        say()
+        say(f"IVF: nlist {nlist}, default nprobe {default}; recall@50 against flat over "
+            f"{len(queries)} queries; time per query in that batch")
+        say(f"{'nprobe':>8}{'recall (ids)':>14}{'recall (ties)':>15}{'ms/query':>10}"
+            f"{'x flat':>8}")
+        probes = sorted({*NPROBES, default} - {None}) if nlist else []
+        for nprobe in probes:
+            seconds, _, found = timed(
+                lambda p=nprobe: indexes.hamming_topk(ivf_index, queries, TOP, p), 1)
+            by_id, tie = recall(exact, found)
+            mark = "  <- default" if nprobe == default else ""
+            say(f"{nprobe:>8}{by_id:>14.3f}{tie:>15.3f}{seconds / len(queries) * 1e3:>10.3f}"
+                f"{seconds / batch_s:>8.3f}{mark}")
+            if nprobe == default:
+                ok = tie >= 0.95 and seconds <= batch_s / 10
+                row("IVF at the default nprobe: recall / time vs flat",
+                    f"{tie:.3f} / {seconds / batch_s:.3f}",
+                    f">= 0.95 at <= 0.1 x flat {'met' if ok else 'NOT met'}")
+
+    out = REPO / "benchmarks" / "results" / f"scale-{args.rows}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"(written to {out.relative_to(REPO)})")
+
+
+if __name__ == "__main__":
+    main()
