@@ -156,19 +156,18 @@ class ShardEncoder:
         encoder = self.setup(job_ref)
         job = self.job
         self.shards += 1
-        on_batch = self._die if self.kill and self.kill.due(self.shards) else _ignore
-        result = index_shard(iter(scenes), partial(map, job.decode_one()), encoder,
-                             job.batch_size, on_batch=on_batch)
+        decode = partial(map, job.decode_one())
+        if self.kill and self.kill.due(self.shards):  # fault injection: die mid-shard
+            result = index_shard(iter(scenes), decode, encoder, job.batch_size,
+                                 on_batch=self._die)
+        else:
+            result = index_shard(iter(scenes), decode, encoder, job.batch_size)
         staged = write_shard_result(job.staging, job.checkpoint.identity, task, result)
         return staged, result.errors
 
     @staticmethod
     def _die(encoded: int) -> None:
         os._exit(1)  # after the shard's first batch: mid-shard, nothing staged yet
-
-
-def _ignore(*args: object) -> None:
-    pass
 
 
 @dataclass(frozen=True)
