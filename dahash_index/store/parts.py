@@ -18,9 +18,8 @@ from dahash_index.files import one_line
 from dahash_index.store.layout import MANIFEST, IndexStoreError, metadata_schema
 
 # Rows per Parquet row group of a part: a lookup of a few rows reads (and decodes) only the row
-# groups that hold them. Decoding one group of all the metadata columns costs a fixed ~0.1 ms
-# per column plus its rows; 8192 rows is about where the fixed part stops paying for smaller
-# groups (benchmarks/scale.py --row-group-rows), while a 1M-row part's footer stays ~0.2 MB.
+# groups that hold them. Smaller groups decode faster, but each group costs a fixed amount per
+# column and a footer entry; try other sizes with benchmarks/scale.py --row-group-rows.
 ROW_GROUP_ROWS = 8192
 
 
