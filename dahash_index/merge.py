@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from dahash_index.files import sha256_file
 from dahash_index.store import (
     ERRORS_SCHEMA,
     MANIFEST,
@@ -48,6 +47,7 @@ from dahash_index.store import (
     ModelIdentity,
     ModelMismatchError,
 )
+from dahash_index.store.check import checksum_problem
 from dahash_index.store.layout import read_manifest
 from dahash_index.store.parts import codes_from_arrow, read_parquet, read_part
 
@@ -247,12 +247,10 @@ def _take_shard(
     scenes as seen. The part's checksum is verified first: a merge must not spread damage."""
     path, entry = source.path, source.entry
     for key in ("part", "errors"):
-        expected = entry.get(f"{key}_sha256")
-        if expected is not None and sha256_file(path / entry[key]) != expected:
-            raise IndexStoreError(
-                f"{path}: {entry[key]} does not match the checksum recorded at commit; "
-                f"`dahash-index check --repair {path}` drops its shard"
-            )
+        problem = checksum_problem(path, entry, key)
+        if problem is not None:
+            raise IndexStoreError(f"{path}: {entry[key]}: {problem}; "
+                                  f"`dahash-index check --repair {path}` drops its shard")
     part = read_part(path, source.manifest, source.url)
     fresh = scenes.add_new(scene_digests(part))
     mask = pa.array(fresh)

@@ -131,14 +131,23 @@ def _strip(path: Path, err: Exception) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
+def checksum_problem(path: Path, entry: dict, what: str) -> str | None:
+    """Why a shard's ``what`` file ("part" or "errors") fails the checksum recorded at commit,
+    or None (also for files of format-1 indexes, which recorded none)."""
+    expected = entry.get(f"{what}_sha256")
+    if expected is not None and sha256_file(path / entry[what]) != expected:
+        return "checksum differs from the one recorded at commit"
+    return None
+
+
 def _check_shard_file(path: Path, manifest: dict, key: str, what: str) -> str | None:
     entry = manifest["shards"][key]
     rel = entry[what]
     if not (path / rel).is_file():
         return f"missing (named in {MANIFEST})"
-    expected = entry.get(f"{what}_sha256")
-    if expected is not None and sha256_file(path / rel) != expected:
-        return "checksum differs from the one recorded at commit"
+    problem = checksum_problem(path, entry, what)
+    if problem is not None:
+        return problem
     try:
         if what == "part":
             read_part(path, manifest, key)
