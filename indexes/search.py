@@ -112,9 +112,9 @@ def hamming_topk(
     nprobe: IVF only; None uses ``default_nprobe(nlist)`` (``index.nprobe`` is ignored). Passed
     per call, the index is not modified. A ``CompositeIndex`` (``indexes.sharded``) answers
     with the same guarantee over all its parts. When ``scan_order_is_id_order(index)`` this is
-    one FAISS search for k rows. Otherwise memory is O(q * min(ntotal, 2k + 32)), and a tie
-    group at the k-th distance larger than that costs one more search (with twice as many
-    candidates) per doubling.
+    one FAISS search for k rows. Otherwise one search for ``min(ntotal, 2k + 32)`` candidates,
+    memory O(q * that), and for the queries whose tie group at the k-th distance may have been
+    cut, one range search up to that distance (memory: the rows within it).
     """
     queries = check_codes(queries, index.code_size, "queries")
     k = _check_positive_int(k, "k")
@@ -136,25 +136,24 @@ def hamming_topk(
         out_i[:, :take] = ids
         return out_d, out_i
 
-    rows = np.arange(nq)
     fetch = min(ntotal, 2 * k + _FETCH_MARGIN)
-    while True:
-        d, ids = index.search(queries[rows], fetch, params=params)
-        d, ids = _sort_candidates(d, ids)
-        take = min(k, fetch)
-        out_d[rows, :take] = d[:, :take]
-        out_i[rows, :take] = ids[:, :take]
-        if fetch == ntotal:
-            break
-        # Here fetch > k. A row is settled when its candidates ran out (padding) or its farthest
-        # fetched candidate lies beyond the k-th distance: then no row tied at the k-th distance
-        # was left out. Otherwise FAISS may have cut that tie group arbitrarily: fetch more.
-        exhausted = ids[:, -1] < 0
-        open_rows = ~exhausted & (d[:, -1] == d[:, k - 1])
-        rows = rows[open_rows]
-        if rows.size == 0:
-            break
-        fetch = min(ntotal, 2 * fetch)
+    d, ids = _sort_candidates(*index.search(queries, fetch, params=params))
+    take = min(k, fetch)
+    out_d[:, :take], out_i[:, :take] = d[:, :take], ids[:, :take]
+    if k < fetch < ntotal:
+        # A row is settled when its candidates ran out (padding) or its farthest fetched
+        # candidate lies beyond the k-th distance: then no row tied at the k-th distance was
+        # left out. Otherwise FAISS may have cut that tie group arbitrarily: every candidate
+        # within the k-th distance is fetched by one range search per distinct k-th distance
+        # (all rows nearer than it, fewer than k, plus the whole tie group). On clustered codes
+        # tie groups run into the thousands; this costs one more scan, not one per doubling.
+        open_rows = (ids[:, -1] >= 0) & (d[:, -1] == d[:, k - 1])
+        for kth in np.unique(d[open_rows, k - 1]):
+            rows = np.flatnonzero(open_rows & (d[:, k - 1] == kth))
+            nprobe = None if params is None else params.nprobe
+            found = hamming_radius(index, queries[rows], int(kth), nprobe)
+            for row, (row_d, row_ids) in zip(rows, found, strict=True):
+                out_d[row], out_i[row] = row_d[:k], row_ids[:k]
 
     out_d[out_i < 0] = -1
     return out_d, out_i

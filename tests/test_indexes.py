@@ -99,6 +99,27 @@ def test_ties_ordered_by_id_even_when_the_group_is_cut():
     np.testing.assert_array_equal(i[0], np.sort(ids[:100])[:7])
 
 
+def test_ivf_partial_probe_cut_tie_groups_equal_all_candidates_sorted():
+    """Clustered codes with tie groups far larger than the first fetch (2k + 32): the top k of
+    a partial probe are exactly the first k of every candidate in the probed lists, sorted by
+    (distance, id) (hamming_radius up to K gives them all)."""
+    rng = np.random.default_rng(3)
+    centres = rng.integers(0, 256, size=(8, 2), dtype=np.uint8)
+    flips = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128], dtype=np.uint8)  # 0 or 1 bit off
+    codes = centres[rng.integers(0, 8, 4000)] ^ flips[rng.integers(0, 9, (4000, 2))]
+    ids = rng.permutation(4000).astype(np.int64) * 3
+    ivf = _ivf(codes, ids, nlist=4)
+    queries = centres[:3] ^ np.uint8(1)
+    for nprobe in (1, 2):
+        for k in (5, 40, 300):
+            d, i = hamming_topk(ivf, queries, k, nprobe=nprobe)
+            every = hamming_radius(ivf, queries, 16, nprobe=nprobe)
+            for q, (all_d, all_i) in enumerate(every):
+                assert len(all_i) > 2 * k + 32  # the fetch alone cannot have seen the group
+                np.testing.assert_array_equal(d[q], all_d[:k])
+                np.testing.assert_array_equal(i[q], all_i[:k])
+
+
 @pytest.mark.parametrize("k", [1, 5, 37, 70, 599, 600])
 def test_flat_topk_matches_brute_force(random_db, k):
     db, ids, queries = random_db
