@@ -1,7 +1,8 @@
 """Tests for the lazy metadata reads of IndexReader (dahash_index/store/reader.py, parts.py).
 
-``metadata(row_ids)`` reads only the Parquet row groups that hold the rows asked for, yet
-returns exactly what a read of the whole parts gives: the reference below is that full read
+``metadata(row_ids)`` reads only the lookup-file batches (or, in an index written before
+lookup files, the Parquet row groups) that hold the rows asked for, yet returns exactly what
+a read of the whole parts gives: the reference below is that full read
 (``parts.read_part`` of every part, then a take), the reader's behaviour before it was lazy.
 Parts are written with small row groups (``parts.ROW_GROUP_ROWS`` monkeypatched) so that a
 few dozen rows span many of them; some parts keep one row group.
@@ -9,6 +10,7 @@ few dozen rows span many of them; some parts keep one row group.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +70,37 @@ def commit(writer: IndexWriter, shard: str, n: int, group_rows: int | None,
         writer.commit_shard(shard, f"s3://bucket/{shard}", codes, rows_of(shard, n), [])
 
 
-@pytest.fixture
-def index(tmp_path, model, monkeypatch) -> Path:
-    with IndexWriter.open(tmp_path / "index", load_checkpoint(model).identity) as writer:
+def build(path: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    with IndexWriter.open(path, load_checkpoint(model).identity) as writer:
         for shard, n, group_rows in SHARDS:
             commit(writer, shard, n, group_rows, monkeypatch)
-    return tmp_path / "index"
+    return path
+
+
+def drop_lookups(path: Path) -> None:
+    """Make the index one written before lookup files: its hits are read from the parts."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    for entry in manifest["shards"].values():
+        (path / entry.pop("lookup")).unlink()
+        del entry["lookup_sha256"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(params=["lookup files", "parts only"])
+def index(request, tmp_path, model, monkeypatch) -> Path:
+    """The index, read through its lookup files or (as one written before them) its parts."""
+    path = build(tmp_path / "index", model, monkeypatch)
+    if request.param == "parts only":
+        drop_lookups(path)
+    return path
+
+
+@pytest.fixture
+def parquet_index(tmp_path, model, monkeypatch) -> Path:
+    """The index without lookup files: for the tests of the parts' row-group reads."""
+    path = build(tmp_path / "index", model, monkeypatch)
+    drop_lookups(path)
+    return path
 
 
 def full_read(reader: IndexReader, ids: np.ndarray, columns: list[str]) -> pa.Table:
@@ -204,9 +231,9 @@ def test_refusals_are_unchanged(index, model, monkeypatch):
     assert_same(got, full_read(new, np.array([84, 83, 85, 30]), ["row_id", "url"]))
 
 
-def test_only_the_row_groups_holding_the_ids_are_read(index, monkeypatch):
+def test_only_the_row_groups_holding_the_ids_are_read(parquet_index, monkeypatch):
     log = ReadLog(monkeypatch)
-    reader = IndexReader.open(index)
+    reader = IndexReader.open(parquet_index)
     rng = np.random.default_rng(1)
     ids = rng.choice(reader.row_count, size=6, replace=False)
     ids = np.concatenate([ids, ids[:2], [-1]])
@@ -220,16 +247,17 @@ def test_only_the_row_groups_holding_the_ids_are_read(index, monkeypatch):
     assert set(log.footers) == {keys[rel] for rel in holding}
 
 
-def test_a_repeated_lookup_reads_nothing_and_reopen_keeps_footers(index, model, monkeypatch):
+def test_a_repeated_lookup_reads_nothing_and_reopen_keeps_footers(parquet_index, model,
+                                                                  monkeypatch):
     log = ReadLog(monkeypatch)
-    reader = IndexReader.open(index)
+    reader = IndexReader.open(parquet_index)
     ids = np.array([2, 30, 61, 62])
     first = reader.metadata(ids)
     calls, footers = len(log.calls), len(log.footers)
     assert reader.metadata(ids).equals(first)
     assert (len(log.calls), len(log.footers)) == (calls, footers)
 
-    with IndexWriter.open(index, load_checkpoint(model).identity) as writer:
+    with IndexWriter.open(parquet_index, load_checkpoint(model).identity) as writer:
         commit(writer, "s6", 9, 4, monkeypatch)
     new = reader.reopen()
     assert new.metadata(ids).equals(first)
@@ -250,48 +278,48 @@ def test_codes_and_row_ids_read_only_their_column(index, monkeypatch):
     assert {columns for _, _, columns in log.calls} == {("code",), ("row_id",)}
 
 
-def test_cache_is_bounded(index, monkeypatch):
+def test_cache_is_bounded(parquet_index, monkeypatch):
     monkeypatch.setattr(reader_module, "ROW_GROUP_CACHE_BYTES", 1)
     log = ReadLog(monkeypatch)
-    reader = IndexReader.open(index)
+    reader = IndexReader.open(parquet_index)
     reader.metadata(np.array([2]))
     reader.metadata(np.array([2]))
     assert len(log.calls) == 2  # a budget smaller than a row group keeps nothing
     assert reader._cache._bytes == 0
 
 
-def test_part_without_statistics_checks_ids_when_read(index, monkeypatch, tmp_path):
+def test_part_without_statistics_checks_ids_when_read(parquet_index, monkeypatch, tmp_path):
     """A part written without statistics (another writer) has its row ids checked on read, so
     a part swapped for another of the same size is still refused."""
-    reader = IndexReader.open(index)
+    reader = IndexReader.open(parquet_index)
     manifest = reader.manifest
     entries = list(manifest["shards"].values())
     s0, s5 = entries[0], entries[5]
-    table = pq.read_table(index / s0["part"])
-    pq.write_table(table, index / s0["part"], row_group_size=5, write_statistics=False)
-    fresh = IndexReader.open(index)
+    table = pq.read_table(parquet_index / s0["part"])
+    pq.write_table(table, parquet_index / s0["part"], row_group_size=5, write_statistics=False)
+    fresh = IndexReader.open(parquet_index)
     assert_same(fresh.metadata(np.array([7, 1, -1])),
                 full_read(fresh, np.array([7, 1, -1]), [c for c in ALL_COLUMNS if c != "code"]))
     # Now a part of another shard's ids, same size, no statistics.
     swapped = table.set_column(0, table.schema.field("row_id"),
                                pa.array(np.arange(100, 123, dtype=np.int64)))
-    pq.write_table(swapped, index / s0["part"], row_group_size=5, write_statistics=False)
+    pq.write_table(swapped, parquet_index / s0["part"], row_group_size=5, write_statistics=False)
     with pytest.raises(IndexStoreError, match="row ids are not 0..22"):
-        IndexReader.open(index).metadata(np.array([7]))
+        IndexReader.open(parquet_index).metadata(np.array([7]))
     # With statistics, the footer alone shows it, when the part is first needed.
-    pq.write_table(swapped, index / s0["part"], row_group_size=5)
-    fresh = IndexReader.open(index)
+    pq.write_table(swapped, parquet_index / s0["part"], row_group_size=5)
+    fresh = IndexReader.open(parquet_index)
     assert fresh.metadata(np.array([s5["first_row"]]), ["url"]).num_rows == 1
     with pytest.raises(IndexStoreError, match="row ids are not 0..22"):
         fresh.metadata(np.array([7]))
 
 
-def test_damaged_footer_is_named(index):
-    reader = IndexReader.open(index)
+def test_damaged_footer_is_named(parquet_index):
+    reader = IndexReader.open(parquet_index)
     rel = reader.manifest["shards"]["s3://bucket/s3"]["part"]
-    data = (index / rel).read_bytes()
-    (index / rel).write_bytes(data[:-20])
-    fresh = IndexReader.open(index)
+    data = (parquet_index / rel).read_bytes()
+    (parquet_index / rel).write_bytes(data[:-20])
+    fresh = IndexReader.open(parquet_index)
     fresh.metadata(np.array([0]))  # another part: still answered
     with pytest.raises(IndexStoreError, match=f"{rel} is unreadable"):
         fresh.metadata(np.array([41]))
@@ -301,6 +329,7 @@ def test_low_cardinality_strings_read_as_dictionaries_give_plain_strings(tmp_pat
                                                                           monkeypatch):
     with IndexWriter.open(tmp_path / "big", load_checkpoint(model).identity) as writer:
         commit(writer, "big", 3000, 1000, monkeypatch)
+    drop_lookups(tmp_path / "big")
     reader = IndexReader.open(tmp_path / "big")
     ids = np.array([2999, 5, -1, 1500, 5])
     got = reader.metadata(ids)

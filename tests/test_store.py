@@ -35,6 +35,7 @@ from dahash_index.store import (
     quick_check,
     repair_index,
 )
+from dahash_index.store.layout import shard_files
 from indexes import add_codes, hamming_topk, is_mapped, new_index, nlist_of, write_index
 from indexes.binary import as_ivf
 
@@ -115,7 +116,7 @@ def _files(directory: Path) -> set[str]:
 
 def _referenced(manifest: dict) -> set[str]:
     names = {"manifest.json", "model.pt"}
-    names |= {e[k] for e in manifest["shards"].values() for k in ("part", "errors")}
+    names |= {rel for e in manifest["shards"].values() for _, rel in shard_files(e)}
     names |= {segment["file"] for segment in manifest["index_segments"]}
     return names
 
@@ -159,6 +160,8 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
         "errors": "errors/000002.parquet",
         "part_sha256": sha256_file(index_dir / "parts/000002.parquet"),
         "errors_sha256": sha256_file(errors_file),
+        "lookup": "lookup/000002.arrow",
+        "lookup_sha256": sha256_file(index_dir / "lookup/000002.arrow"),
         "first_row": 3,
         "rows": 0,
         "error_count": 2,
@@ -370,7 +373,7 @@ class Crash(Exception):
     """Stands for the process dying at this point."""
 
 
-@pytest.mark.parametrize("crash_at", ["parts/", "errors/", "manifest.json"])
+@pytest.mark.parametrize("crash_at", ["parts/", "errors/", "lookup/", "manifest.json"])
 def test_crash_mid_commit_leaves_last_commit(index_dir, ckpts, monkeypatch, crash_at):
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
@@ -560,7 +563,7 @@ def test_refusals(tmp_path, index_dir, ckpts):
     empty = tmp_path / "empty"
     empty.mkdir()
     IndexWriter.open(empty, identity(ckpts["a"])).close()  # an empty directory is fine to create in
-    assert sorted(os.listdir(empty)) == ["errors", "manifest.json", "model.pt", "parts"]
+    assert sorted(os.listdir(empty)) == ["errors", "lookup", "manifest.json", "model.pt", "parts"]
     assert not [p for p in os.listdir(tmp_path) if ".creating-" in p]
 
 
@@ -645,7 +648,7 @@ def test_drop_shards_and_repair(index_dir, ckpts):
     w.finalize()
     w.close()
     report = check_index(index_dir)
-    assert report.ok and report.rows == 6 and report.files == 3 * 2 + 2
+    assert report.ok and report.rows == 6 and report.files == 3 * 3 + 2
 
     m = IndexReader.open(index_dir).manifest
     part = index_dir / m["shards"][url("s1")]["part"]

@@ -6,6 +6,8 @@ Layout of an index directory::
     model.pt                 a copy of the checkpoint the codes came from
     parts/<NNNNNN>.parquet   one per committed shard: row_id, code and the scene metadata
     errors/<NNNNNN>.parquet  one per committed shard: the scenes that could not be indexed
+    lookup/<NNNNNN>.arrow    one per committed shard: its metadata again, addressable by row,
+                             for the hits of queries (``lookup``; absent in older indexes)
     staging/<id>.result/     shard results written by workers, waiting to be adopted
     index.faiss/<G>-<i>.faiss  the FAISS side written by ``finalize`` (a cache of the parts):
                              segments of whole shards, searched as one, memory-mappable
@@ -17,8 +19,8 @@ int64, ascending in commit order, and never reused: the n rows of a shard get
 new ids and its old ones are retired in the same commit.
 
 Commit protocol. Every file is written to ``<name>.tmp``, fsynced and renamed into place; a
-shard's part and errors files, under names no manifest has used yet (the new generation
-number), become durable before the new ``manifest.json`` is, and only the rename of
+shard's part, errors and lookup files, under names no manifest has used yet (the new
+generation number), become durable before the new ``manifest.json`` is, and only the rename of
 ``manifest.json`` commits the shard. A process killed at any instant therefore leaves either the
 old manifest (whose files are all intact; the new files are unreferenced leftovers) or the new
 one (whose files are all durable). Leftovers are deleted when a writer next opens the index,
@@ -29,8 +31,9 @@ Readers read ``manifest.json`` at open and see that committed state however the 
 on; ``IndexReader.reopen`` moves on to the newest one.
 
 Modules: ``layout`` (names, schemas, the manifest), ``directory`` (create, lock, clean up),
-``parts`` (Parquet files), ``staging`` (shard results before adoption), ``faiss_file`` (the
-FAISS segments), ``writer`` (the one committer), ``reader``, ``check``.
+``parts`` (Parquet files), ``lookup`` (lookup files), ``staging`` (shard results before
+adoption), ``faiss_file`` (the FAISS segments), ``writer`` (the one committer), ``reader``,
+``check``.
 """
 
 from dahash_index.store.check import (

@@ -1,7 +1,8 @@
 """Verify an index directory file by file, and recover from damage by forgetting damaged shards.
 
-``check_index`` reads every file the manifest names: each part and errors file against the
-checksum recorded at commit, its schema, row count and row ids; the model copy against the
+``check_index`` reads every file the manifest names: each part, errors and lookup file
+against the checksum recorded at commit, its schema, row count and row ids (a lookup file:
+that it holds exactly its part's metadata); the model copy against the
 manifest's model checksum; each FAISS segment file's K, kind, row count and ids.
 ``repair_index`` drops the damaged shards from the manifest in one commit (and the FAISS side,
 when a segment file is damaged), so that the next build indexes those shards again.
@@ -23,12 +24,15 @@ from dahash_index.store.faiss_file import check_segment
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     MANIFEST,
+    METADATA_SCHEMA,
     MODEL,
     IndexStoreError,
     ModelIdentity,
     index_segments,
     read_manifest,
+    shard_files,
 )
+from dahash_index.store.lookup import LookupFile
 from dahash_index.store.parts import read_parquet, read_part
 from dahash_index.store.writer import IndexWriter
 from indexes import load_index
@@ -68,11 +72,13 @@ def check_index(path: str | os.PathLike) -> CheckReport:
     manifest = read_manifest(path)
     report = CheckReport(path, manifest["row_count"], len(manifest["shards"]))
     for key, entry in manifest["shards"].items():
-        for what in ("part", "errors"):
-            problem = _check_shard_file(path, manifest, key, what)
+        damaged = set()
+        for what, rel in shard_files(entry):  # the part before the lookup file checked by it
+            problem = _check_shard_file(path, manifest, key, what, "part" not in damaged)
             report.files += 1
             if problem is not None:
-                report.damage.append(Damage(entry[what], problem, key))
+                damaged.add(what)
+                report.damage.append(Damage(rel, problem, key))
     report.files += 1
     if not (path / MODEL).is_file():
         report.damage.append(Damage(MODEL, "missing"))
@@ -90,16 +96,22 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
     manifest = read_manifest(path)
     report = CheckReport(path, manifest["row_count"], len(manifest["shards"]))
     for key, entry in manifest["shards"].items():
-        for what, rows in (("part", entry["rows"]), ("errors", entry["error_count"])):
-            rel = entry[what]
+        for what, rel in shard_files(entry):
             report.files += 1
+            rows = entry["error_count"] if what == "errors" else entry["rows"]
             try:
+                if what == "lookup":
+                    LookupFile(path, rel, rows)  # checks its footer's batch count
+                    continue
                 found = pq.read_metadata(path / rel).num_rows
             except FileNotFoundError:
                 report.damage.append(Damage(rel, f"missing (named in {MANIFEST})", key))
                 continue
             except (OSError, pa.ArrowException) as err:
                 report.damage.append(Damage(rel, f"unreadable ({one_line(err)})", key))
+                continue
+            except IndexStoreError as err:
+                report.damage.append(Damage(rel, _strip(path, err), key))
                 continue
             if found != rows:
                 report.damage.append(Damage(rel, f"holds {found} rows, {MANIFEST} says {rows}",
@@ -132,15 +144,18 @@ def _strip(path: Path, err: Exception) -> str:
 
 
 def checksum_problem(path: Path, entry: dict, what: str) -> str | None:
-    """Why a shard's ``what`` file ("part" or "errors") fails the checksum recorded at commit,
-    or None (also for files of format-1 indexes, which recorded none)."""
+    """Why a shard's ``what`` file ("part", "errors" or "lookup") fails the checksum recorded
+    at commit, or None (also for files of format-1 indexes, which recorded none)."""
     expected = entry.get(f"{what}_sha256")
     if expected is not None and sha256_file(path / entry[what]) != expected:
         return "checksum differs from the one recorded at commit"
     return None
 
 
-def _check_shard_file(path: Path, manifest: dict, key: str, what: str) -> str | None:
+def _check_shard_file(path: Path, manifest: dict, key: str, what: str, part_ok: bool
+                      ) -> str | None:
+    """Why a shard's file is damaged, or None. A lookup file is compared with the part only
+    when the part is intact (``part_ok``); else it is only opened."""
     entry = manifest["shards"][key]
     rel = entry[what]
     if not (path / rel).is_file():
@@ -151,10 +166,24 @@ def _check_shard_file(path: Path, manifest: dict, key: str, what: str) -> str | 
     try:
         if what == "part":
             read_part(path, manifest, key)
-        else:
+        elif what == "errors":
             read_parquet(path, rel, ERRORS_SCHEMA, entry["error_count"])
+        elif part_ok:
+            return _lookup_problem(path, manifest, key)
+        else:
+            LookupFile(path, rel, entry["rows"])
     except IndexStoreError as err:
         return _strip(path, err)
+    return None
+
+
+def _lookup_problem(path: Path, manifest: dict, key: str) -> str | None:
+    """Why a shard's lookup file does not hold exactly its part's metadata, or None."""
+    entry = manifest["shards"][key]
+    rows = LookupFile(path, entry["lookup"], entry["rows"]).read_all()
+    part = read_part(path, manifest, key, columns=METADATA_SCHEMA.names)
+    if not rows.equals(part.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)):
+        return "differs from the shard's part"
     return None
 
 

@@ -17,10 +17,12 @@ from dahash_index.store.layout import (
     FORMAT,
     MANIFEST,
     MODEL,
+    SHARD_FILES,
     IndexStoreError,
     ModelIdentity,
     missing_model,
     now,
+    shard_files,
 )
 from dahash_index.store.staging import STAGING, remove_unfinished
 
@@ -40,8 +42,8 @@ def create_index_dir(
     tmp = directory.with_name(f".{directory.name}.creating-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        (tmp / "parts").mkdir()
-        (tmp / "errors").mkdir()
+        for folder in SHARD_FILES.values():
+            (tmp / folder).mkdir()
         with open(model.path, "rb") as src:
             atomic_write(tmp / MODEL, lambda f: shutil.copyfileobj(src, f, 1 << 20))
         # Hash the copy, not the original: the index must hold the file its codes came from.
@@ -83,11 +85,12 @@ def remove_leftovers(directory: Path, manifest: Mapping) -> None:
     """Delete what no committed manifest references: parts of interrupted commits, .tmp files,
     FAISS files replaced by a later finalize, parts of retired shards. Called only after
     reading that manifest, with the writer's lock held."""
-    keep = {entry[k] for entry in manifest["shards"].values() for k in ("part", "errors")}
-    for sub in ("parts", "errors"):
-        (directory / sub).mkdir(exist_ok=True)
+    keep = {rel for entry in manifest["shards"].values() for _, rel in shard_files(entry)}
+    for sub in SHARD_FILES.values():
+        (directory / sub).mkdir(exist_ok=True)  # an index older than lookup files lacks one
         for f in (directory / sub).iterdir():
-            if f.suffix in (".parquet", ".tmp") and f"{sub}/{f.name}" not in keep and f.is_file():
+            if f.suffix in (".parquet", ".arrow", ".tmp") and f"{sub}/{f.name}" not in keep \
+                    and f.is_file():
                 f.unlink()
     remove_unfinished(directory / STAGING)
     remove_unreferenced(directory, manifest)

@@ -28,8 +28,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from dahash_index.files import atomic_write, fsync_dir, one_line
-from dahash_index.store.layout import MANIFEST, SEGMENT_DIR, IndexStoreError, index_segments
+from dahash_index.files import atomic_write, fsync_dir
+from dahash_index.store.layout import (
+    MANIFEST,
+    SEGMENT_DIR,
+    IndexStoreError,
+    index_segments,
+    unreadable,
+)
 from dahash_index.store.parts import codes_from_arrow, read_part
 from indexes import (
     RowRanges,
@@ -147,7 +153,7 @@ def _load_segment(
     except RuntimeError as err:  # FAISS reports every read problem as RuntimeError
         if not path.exists():
             return None
-        raise IndexStoreError(f"{directory}: {rel} is unreadable ({one_line(err)})") from None
+        raise unreadable(directory, rel, err) from None
     check_segment(directory, manifest, segment, index)
     positional = isinstance(faiss.downcast_IndexBinary(index), faiss.IndexBinaryFlat)
     if positional:

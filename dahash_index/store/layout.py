@@ -95,6 +95,13 @@ class ModelMismatchError(IndexStoreError):
     """The index was built with another model checkpoint."""
 
 
+def unreadable(directory: Path, rel: str, err: BaseException) -> IndexStoreError:
+    """The one-line error for a file of the index that cannot be read."""
+    if isinstance(err, FileNotFoundError):
+        return IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})")
+    return IndexStoreError(f"{directory}: {rel} is unreadable ({one_line(err)})")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -135,6 +142,8 @@ def check_model(directory: Path, manifest: Mapping, model: ModelIdentity) -> Non
 #   name         the shard's short name ('agricultural', 'part-0001.tar'), as in the parts
 #   fingerprint  what the shard held when it was read (names, sizes, mtimes/ETags), or None
 #   part/errors  its Parquet files; part_sha256/errors_sha256 their checksums at commit
+#   lookup       its lookup file (store.lookup: the metadata again, addressable by row) and
+#                lookup_sha256; absent in entries committed before lookup files
 #   first_row, rows, error_count
 # Entries are in commit order, which is row-id order. Row ids are never reused: a shard that
 # is re-indexed gets new ones, so a live index may have gaps.
@@ -248,10 +257,19 @@ def _upgrade_v1(manifest: dict) -> dict:
     }
 
 
+# A shard's files: the manifest entry's key for each, and the folder that holds them.
+SHARD_FILES = {"part": "parts", "errors": "errors", "lookup": "lookup"}
+
+
+def shard_files(entry: Mapping) -> list[tuple[str, str]]:
+    """(key, relative path) of each file a shard's manifest entry names."""
+    return [(key, entry[key]) for key in SHARD_FILES if entry.get(key)]
+
+
 def check_files(directory: Path, manifest: Mapping) -> None:
     """Raise unless every file the manifest names exists (a stat each; contents are checked
     when read, or by ``check_index``)."""
     for entry in manifest["shards"].values():
-        for rel in (entry["part"], entry["errors"]):
+        for _, rel in shard_files(entry):
             if not (directory / rel).is_file():
                 raise IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})")

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dahash_index.files import one_line
-from dahash_index.store.layout import MANIFEST, IndexStoreError, metadata_schema
+from dahash_index.store.layout import MANIFEST, IndexStoreError, metadata_schema, unreadable
 
 # Rows per Parquet row group of a part: a lookup of a few rows reads (and decodes) only the row
 # groups that hold them. Smaller groups decode faster, but each group costs a fixed amount per
@@ -80,12 +79,6 @@ def conform(
     return table
 
 
-def _unreadable(directory: Path, rel: str, err: BaseException) -> IndexStoreError:
-    if isinstance(err, FileNotFoundError):
-        return IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})")
-    return IndexStoreError(f"{directory}: {rel} is unreadable ({one_line(err)})")
-
-
 def read_parquet(
     directory: Path, rel: str, schema: pa.Schema, rows: int, mmap: bool = False
 ) -> pa.Table:
@@ -93,7 +86,7 @@ def read_parquet(
     try:
         table = pq.read_table(directory / rel, columns=schema.names, memory_map=mmap)
     except (OSError, pa.ArrowException) as err:
-        raise _unreadable(directory, rel, err) from None
+        raise unreadable(directory, rel, err) from None
     if not table.schema.equals(schema):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if table.num_rows != rows:
@@ -189,7 +182,7 @@ def read_footer(directory: Path, manifest: Mapping, shard: str) -> PartFooter:
         metadata = pq.read_metadata(directory / rel)
         found = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as err:
-        raise _unreadable(directory, rel, err) from None
+        raise unreadable(directory, rel, err) from None
     schema = metadata_schema(manifest["bits"])
     if not all(name in found.names for name in schema.names) or not pa.schema(
         [found.field(name) for name in schema.names]
@@ -241,7 +234,7 @@ def read_row_groups(
         # One thread: with decoding threads per column, a small read only gets slower.
         table = reader.read_row_groups(list(groups), columns=read, use_threads=False)
     except (OSError, pa.ArrowException) as err:
-        raise _unreadable(footer.directory, footer.rel, err) from None
+        raise unreadable(footer.directory, footer.rel, err) from None
     if not footer.ids_checked:
         for g, chunk in zip(groups, _split(table["row_id"], footer, groups), strict=True):
             first = footer.first_row + int(footer.group_starts[g])

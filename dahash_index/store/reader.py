@@ -15,6 +15,7 @@ import pyarrow as pa
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
+    METADATA_SCHEMA,
     MODEL,
     ModelMismatchError,
     check_files,
@@ -23,6 +24,7 @@ from dahash_index.store.layout import (
     model_sha256,
     read_manifest,
 )
+from dahash_index.store.lookup import LookupFile
 from dahash_index.store.parts import (
     PartFooter,
     check_row_ids,
@@ -42,10 +44,13 @@ ROW_GROUP_CACHE_BYTES = 64 << 20
 class IndexReader:
     """The last committed state of an index directory, as of ``open`` (or ``reopen``).
 
-    Metadata is read lazily: each part's Parquet footer once (its row groups' sizes, a few kB),
-    then only the row groups and columns that a lookup needs, so a reader's memory stays
-    small whatever the row count. A running writer does not disturb it (it never rewrites a
-    part, and deletes only parts that no manifest names any more).
+    Metadata is read lazily, so a reader's memory stays small whatever the row count: the rows
+    of hits come from the shards' lookup files (``store.lookup``: memory-mapped, one small
+    batch decompressed per hit). Where a shard has none (committed before them), or the codes
+    are asked for, from its Parquet part: its footer once (its row groups' sizes, a few kB),
+    then only the row groups and columns that the rows need. A running writer does not
+    disturb it (it never rewrites a shard's files, and deletes only files that no manifest
+    names any more).
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class IndexReader:
         manifest: dict,
         mmap: bool = False,
         footers: dict[str, PartFooter] | None = None,
+        lookups: dict[str, LookupFile] | None = None,
         base: tuple[dict, ShardedIndex] | None = None,
         cache: _RowGroupCache | None = None,
     ) -> None:
@@ -61,6 +67,7 @@ class IndexReader:
         self._manifest = manifest
         self._mmap = mmap
         self._footers: dict[str, PartFooter] = dict(footers or {})
+        self._lookups: dict[str, LookupFile] = dict(lookups or {})
         self._cache = cache if cache is not None else _RowGroupCache(ROW_GROUP_CACHE_BYTES)
         entries = list(manifest["shards"].values())
         self._starts = np.array([e["first_row"] for e in entries], dtype=np.int64)
@@ -82,9 +89,10 @@ class IndexReader:
 
     def reopen(self) -> IndexReader:
         """The directory's newest committed state: ``self`` when nothing was committed since,
-        else a new reader that reuses what this one has read (the footers and cached row groups
-        of shards still committed unchanged, and the FAISS segments and in-memory parts of its
-        index that are still valid: only new segments and new shards' codes are read)."""
+        else a new reader that reuses what this one has read (the footers, lookup files and
+        cached row groups of shards still committed unchanged, and the FAISS segments and
+        in-memory parts of its index that are still valid: only new segments and new shards'
+        codes are read)."""
         manifest = read_manifest(self.path)
         if manifest["generation"] == self._manifest["generation"]:
             return self
@@ -100,11 +108,16 @@ class IndexReader:
         for key in manifest["shards"]:
             if key not in footers:
                 footers[key] = read_footer(self.path, manifest, key)
+        lookups = {
+            key: lookup
+            for key, lookup in self._lookups.items()
+            if manifest["shards"].get(key) == self._manifest["shards"][key]
+        }
         base = None
         if self._index is not None:  # its segments are read-only, mapped or not: all reusable
             base = (self._manifest, self._index)
         # The cache is keyed by part file, and a committed part's name is never reused.
-        return IndexReader(self.path, manifest, self._mmap, footers, base, self._cache)
+        return IndexReader(self.path, manifest, self._mmap, footers, lookups, base, self._cache)
 
     @property
     def manifest(self) -> dict:
@@ -166,7 +179,8 @@ class IndexReader:
         columns: default all of the part schema but ``code``. With row_ids every column is
         nullable in the result, as -1 rows are null throughout. A row id that no committed
         shard holds (never assigned, or retired when its shard was re-indexed) is refused.
-        With row_ids only the row groups that hold them are read (their ``columns`` only).
+        With row_ids only their lookup files' batches are read (or, for shards without one,
+        the row groups of the parts that hold them, their ``columns`` only).
         """
         schema = metadata_schema(self.bits)
         if columns is None:
@@ -194,17 +208,29 @@ class IndexReader:
             wrong = ids[bad | (ids < -1)][0]
             raise ValueError(f"row id {wrong} is not in this index (-1 or a committed row)")
         relaxed = pa.schema([schema.field(c).with_nullable(True) for c in columns])
-        # Sorted, the ids of one part and of one row group are runs: each group is read once.
+        # Sorted, the ids of one part and of one batch or row group are runs: each is read once.
         order = np.argsort(ids[valid], kind="stable")
         wanted = ids[valid][order]
         lows = np.searchsorted(wanted, self._starts)
         highs = np.searchsorted(wanted, self._ends)
-        pieces = [
-            piece
-            for key, start, lo, hi in zip(keys, self._starts, lows, highs, strict=True)
-            if hi > lo
-            for piece in self._take(key, wanted[lo:hi] - start, columns, relaxed)
-        ]
+        pieces: list[pa.Table] = []
+        found: list[pa.RecordBatch] = []  # rows from lookup files, joined into one piece
+        found_lo = 0
+        for key, start, lo, hi in zip(keys, self._starts, lows, highs, strict=True):
+            if hi == lo:
+                continue
+            lookup = self._lookup(key) if "code" not in columns else None
+            if lookup is None:
+                if found:
+                    pieces.append(_joined(found, wanted[found_lo:lo], columns, relaxed))
+                    found = []
+                pieces += self._take(key, wanted[lo:hi] - start, columns, relaxed)
+            else:
+                if not found:
+                    found_lo = lo
+                found += lookup.take(wanted[lo:hi] - start)
+        if found:
+            pieces.append(_joined(found, wanted[found_lo:], columns, relaxed))
         if pieces:
             gathered = pa.concat_tables(pieces).combine_chunks()
         else:  # only -1s, or no ids: something for the masked take below to index
@@ -265,10 +291,21 @@ class IndexReader:
             return _empty(metadata_schema(self.bits), columns)
         return read_row_groups(footer, range(footer.groups), columns, self._mmap)
 
+    def _lookup(self, key: str) -> LookupFile | None:
+        """A shard's open lookup file, opened once; None for a shard committed before them."""
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            entry = self._manifest["shards"][key]
+            if not entry.get("lookup"):
+                return None
+            lookup = LookupFile(self.path, entry["lookup"], entry["rows"])
+            self._lookups[key] = lookup
+        return lookup
+
     def _take(self, key: str, rows: np.ndarray, columns: list[str], relaxed: pa.Schema
               ) -> list[pa.Table]:
-        """The part-relative ``rows`` (int64 (m,), ascending) of a shard, as ``relaxed``
-        tables, one per row group read."""
+        """The part-relative ``rows`` (int64 (m,), ascending) of a shard from its Parquet part,
+        as ``relaxed`` tables, one per row group read."""
         footer = self._footer(key)
         groups = footer.groups_of(rows)
         bounds = np.flatnonzero(np.diff(groups)) + 1
@@ -320,6 +357,15 @@ class _RowGroupCache:
             while self._bytes > self.budget:
                 _, old = self._tables.popitem(last=False)
                 self._bytes -= old.nbytes
+
+
+def _joined(batches: list[pa.RecordBatch], ids: np.ndarray, columns: list[str],
+            relaxed: pa.Schema) -> pa.Table:
+    """Rows taken from lookup files (METADATA_SCHEMA batches) with their row ids (int64 (m,)),
+    as one ``relaxed`` table of ``columns``."""
+    table = pa.Table.from_batches(batches, schema=METADATA_SCHEMA)
+    row_ids = pa.array(ids, pa.int64())
+    return pa.table({c: row_ids if c == "row_id" else table[c] for c in columns}).cast(relaxed)
 
 
 def _empty(schema: pa.Schema, columns: Sequence[str]) -> pa.Table:

@@ -22,6 +22,7 @@ from dahash_index.store.layout import (
     MANIFEST,
     METADATA_SCHEMA,
     SEGMENT_DIR,
+    SHARD_FILES,
     IndexStoreError,
     ModelIdentity,
     ModelMismatchError,
@@ -32,6 +33,7 @@ from dahash_index.store.layout import (
     now,
     read_manifest,
 )
+from dahash_index.store.lookup import write_lookup
 from dahash_index.store.parts import codes_to_arrow, conform, write_table
 from dahash_index.store.staging import (
     STAGING,
@@ -177,17 +179,23 @@ class IndexWriter:
             "fingerprint": fingerprint,
             "part": f"parts/{name}",
             "errors": f"errors/{name}",
+            "lookup": f"lookup/{generation:06d}.arrow",
             "first_row": first,
             "rows": n,
             "error_count": errs.num_rows,
         }
-        for key, table in (("part", part), ("errors", errs)):
+        writes = {
+            "part": lambda f: write_table(part, f),
+            "errors": lambda f: write_table(errs, f),
+            "lookup": lambda f: write_lookup(scene, f),
+        }
+        for key, write in writes.items():
             path = self.path / entry[key]
-            atomic_write(path, lambda f, t=table: write_table(t, f))
+            atomic_write(path, write)
             entry[f"{key}_sha256"] = sha256_file(path)
         # The renames must be durable before the manifest that references them is.
-        fsync_dir(self.path / "parts")
-        fsync_dir(self.path / "errors")
+        for folder in SHARD_FILES.values():
+            fsync_dir(self.path / folder)
         shards = {k: e for k, e in m["shards"].items() if k != shard_url}
         self._commit(
             {

@@ -1,0 +1,155 @@
+"""Tests for the shards' lookup files (dahash_index/store/lookup.py) and their use by the store:
+written in each commit, read for hits, verified by check_index, cleaned up as leftovers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import identity
+
+from dahash_index.files import atomic_write, sha256_file
+from dahash_index.store import (
+    METADATA_SCHEMA,
+    IndexReader,
+    IndexStoreError,
+    IndexWriter,
+    check_index,
+    quick_check,
+    repair_index,
+)
+from dahash_index.store import lookup as lookup_module
+from dahash_index.store import reader as reader_module
+from dahash_index.store.lookup import LOOKUP_BATCH_ROWS, LookupFile, write_lookup
+
+
+def rows(n: int, shard: str = "s") -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"url": f"s3://b/{shard}/{i}.tif", "shard": shard, "member": None if i % 2 else f"m{i}",
+          "width": i, "height": 2, "bands": 3, "dtype": "uint8",
+          "left": float(i) if i % 3 else None} for i in range(n)],
+        schema=METADATA_SCHEMA,
+    )
+
+
+def write(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda f: write_lookup(table, f))
+
+
+def test_rows_at_batch_edges_round_trip(tmp_path):
+    n = 2 * LOOKUP_BATCH_ROWS + 3
+    table = rows(n)
+    write(tmp_path / "x.arrow", table)
+    lookup = LookupFile(tmp_path, "x.arrow", n)
+    wanted = np.array([0, 1, LOOKUP_BATCH_ROWS - 1, LOOKUP_BATCH_ROWS, 2 * LOOKUP_BATCH_ROWS,
+                       n - 1])
+    got = pa.Table.from_batches(lookup.take(wanted), schema=METADATA_SCHEMA)
+    assert got.equals(table.take(pa.array(wanted)))
+    assert lookup.read_all().equals(table)
+    assert lookup.take(np.empty(0, np.int64)) == []
+
+
+def test_empty_shard(tmp_path):
+    write(tmp_path / "x.arrow", rows(0))
+    assert LookupFile(tmp_path, "x.arrow", 0).read_all().num_rows == 0
+
+
+def test_refusals_name_the_file(tmp_path):
+    write(tmp_path / "x.arrow", rows(10))
+    with pytest.raises(IndexStoreError, match=r"x.arrow holds 1 batches, manifest.json says "
+                                              rf"{LOOKUP_BATCH_ROWS + 1} rows"):
+        LookupFile(tmp_path, "x.arrow", LOOKUP_BATCH_ROWS + 1)
+    with pytest.raises(IndexStoreError, match="x.arrow batch 0 holds 10 rows, not 9"):
+        LookupFile(tmp_path, "x.arrow", 9).take(np.array([0]))
+    with pytest.raises(IndexStoreError, match="gone.arrow is missing"):
+        LookupFile(tmp_path, "gone.arrow", 1)
+    (tmp_path / "bad.arrow").write_bytes(b"not arrow")
+    with pytest.raises(IndexStoreError, match="bad.arrow is unreadable"):
+        LookupFile(tmp_path, "bad.arrow", 1)
+    other = pa.table({"url": ["a"]})
+    atomic_write(tmp_path / "other.arrow", lambda f: pa.ipc.new_file(f, other.schema).close())
+    with pytest.raises(IndexStoreError, match="other.arrow does not have the expected columns"):
+        LookupFile(tmp_path, "other.arrow", 0)
+
+
+@pytest.fixture
+def index(tmp_path, ckpts) -> Path:
+    path = tmp_path / "index"
+    with IndexWriter.open(path, identity(ckpts["a"])) as writer:
+        for s, n in (("s0", 300), ("s1", 0), ("s2", 40)):
+            codes = np.zeros((n, 2), dtype=np.uint8)
+            writer.commit_shard(s, f"s3://b/{s}", codes, rows(n, s), [])
+    return path
+
+
+def test_hits_are_read_from_lookup_files_only(index, monkeypatch):
+    def no_parquet(*args, **kwargs):
+        raise AssertionError("a part was read")
+
+    monkeypatch.setattr(reader_module, "read_row_groups", no_parquet)
+    monkeypatch.setattr(reader_module, "read_footer", no_parquet)
+    reader = IndexReader.open(index)
+    got = reader.metadata(np.array([339, 0, -1, 299, 300, 0]), ["row_id", "url", "left"])
+    assert got["row_id"].to_pylist() == [339, 0, None, 299, 300, 0]
+    assert got["url"].to_pylist() == ["s3://b/s2/39.tif", "s3://b/s0/0.tif", None,
+                                      "s3://b/s0/299.tif", "s3://b/s2/0.tif", "s3://b/s0/0.tif"]
+    assert got["left"].to_pylist() == [None, None, None, 299.0, None, None]
+
+
+def test_a_replaced_shard_is_read_from_its_new_lookup_file(index, ckpts):
+    reader = IndexReader.open(index)
+    assert reader.metadata(np.array([300]), ["url"])["url"].to_pylist() == ["s3://b/s2/0.tif"]
+    with IndexWriter.open(index, identity(ckpts["a"])) as writer:
+        table = rows(2, "s2").set_column(0, "url", pa.array(["new0", "new1"]))
+        writer.commit_shard("s2", "s3://b/s2", np.ones((2, 2), np.uint8), table, [],
+                            replace=True)
+    new = reader.reopen()
+    assert new.metadata(np.array([341, 0]), ["url"])["url"].to_pylist() == [
+        "new1", "s3://b/s0/0.tif"]
+
+
+def _entry(index: Path, shard: str) -> dict:
+    return json.loads((index / "manifest.json").read_text())["shards"][f"s3://b/{shard}"]
+
+
+def test_check_finds_a_damaged_or_wrong_lookup_file_and_repair_drops_its_shard(index):
+    assert check_index(index).ok
+    rel = _entry(index, "s2")["lookup"]
+    data = (index / rel).read_bytes()
+    (index / rel).write_bytes(data[:-30])  # a truncated footer
+    assert [d.file for d in quick_check(index).damage] == [rel]
+    report = check_index(index)
+    assert [(d.file, d.shard) for d in report.damage] == [(rel, "s3://b/s2")]
+    assert "checksum differs" in report.damage[0].reason
+
+    # Intact, checksum recorded, but not the part's rows: only the comparison sees it.
+    write(index / rel, rows(40, "s2").set_column(0, "url", pa.array(["x"] * 40)))
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["shards"]["s3://b/s2"]["lookup_sha256"] = sha256_file(index / rel)
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    report = check_index(index)
+    assert [str(d) for d in report.damage] == [f"{rel}: differs from the shard's part "
+                                               "(shard s3://b/s2)"]
+    assert repair_index(report) == ["s3://b/s2"]
+    assert check_index(index).ok
+
+
+def test_leftover_lookup_files_are_removed(index, ckpts):
+    stray = index / "lookup" / "999999.arrow"
+    write(stray, rows(1))
+    (index / "lookup" / "000009.arrow.tmp").write_bytes(b"half")
+    IndexWriter.open(index, identity(ckpts["a"])).close()
+    assert sorted(p.name for p in (index / "lookup").iterdir()) == [
+        "000001.arrow", "000002.arrow", "000003.arrow"]
+
+
+def test_batch_size_is_what_the_file_says(tmp_path, monkeypatch):
+    """A file written with another batch size is refused by its batch count, never misread."""
+    monkeypatch.setattr(lookup_module, "LOOKUP_BATCH_ROWS", 4)
+    write(tmp_path / "x.arrow", rows(10))
+    monkeypatch.undo()
+    with pytest.raises(IndexStoreError, match="holds 3 batches"):
+        LookupFile(tmp_path, "x.arrow", 10)
