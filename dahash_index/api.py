@@ -36,7 +36,7 @@ from dahash_index.backbones import image_to_tensor
 from dahash_index.checkpoint import load_checkpoint
 from dahash_index.checks import check_int
 from dahash_index.encoder import SceneEncoder
-from dahash_index.images import SceneDecodeError, decode_scene
+from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene
 from dahash_index.remote import RemoteError, read_url
 from dahash_index.store import MANIFEST, IndexReader
 
@@ -132,18 +132,21 @@ class SceneIndex:
                                              self._device)
             return self._encoder
 
-    def encode(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32
+    def encode(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32,
+               max_pixels: int = DEFAULT_MAX_PIXELS
                ) -> tuple[np.ndarray, list[str], list[str | None]]:
         """-> (codes (n, K/8) uint8 for the decodable queries, names of all n queries,
         per-query error or None). Codes rows follow the queries whose error is None.
-        Queries are decoded and encoded ``batch_size`` at a time, so memory stays bounded."""
+        Queries are decoded and encoded ``batch_size`` at a time, so memory stays bounded.
+        An image of more than ``max_pixels`` pixels is refused from its header."""
         names: list[str] = []
         errors: list[str | None] = []
         codes = [np.zeros((0, self.bits // 8), np.uint8)]
         for start in range(0, len(queries), batch_size):
             inputs = []
             for i, query in enumerate(queries[start:start + batch_size], start):
-                name, error, x = _load_query(query, i, bands, self.storage_options)
+                name, error, x = _load_query(query, i, bands, self.storage_options,
+                                             max_pixels)
                 names.append(name)
                 errors.append(error)
                 if x is not None:
@@ -153,13 +156,23 @@ class SceneIndex:
         return np.concatenate(codes), names, errors
 
     def query(self, queries: Sequence[QueryInput], top: int | None = None,
-              radius: int | None = None, nprobe: int | None = None, bands=None) -> pa.Table:
+              radius: int | None = None, nprobe: int | None = None, bands=None,
+              names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+              ) -> pa.Table:
         """Rank the index for each query: the ``top`` nearest (default 50), or every row within
         Hamming distance ``radius`` (not both). Arguments are checked before any query is read.
+        names: what to call the queries in the result and its errors (default: the path or
+        URL, "bytes i", "array i"). max_pixels: see ``encode``.
         """
         top = _check_search(top, radius, nprobe)
-        codes, names, errors = self.encode(queries, bands)
-        return self._search(codes, names, errors, top, radius, nprobe)
+        if names is not None and len(names) != len(queries):
+            raise ValueError(f"{len(names)} names for {len(queries)} queries")
+        codes, found, errors = self.encode(queries, bands, max_pixels=max_pixels)
+        if names is not None:
+            errors = [None if e is None else _renamed(e, old, new)
+                      for e, old, new in zip(errors, found, names, strict=True)]
+            found = list(names)
+        return self._search(codes, found, errors, top, radius, nprobe)
 
     def query_codes(self, codes: np.ndarray, top: int | None = None, radius: int | None = None,
                     nprobe: int | None = None, names: Sequence[str] | None = None) -> pa.Table:
@@ -231,7 +244,13 @@ def _stat(path: Path) -> tuple | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _load_query(query: QueryInput, i: int, bands, storage_options: dict | None = None
+def _renamed(error: str, old: str, new: str) -> str:
+    """A query's error message naming it ``new`` (the message may start with ``old``)."""
+    return f"{new}{error[len(old):]}" if error.startswith(old) else f"{new}: {error}"
+
+
+def _load_query(query: QueryInput, i: int, bands, storage_options: dict | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS
                 ) -> tuple[str, str | None, torch.Tensor | None]:
     """One query -> (name, error or None, network input (3, 299, 299) float or None)."""
     if isinstance(query, np.ndarray):
@@ -250,7 +269,7 @@ def _load_query(query: QueryInput, i: int, bands, storage_options: dict | None =
         except RemoteError as err:
             return name, str(err), None
     try:
-        image, _ = decode_scene(data, suffix_hint, bands)
+        image, _ = decode_scene(data, suffix_hint, bands, max_pixels)
     except SceneDecodeError as err:
         return name, str(err), None
     return name, None, image_to_tensor(image)

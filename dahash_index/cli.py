@@ -17,6 +17,7 @@ import click
 
 from dahash_index import runtime
 from dahash_index.merge_cli import merge
+from dahash_index.service.cli import serve
 
 HOME_HELP = "$DAHASH_INDEX_HOME (default ~/.dahash-index)"
 
@@ -439,6 +440,7 @@ def check(index_dir, repair):
 
 
 main.add_command(merge)  # commands kept in modules of their own
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,250 @@
+"""The service's ASGI app: JSON routes over one open ``SceneIndex``.
+
+Routes (every one behind the bearer token when one is set):
+
+    GET  /healthz              {"ok": true, "rows": N, "generation": G}
+    GET  /info                 the manifest's summary
+    GET  /scenes/{row_id}      one scene's metadata (404 for a row the index does not hold)
+    POST /query?top=50         images as multipart form field ``image`` (repeatable), or JSON
+         /query?radius=R       {"codes": ["<hex of K/8 bytes>", ...]}; answers
+                               {"queries": [{"query": NAME, "hits": [HIT, ...]}, ...]}
+
+Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 404, 413 (upload
+bytes or pixels above the limits), 422 (bad input: the message names the upload), 500
+(never a traceback).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dahash_index.api import SceneIndex
+from dahash_index.files import one_line
+from dahash_index.images import DEFAULT_MAX_PIXELS
+from dahash_index.service.scenes import hit_json, scene_json
+from dahash_index.store import IndexStoreError
+
+# A SceneDecodeError for an image above the pixel limit (images._check_pixels, _pillow_bomb).
+_TOO_MANY_PIXELS = re.compile(r"pixels, above the limit of \d+$")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """token: required as ``Authorization: Bearer <token>`` on every route when set.
+    max_upload_bytes: a request body above this gets 413. max_pixels: an image whose header
+    says more pixels gets 413 before it is decoded. max_images: images in one request.
+    max_hits: the largest ``top``."""
+
+    token: str | None = None
+    max_upload_bytes: int = 32 << 20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_images: int = 64
+    max_hits: int = 1000
+
+
+class ServiceError(Exception):
+    """Answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> Starlette:
+    """The app answering from ``index`` (open it with ``reload="auto"`` to see new commits)."""
+    settings = settings or ServiceSettings()
+
+    async def healthz(request: Request) -> JSONResponse:
+        reader = index.reader
+        return JSONResponse({"ok": True, "rows": reader.row_count,
+                             "generation": reader.generation})
+
+    async def info(request: Request) -> JSONResponse:
+        m = index.reader.manifest
+        return JSONResponse({
+            "index": str(index.reader.path), "rows": m["row_count"], "shards": len(m["shards"]),
+            "errors": sum(e["error_count"] for e in m["shards"].values()),
+            "bits": m["bits"], "kind": m["kind"], "nlist": m["nlist"],
+            "generation": m["generation"], "model_sha256": m["model_sha256"],
+            "backbone": m["backbone"], "bands": m["extra"].get("bands"),
+            "updated": m["updated"],
+        })
+
+    async def scene(request: Request) -> JSONResponse:
+        text = request.path_params["row_id"]
+        if not text.isdigit() or len(text) > 19:
+            raise ServiceError(422, f"row id {text!r} is not a non-negative integer")
+        try:
+            table = index.reader.metadata(np.array([int(text)], dtype=np.int64))
+        except ValueError as err:
+            if isinstance(err, IndexStoreError):
+                raise
+            raise ServiceError(404, f"row id {text} is not in this index") from None
+        return JSONResponse(scene_json(table.to_pylist()[0]))
+
+    async def query(request: Request) -> JSONResponse:
+        top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
+        if top is not None and radius is not None:
+            raise ServiceError(422, "give top or radius, not both")
+        if top is not None and not 1 <= top <= settings.max_hits:
+            raise ServiceError(422, f"top must be 1 .. {settings.max_hits}, got {top}")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            codes, names = await _codes_of(request, index.bits)
+            search = partial(index.query_codes, codes, top, radius, nprobe, names)
+        elif kind == "multipart/form-data":
+            images, names = await _uploads_of(request, settings.max_images)
+            search = partial(index.query, images, top, radius, nprobe, names=names,
+                             max_pixels=settings.max_pixels)
+        else:
+            raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
+                                    "codes as application/json ({\"codes\": [hex, ...]})")
+        try:
+            table = await run_in_threadpool(search)
+        except IndexStoreError:
+            raise
+        except ValueError as err:  # the search arguments (radius, nprobe)
+            raise ServiceError(422, one_line(err)) from None
+        rows = table.to_pylist()
+        failed = [row["error"] for row in rows if row["error"] is not None]
+        if failed:
+            status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
+            raise ServiceError(status, "; ".join(failed))
+        answers = [{"query": name, "hits": []} for name in names]
+        for row in rows:
+            if row["rank"] is not None:
+                answers[row["query"]]["hits"].append(hit_json(row))
+        return JSONResponse({"queries": answers})
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/info", info),
+        Route("/scenes/{row_id}", scene),
+        Route("/query", query, methods=["POST"]),
+    ]
+    handlers = {
+        ServiceError: _service_error,
+        HTTPException: _http_error,
+        IndexStoreError: _store_error,
+        Exception: _internal_error,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.add_middleware(_Guard, token=settings.token, max_bytes=settings.max_upload_bytes)
+    return app
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if not re.fullmatch(r"-?\d{1,9}", text.strip()):
+        raise ServiceError(422, f"{name} must be an integer, got {text!r}")
+    return int(text)
+
+
+async def _codes_of(request: Request, bits: int) -> tuple[np.ndarray, list[str]]:
+    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i")."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ServiceError(422, "the body is not JSON") from None
+    codes = body.get("codes") if isinstance(body, dict) else None
+    if not isinstance(codes, list) or not codes:
+        raise ServiceError(422, 'expected {"codes": [hex, ...]} with at least one code')
+    out = np.empty((len(codes), bits // 8), dtype=np.uint8)
+    for i, code in enumerate(codes):
+        if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
+            raise ServiceError(422, f"code {i} is not {bits // 4} hex digits ({bits} bits)")
+        out[i] = np.frombuffer(bytes.fromhex(code), dtype=np.uint8)
+    return out, [f"code {i}" for i in range(len(codes))]
+
+
+async def _uploads_of(request: Request, max_images: int) -> tuple[list[bytes], list[str]]:
+    """The form's ``image`` files -> (their bytes, their file names)."""
+    try:
+        form = await request.form(max_files=max_images, max_fields=max_images)
+    except HTTPException as err:  # Starlette's refusal of too many files or fields
+        raise ServiceError(422, err.detail) from None
+    files = [f for f in form.getlist("image") if not isinstance(f, str)]
+    if not files:
+        raise ServiceError(422, "no image: send one or more files in the form field 'image'")
+    images, names = [], []
+    for i, upload in enumerate(files):
+        images.append(await upload.read())
+        names.append(upload.filename or f"image {i}")
+    await form.close()
+    return images, names
+
+
+class _Guard:
+    """The bearer token (401 without it) and the body limit (413 from Content-Length, or as
+    soon as the bytes received pass it), before any route runs."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_bytes: int) -> None:
+        self.app, self.token, self.max_bytes = app, token, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is not None:
+            given = headers.get("authorization", "")
+            expected = f"Bearer {self.token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                reason = "a bearer token is required" if not given else "wrong token"
+                response = JSONResponse({"error": reason}, 401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise ServiceError(413, _too_large_text(self.max_bytes))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large_text(max_bytes: int) -> str:
+    return f"the request is larger than the limit of {max_bytes} bytes"
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return JSONResponse({"error": _too_large_text(max_bytes)}, 413)
+
+
+async def _service_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, ServiceError)
+    return JSONResponse({"error": err.message}, err.status)
+
+
+async def _http_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, HTTPException)
+    return JSONResponse({"error": str(err.detail)}, err.status_code)
+
+
+async def _store_error(request: Request, err: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"the index cannot be read: {one_line(err)}"}, 500)
+
+
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"internal error: {one_line(err)}"}, 500)

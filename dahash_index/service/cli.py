@@ -1,0 +1,61 @@
+"""The ``dahash-index serve`` command (registered by ``dahash_index.cli``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dahash_index.files import one_line
+
+
+@click.command(short_help="Serve an index over HTTP (JSON API).")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="The index [default: $DAHASH_INDEX_HOME/index].")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Refuse to start unless this is the index's model (checked by SHA-256).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but 127.0.0.1 exposes the service to a network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--token", envvar="DAHASH_INDEX_TOKEN", default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every route "
+                   "[env DAHASH_INDEX_TOKEN].")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=32,
+              show_default=True, help="Largest request body.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Largest query image (width x height), from its header [default: the "
+                   "build's limit, 50 million].")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists searched per query [default: the index's default].")
+@click.option("--mmap/--no-mmap", default=True, show_default=True,
+              help="Memory-map the FAISS segments instead of loading them.")
+def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe, mmap):
+    """Answer queries over HTTP from one index kept open, the model loaded once.
+
+    \b
+    Routes (JSON; errors are {"error": "..."}):
+      GET  /healthz, /info          liveness; the index's summary
+      GET  /scenes/ROW_ID           one scene's metadata
+      POST /query?top=50            images (multipart field 'image', repeatable) or
+           /query?radius=R          {"codes": [hex, ...]}
+
+    Shards that a build commits while the service runs are searched within a second, without
+    a restart.
+    """
+    import uvicorn
+
+    from dahash_index.api import SceneIndex
+    from dahash_index.cli import default_index
+    from dahash_index.images import DEFAULT_MAX_PIXELS
+    from dahash_index.service.app import ServiceSettings, create_app
+
+    index_dir = index_dir or default_index()
+    try:
+        index = SceneIndex.open(index_dir, model=model, mmap=mmap, nprobe=nprobe, reload="auto")
+    except (ValueError, OSError) as err:
+        raise click.ClickException(one_line(err)) from err
+    settings = ServiceSettings(token=token, max_upload_bytes=int(max_upload_mb * (1 << 20)),
+                               max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    click.echo(f"serving {index_dir} ({index.row_count} rows) on http://{host}:{port}"
+               f"{' (token required)' if token else ''}", err=True)
+    uvicorn.run(create_app(index, settings), host=host, port=port, log_level="warning")

@@ -1,0 +1,34 @@
+"""Result rows as the service's JSON: one object a scene, with its bounds grouped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Metadata columns as they appear in a scene object; bounds and pixel size are grouped below.
+_PLAIN = ("row_id", "url", "member", "shard", "label", "width", "height", "bands", "dtype",
+          "crs", "datetime")
+_BOUNDS = ("left", "bottom", "right", "top")
+_WGS84 = ("west", "south", "east", "north")
+
+
+def scene_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One metadata row (a dict of ``IndexReader.metadata`` columns) as the API's scene:
+    its plain columns, ``bounds`` (in the CRS) and ``wgs84`` (degrees) as objects or null
+    when unknown, ``pixel_size`` as [x, y] or null."""
+    out = {key: row.get(key) for key in _PLAIN}
+    out["bounds"] = _group(row, _BOUNDS)
+    out["wgs84"] = _group(row, _WGS84)
+    size = (row.get("pixel_size_x"), row.get("pixel_size_y"))
+    out["pixel_size"] = None if None in size else list(size)
+    return out
+
+
+def hit_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One hit row of ``SceneIndex.query``: rank, distance, then its scene."""
+    return {"rank": row["rank"], "distance": row["distance"], **scene_json(row)}
+
+
+def _group(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, float] | None:
+    values = {key: row.get(key) for key in keys}
+    return None if any(v is None for v in values.values()) else values

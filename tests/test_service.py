@@ -1,0 +1,232 @@
+"""Tests for the query service (dahash_index/service/): every route and every error with the app
+in-process (Starlette's TestClient), and ``dahash-index serve`` as a user starts it."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from conftest import cli_command
+from PIL import Image
+from starlette.testclient import TestClient
+from test_build_e2e import assert_one_line_failure, encoded, free_port, save_scene
+
+from dahash_index.api import SceneIndex
+from dahash_index.service import ServiceSettings, create_app
+from dahash_index.service.scenes import scene_json
+
+SCENES = {"a/s0.jpg": 0, "a/s1.jpg": 1, "a/s2.png": 2, "b/t0.jpg": 3, "b/t1.jpg": 4}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, quick_checkpoint, run_cli) -> dict:
+    root = tmp_path_factory.mktemp("service")
+    for rel, seed in SCENES.items():
+        save_scene(root / "shards" / rel, seed)
+    run_cli("build", "--shards", root / "shards", "--index", root / "index", "--model",
+            quick_checkpoint, check=True)
+    return {"index": root / "index", "shards": root / "shards", "model": quick_checkpoint}
+
+
+@pytest.fixture(scope="module")
+def index(built) -> SceneIndex:
+    return SceneIndex.open(built["index"])
+
+
+def client(index: SceneIndex, **settings) -> TestClient:
+    return TestClient(create_app(index, ServiceSettings(**settings)))
+
+
+def row_of(index: SceneIndex, name: str) -> int:
+    urls = index.reader.metadata(None, ["row_id", "url"]).to_pylist()
+    return next(r["row_id"] for r in urls if r["url"].endswith(name))
+
+
+def built_shards(index: SceneIndex):
+    return index.reader.path.parent / "shards"
+
+
+def upload(*files: tuple[str, bytes]) -> dict:
+    return {"files": [("image", (name, data)) for name, data in files]}
+
+
+def test_healthz_and_info(index):
+    c = client(index)
+    assert c.get("/healthz").json() == {"ok": True, "rows": 5,
+                                        "generation": index.reader.generation}
+    info = c.get("/info").json()
+    assert (info["rows"], info["shards"], info["bits"], info["kind"]) == (5, 2, 64, "flat")
+    assert info["model_sha256"] == index.reader.model_sha256
+
+
+def test_scene_and_its_refusals(index):
+    c = client(index)
+    row = row_of(index, "s1.jpg")
+    got = c.get(f"/scenes/{row}")
+    assert got.status_code == 200
+    expected = scene_json(index.reader.metadata(np.array([row])).to_pylist()[0])
+    assert got.json() == expected and got.json()["url"].endswith("a/s1.jpg")
+    assert got.json()["width"] == 128 and got.json()["bounds"] is None
+    for bad, status in (("5", 404), ("999999", 404), ("-1", 422), ("abc", 422),
+                        ("1e3", 422), ("99999999999999999999", 422)):
+        answer = c.get(f"/scenes/{bad}")
+        assert answer.status_code == status, bad
+        assert list(answer.json()) == ["error"] and "Traceback" not in answer.text
+
+
+def test_query_by_images(index):
+    c = client(index)
+    # The indexed files themselves: each is at distance 0 from its own row (an untrained
+    # model may put other scenes there too; ties come in row-id order).
+    names = ("a/s1.jpg", "b/t0.jpg")
+    files = [(f"q{i}{name[-4:]}", (built_shards(index) / name).read_bytes())
+             for i, name in enumerate(names)]
+    got = c.post("/query?top=5", **upload(*files))
+    assert got.status_code == 200, got.text
+    queries = got.json()["queries"]
+    assert [q["query"] for q in queries] == ["q0.jpg", "q1.jpg"]
+    for q, name in zip(queries, names, strict=True):
+        assert [h["rank"] for h in q["hits"]] == [1, 2, 3, 4, 5]
+        assert any(h["url"].endswith(name) for h in q["hits"] if h["distance"] == 0)
+        keys = [(h["distance"], h["row_id"]) for h in q["hits"]]
+        assert keys == sorted(keys)
+    # The API gives what the Python API gives.
+    table = index.query([files[0][1]], top=5)
+    assert [h["row_id"] for h in queries[0]["hits"]] == table["row_id"].to_pylist()
+    radius = c.post("/query?radius=64", **upload(files[0])).json()["queries"][0]["hits"]
+    assert len(radius) == 5
+
+
+def test_query_by_codes(index):
+    c = client(index)
+    row = row_of(index, "t1.jpg")
+    code = index.reader.codes()[list(index.reader.row_ids()).index(row)]
+    got = c.post("/query?top=5", json={"codes": [code.tobytes().hex()]})
+    assert got.status_code == 200, got.text
+    hits = got.json()["queries"][0]["hits"]
+    assert got.json()["queries"][0]["query"] == "code 0"
+    assert row in [h["row_id"] for h in hits if h["distance"] == 0]
+    table = index.query_codes(code[None], top=5)
+    assert [(h["row_id"], h["distance"]) for h in hits] == list(
+        zip(table["row_id"].to_pylist(), table["distance"].to_pylist(), strict=True))
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"codes": ["zz" * 8]}, "code 0 is not 16 hex digits"),
+    ({"codes": ["00" * 7]}, "code 0 is not 16 hex digits"),
+    ({"codes": []}, "at least one code"),
+    ({"code": ["00" * 8]}, "at least one code"),
+    ([1, 2], "at least one code"),
+])
+def test_bad_codes(index, body, needle):
+    got = client(index).post("/query", json=body)
+    assert got.status_code == 422 and needle in got.json()["error"]
+
+
+def test_bad_requests_get_one_json_line(index):
+    c = client(index)
+    for answer, needle in (
+        (c.post("/query", content=b"{", headers={"content-type": "application/json"}),
+         "not JSON"),
+        (c.post("/query", content=b"x", headers={"content-type": "text/plain"}),
+         "multipart/form-data"),
+        (c.post("/query", data={"other": "1"}, files=[("x", ("a.jpg", b"1"))]), "no image"),
+        (c.post("/query?top=1&radius=2", **upload(("a.jpg", encoded(0)))), "not both"),
+        (c.post("/query?top=0", **upload(("a.jpg", encoded(0)))), "top must be 1 .. 1000"),
+        (c.post("/query?top=x", **upload(("a.jpg", encoded(0)))), "top must be an integer"),
+        (c.post("/query?radius=-1", **upload(("a.jpg", encoded(0)))), "radius"),
+    ):
+        assert answer.status_code == 422, (needle, answer.text)
+        assert needle in answer.json()["error"]
+    assert c.get("/nothing-here").status_code == 404
+    assert c.get("/query").status_code == 405
+
+
+def test_a_bad_image_is_named_and_refused(index):
+    got = client(index).post("/query", **upload(("fine.jpg", encoded(0)),
+                                                ("broken.jpg", b"\xff\xd8 not a jpeg")))
+    assert got.status_code == 422
+    message = got.json()["error"]
+    assert message.startswith("broken.jpg") and "\n" not in message
+
+
+def test_limits_on_bytes_and_pixels(index):
+    big = encoded(0)
+    got = client(index, max_upload_bytes=len(big) // 2).post("/query", **upload(("a.jpg", big)))
+    assert got.status_code == 413 and "larger than the limit" in got.json()["error"]
+    # A body without Content-Length is counted as it arrives.
+    chunks = iter([b"--x\r\n", big])
+    got = client(index, max_upload_bytes=len(big) // 2).post(
+        "/query", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert got.status_code == 413
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300)).save(buf, format="PNG")  # small file, 90,000 pixels
+    got = client(index, max_pixels=10_000).post("/query", **upload(("bomb.png", buf.getvalue())))
+    assert got.status_code == 413
+    assert got.json()["error"] == ("bomb.png: image is 300 x 300 pixels, above the limit of "
+                                   "10000")
+    many = [(f"{i}.jpg", big) for i in range(3)]
+    got = client(index, max_images=2).post("/query", **upload(*many))
+    assert got.status_code == 422 and "Too many files" in got.json()["error"]
+
+
+def test_token(index):
+    c = client(index, token="s3cret")
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+        for answer in (c.get("/healthz", headers=headers), c.get("/scenes/0", headers=headers),
+                       c.post("/query", headers=headers, **upload(("a.jpg", encoded(0))))):
+            assert answer.status_code == 401 and "token" in answer.json()["error"]
+    ok = {"Authorization": "Bearer s3cret"}
+    assert c.get("/healthz", headers=ok).status_code == 200
+    assert c.post("/query", headers=ok, **upload(("a.jpg", encoded(0)))).status_code == 200
+
+
+def test_internal_errors_are_json_without_traceback(index, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    app = create_app(index)
+    monkeypatch.setattr(index, "query_codes", boom)
+    c = TestClient(app, raise_server_exceptions=False)
+    got = c.post("/query", json={"codes": ["00" * 8]})
+    assert got.status_code == 500
+    assert got.json() == {"error": "internal error: disk on fire second line"}
+
+
+def test_serve_command(built, cli_env, run_cli):
+    port = free_port()
+    env = {**cli_env, "DAHASH_INDEX_TOKEN": "tok"}
+    server = subprocess.Popen([*cli_command(), "serve", "--index", str(built["index"]),
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = httpx.get(f"{url}/healthz", headers={"Authorization": "Bearer tok"})
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read()
+                assert time.monotonic() < deadline, "the service did not start in 60 s"
+                time.sleep(0.3)
+        assert answer.json()["rows"] == 5
+        assert httpx.get(f"{url}/healthz").status_code == 401
+        scene = (built["shards"] / "b/t1.jpg").read_bytes()
+        got = httpx.post(f"{url}/query?top=5", headers={"Authorization": "Bearer tok"},
+                         files=[("image", ("q.jpg", scene))], timeout=60)
+        hits = got.json()["queries"][0]["hits"]
+        assert any(h["url"].endswith("b/t1.jpg") for h in hits if h["distance"] == 0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # A model that is not the index's: refused in one line before serving.
+    other = built["index"].parent / "other.pt"
+    other.write_bytes(b"not a checkpoint")
+    result = run_cli("serve", "--index", built["index"], "--model", other,
+                     "--port", free_port(), timeout=60)
+    assert_one_line_failure(result, str(built["index"]))
