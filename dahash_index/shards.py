@@ -44,7 +44,7 @@ from typing import IO
 from fsspec.implementations.local import LocalFileSystem
 
 from dahash_index.images import SCENE_SUFFIXES
-from dahash_index.remote import describe, is_transient, url_filesystem
+from dahash_index.remote import RemoteError, describe, is_transient, read_url, url_filesystem
 
 TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tgz", ".tar.gz")
 ROOT_SHARD = "."
@@ -291,6 +291,26 @@ class ShardReader:
             where = f"after member {last.name!r}" if last is not None else "at the start"
             detail = _one_line(exc, with_type=isinstance(exc, OSError))
             yield error(None, f"truncated or corrupt tar {where}, rest of shard skipped: {detail}")
+
+
+def read_scene(url: str, member: str | None, storage_options: dict | None = None) -> bytes:
+    """The bytes of one indexed scene (its metadata's url and member): the file at ``url``,
+    or that member of the tar at ``url`` (read in one pass up to it: a tar has no index).
+    Raises RemoteError (one line) when the file or tar cannot be read, FileNotFoundError when
+    the tar holds no such scene."""
+    if member is None:
+        return read_url(url, storage_options)
+    fs, path = url_filesystem(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            for found, problem, data in _tar_members(f, read=True):
+                if found.name == member and problem is None:
+                    return data
+    except Exception as exc:
+        if not isinstance(exc, (OSError, tarfile.TarError, _CorruptTar)):
+            raise
+        raise RemoteError(describe(url, exc), url, is_transient(exc)) from exc
+    raise FileNotFoundError(f"{url}: the tar holds no scene {member!r}")
 
 
 def _local_info(path: str) -> tuple:

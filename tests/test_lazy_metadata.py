@@ -285,7 +285,7 @@ def test_cache_is_bounded(parquet_index, monkeypatch):
     reader.metadata(np.array([2]))
     reader.metadata(np.array([2]))
     assert len(log.calls) == 2  # a budget smaller than a row group keeps nothing
-    assert reader._cache._bytes == 0
+    assert reader._cache.bytes == 0
 
 
 def test_part_without_statistics_checks_ids_when_read(parquet_index, monkeypatch, tmp_path):

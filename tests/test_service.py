@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import subprocess
+import tarfile
 import time
+from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
@@ -16,8 +18,11 @@ from starlette.testclient import TestClient
 from test_build_e2e import assert_one_line_failure, encoded, free_port, save_scene
 
 from dahash_index.api import SceneIndex
+from dahash_index.remote import RemoteError
 from dahash_index.service import ServiceSettings, create_app
+from dahash_index.service import thumbnails as thumbnails_module
 from dahash_index.service.scenes import scene_json
+from dahash_index.shards import read_scene
 
 SCENES = {"a/s0.jpg": 0, "a/s1.jpg": 1, "a/s2.png": 2, "b/t0.jpg": 3, "b/t1.jpg": 4}
 
@@ -230,3 +235,61 @@ def test_serve_command(built, cli_env, run_cli):
     result = run_cli("serve", "--index", built["index"], "--model", other,
                      "--port", free_port(), timeout=60)
     assert_one_line_failure(result, str(built["index"]))
+
+
+def test_thumbnails(built, monkeypatch):
+    index = SceneIndex.open(built["index"])  # its own app: a fresh thumbnail cache
+    c = client(index)
+    reads = []
+    real = thumbnails_module.read_scene
+
+    def counted(url, member, storage_options=None):
+        reads.append(url)
+        return real(url, member, storage_options)
+
+    monkeypatch.setattr(thumbnails_module, "read_scene", counted)
+    row = row_of(index, "s2.png")
+    got = c.get(f"/scenes/{row}/thumbnail?size=64")
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(got.content)).size == (64, 48)  # the scene is 128 x 96
+    assert c.get(f"/scenes/{row}/thumbnail?size=64").content == got.content
+    assert Image.open(io.BytesIO(c.get(f"/scenes/{row}/thumbnail").content)).size == (128, 96)
+    assert len(reads) == 2  # size 64 once (then cached), the default size once
+    for path, status in ((f"/scenes/{row}/thumbnail?size=8", 422),
+                         (f"/scenes/{row}/thumbnail?size=2000", 422),
+                         ("/scenes/77/thumbnail", 404),
+                         # paths where a row id belongs: no route, or not a row id
+                         ("/scenes/%2Fetc%2Fpasswd/thumbnail", (404, 422)),
+                         ("/scenes/..%2F..%2Fetc/thumbnail", (404, 422))):
+        answer = c.get(path)
+        assert answer.status_code in (status if isinstance(status, tuple) else (status,)), path
+        assert "error" in answer.json()
+    assert len(reads) == 2  # nothing read for a refused request
+
+    gone = row_of(index, "t0.jpg")
+    url = index.reader.metadata(np.array([gone]), ["url"])["url"][0].as_py()
+    moved = built["shards"] / "moved.jpg"
+    Path(url).rename(moved)
+    try:
+        answer = c.get(f"/scenes/{gone}/thumbnail")
+    finally:
+        moved.rename(url)
+    assert answer.status_code == 502
+    assert answer.json()["error"].startswith(f"scene {gone} cannot be shown: ")
+    assert url in answer.json()["error"]
+
+
+def test_read_scene_from_a_tar_member(tmp_path):
+    tar = tmp_path / "shard.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, seed in (("x/a.jpg", 0), ("x/b.jpg", 1)):
+            data = encoded(seed)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    assert read_scene(str(tar), "x/b.jpg") == encoded(1)
+    with pytest.raises(FileNotFoundError, match="holds no scene 'x/c.jpg'"):
+        read_scene(str(tar), "x/c.jpg")
+    with pytest.raises(RemoteError, match="nope.tar"):
+        read_scene(str(tmp_path / "nope.tar"), "x/a.jpg")
+    assert read_scene(str(tmp_path / "shard.tar"), None) == tar.read_bytes()

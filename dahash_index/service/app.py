@@ -5,13 +5,17 @@ Routes (every one behind the bearer token when one is set):
     GET  /healthz              {"ok": true, "rows": N, "generation": G}
     GET  /info                 the manifest's summary
     GET  /scenes/{row_id}      one scene's metadata (404 for a row the index does not hold)
+    GET  /scenes/{row_id}/thumbnail?size=256
+                               a JPEG of that scene as the index saw it (bands, stretch),
+                               read from its own url; cached. 502 when it cannot be read
     POST /query?top=50         images as multipart form field ``image`` (repeatable), or JSON
          /query?radius=R       {"codes": ["<hex of K/8 bytes>", ...]}; answers
                                {"queries": [{"query": NAME, "hits": [HIT, ...]}, ...]}
 
 Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 404, 413 (upload
-bytes or pixels above the limits), 422 (bad input: the message names the upload), 500
-(never a traceback).
+bytes or pixels above the limits), 422 (bad input: the message names the upload), 500 and
+502 (never a traceback). No route reads a path or URL given by the request: thumbnails come
+from row ids, and their files from the index's metadata.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dahash_index.api import SceneIndex
 from dahash_index.files import one_line
-from dahash_index.images import DEFAULT_MAX_PIXELS
+from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError
 from dahash_index.service.scenes import hit_json, scene_json
+from dahash_index.service.thumbnails import SIZES, Thumbnails
 from dahash_index.store import IndexStoreError
 
 # A SceneDecodeError for an image above the pixel limit (images._check_pixels, _pillow_bomb).
@@ -83,17 +88,25 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             "updated": m["updated"],
         })
 
+    bands = index.reader.manifest["extra"].get("bands")
+    thumbnails = Thumbnails(tuple(bands) if bands else None, index.storage_options)
+
     async def scene(request: Request) -> JSONResponse:
-        text = request.path_params["row_id"]
-        if not text.isdigit() or len(text) > 19:
-            raise ServiceError(422, f"row id {text!r} is not a non-negative integer")
+        return JSONResponse(scene_json(_row(index, request.path_params["row_id"])))
+
+    async def thumbnail(request: Request) -> Response:
+        row = _row(index, request.path_params["row_id"])
+        size = _int_param(request, "size")
+        size = 256 if size is None else size
+        if not SIZES[0] <= size <= SIZES[1]:
+            raise ServiceError(422, f"size must be {SIZES[0]} .. {SIZES[1]}, got {size}")
         try:
-            table = index.reader.metadata(np.array([int(text)], dtype=np.int64))
-        except ValueError as err:
-            if isinstance(err, IndexStoreError):
-                raise
-            raise ServiceError(404, f"row id {text} is not in this index") from None
-        return JSONResponse(scene_json(table.to_pylist()[0]))
+            jpeg = await run_in_threadpool(thumbnails.get, row, size)
+        except (OSError, SceneDecodeError) as err:
+            raise ServiceError(502, f"scene {row['row_id']} cannot be shown: {one_line(err)}"
+                               ) from None
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
 
     async def query(request: Request) -> JSONResponse:
         top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
@@ -133,6 +146,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         Route("/healthz", healthz),
         Route("/info", info),
         Route("/scenes/{row_id}", scene),
+        Route("/scenes/{row_id}/thumbnail", thumbnail),
         Route("/query", query, methods=["POST"]),
     ]
     handlers = {
@@ -144,6 +158,20 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.add_middleware(_Guard, token=settings.token, max_bytes=settings.max_upload_bytes)
     return app
+
+
+def _row(index: SceneIndex, text: str) -> dict:
+    """The metadata row of the row id ``text`` (a path parameter): 422 unless an integer,
+    404 unless a row the index holds."""
+    if not text.isdigit() or len(text) > 19:
+        raise ServiceError(422, f"row id {text!r} is not a non-negative integer")
+    try:
+        table = index.reader.metadata(np.array([int(text)], dtype=np.int64))
+    except ValueError as err:
+        if isinstance(err, IndexStoreError):
+            raise
+        raise ServiceError(404, f"row id {text} is not in this index") from None
+    return table.to_pylist()[0]
 
 
 def _int_param(request: Request, name: str) -> int | None:

@@ -36,6 +36,7 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
     Routes (JSON; errors are {"error": "..."}):
       GET  /healthz, /info          liveness; the index's summary
       GET  /scenes/ROW_ID           one scene's metadata
+      GET  /scenes/ROW_ID/thumbnail?size=256   a JPEG of it (cached)
       POST /query?top=50            images (multipart field 'image', repeatable) or
            /query?radius=R          {"codes": [hex, ...]}
 

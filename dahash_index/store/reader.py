@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from dahash_index.lru import BytesLru
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
@@ -61,14 +60,14 @@ class IndexReader:
         footers: dict[str, PartFooter] | None = None,
         lookups: dict[str, LookupFile] | None = None,
         base: tuple[dict, ShardedIndex] | None = None,
-        cache: _RowGroupCache | None = None,
+        cache: BytesLru[pa.Table] | None = None,
     ) -> None:
         self.path = path
         self._manifest = manifest
         self._mmap = mmap
         self._footers: dict[str, PartFooter] = dict(footers or {})
         self._lookups: dict[str, LookupFile] = dict(lookups or {})
-        self._cache = cache if cache is not None else _RowGroupCache(ROW_GROUP_CACHE_BYTES)
+        self._cache = cache if cache is not None else _row_group_cache()
         entries = list(manifest["shards"].values())
         self._starts = np.array([e["first_row"] for e in entries], dtype=np.int64)
         self._ends = self._starts + np.array([e["rows"] for e in entries], dtype=np.int64)
@@ -329,34 +328,8 @@ class IndexReader:
         return table
 
 
-class _RowGroupCache:
-    """Least-recently-used tables, at most ``budget`` bytes in all; safe between threads."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> pa.Table | None:
-        with self._lock:
-            table = self._tables.get(key)
-            if table is not None:
-                self._tables.move_to_end(key)
-            return table
-
-    def put(self, key: tuple, table: pa.Table) -> None:
-        size = table.nbytes
-        if size > self.budget:
-            return
-        with self._lock:
-            if key in self._tables:
-                return
-            self._tables[key] = table
-            self._bytes += size
-            while self._bytes > self.budget:
-                _, old = self._tables.popitem(last=False)
-                self._bytes -= old.nbytes
+def _row_group_cache() -> BytesLru[pa.Table]:
+    return BytesLru(ROW_GROUP_CACHE_BYTES, lambda table: table.nbytes)
 
 
 def _joined(batches: list[pa.RecordBatch], ids: np.ndarray, columns: list[str],

@@ -1,0 +1,51 @@
+"""Thumbnails of indexed scenes, rendered as the index saw them (its bands, 16-bit stretch),
+read only from the scene's own url and member in the index's metadata."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image
+
+from dahash_index.images import decode_scene
+from dahash_index.lru import BytesLru
+from dahash_index.shards import read_scene
+
+THUMBNAIL_CACHE_BYTES = 64 << 20
+SIZES = (16, 1024)  # the smallest and largest ``size`` asked for
+
+
+def render_thumbnail(data: bytes, name: str, bands: tuple[int, int, int] | None,
+                     size: int) -> bytes:
+    """A JPEG whose longer side is at most ``size`` pixels, of the encoded scene ``data``
+    (``name``'s suffix picks the decoder, as in the build)."""
+    image, _ = decode_scene(data, name, bands)
+    picture = Image.fromarray(image)
+    picture.thumbnail((size, size), Image.BILINEAR)
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+class Thumbnails:
+    """Thumbnails of an index's scenes by row id, cached (row ids are never reused, so a
+    row's thumbnail never changes)."""
+
+    def __init__(self, bands: tuple[int, int, int] | None, storage_options: dict | None = None,
+                 budget: int = THUMBNAIL_CACHE_BYTES) -> None:
+        self.bands = bands
+        self.storage_options = storage_options
+        self._cache: BytesLru[bytes] = BytesLru(budget, len)
+
+    def get(self, row: Mapping[str, Any], size: int) -> bytes:
+        """The thumbnail of one metadata row (row_id, url, member). Raises RemoteError or
+        FileNotFoundError (the scene cannot be read) and SceneDecodeError."""
+        key = (row["row_id"], size)
+        jpeg = self._cache.get(key)
+        if jpeg is None:
+            data = read_scene(row["url"], row["member"], self.storage_options)
+            jpeg = render_thumbnail(data, row["member"] or row["url"], self.bands, size)
+            self._cache.put(key, jpeg)
+        return jpeg
