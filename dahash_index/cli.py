@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -307,36 +308,73 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
 @click.option("--mmap", is_flag=True,
               help="Map the index's codes from disk instead of reading them into memory "
                    "(large indexes; processes on one machine share the pages).")
+@click.option("--server", default=None, metavar="URL",
+              help="Ask a running `dahash-index serve` at URL instead of opening the index "
+                   "(images are read here and uploaded; token from DAHASH_INDEX_TOKEN).")
 @_storage_flags
-def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, endpoint_url,
-          storage_pairs):
+def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
+          endpoint_url, storage_pairs):
     """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
 
     Prints, per query, rank, Hamming distance, row id, scene URL and metadata.
     """
-    import json
-
-    from dahash_index.api import SceneIndex
     from dahash_index.images import parse_bands
 
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
-    index_dir = index_dir or default_index()
+    if server is not None and (index_dir or model or mmap):
+        raise click.UsageError("--server answers from the service's index: no --index, "
+                               "--model or --mmap")
     storage = _storage_options(storage_pairs, endpoint_url)
     try:
         band_numbers = parse_bands(bands) if bands else None
-        index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap,
-                                storage_options=storage)
-        if index.row_count == 0:
-            click.echo(f"Warning: {index_dir} holds no rows yet (dahash-index build --shards "
-                       f"DIR --index {index_dir})", err=True)
-        table = index.query(list(images), top=top, radius=radius, bands=band_numbers)
+        if server is not None:
+            rows = _query_service(server, images, top, radius, nprobe, bands, storage)
+        else:
+            rows = _query_index(index_dir or default_index(), model, images, top, radius,
+                                nprobe, band_numbers, mmap, storage)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
+    if _print_hits(rows, images, as_json):
+        sys.exit(1)
+
+
+def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, storage
+                 ) -> list[dict]:
+    from dahash_index.api import SceneIndex
+
+    index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap,
+                            storage_options=storage)
+    if index.row_count == 0:
+        click.echo(f"Warning: {index_dir} holds no rows yet (dahash-index build --shards "
+                   f"DIR --index {index_dir})", err=True)
+    table = index.query(list(images), top=top, radius=radius, bands=bands)
+    return table.drop_columns(["code"]).to_pylist() if "code" in table.column_names \
+        else table.to_pylist()
+
+
+def _query_service(server, images, top, radius, nprobe, bands, storage) -> list[dict]:
+    from dahash_index.remote import RemoteError, read_url
+    from dahash_index.service.client import query_service
+
+    uploads = []
+    for name in images:
+        try:
+            uploads.append((name, read_url(name, storage), None))
+        except RemoteError as err:
+            uploads.append((name, None, str(err)))
+    params = {"top": top, "radius": radius, "nprobe": nprobe, "bands": bands}
+    return query_service(server, uploads, params, os.environ.get("DAHASH_INDEX_TOKEN"))
+
+
+def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
+    """Print the hits (or JSON lines) of query rows, and their errors on stderr; True when a
+    query failed."""
+    import json
+
     failed = False
-    rows = table.drop_columns(["code"]) if "code" in table.column_names else table
     answered = set()
-    for row in rows.to_pylist():
+    for row in rows:
         answered.add(row["query"])
         if row["error"] is not None:
             failed = True
@@ -357,8 +395,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, e
     for number, name in enumerate(images):
         if number not in answered and not as_json:
             click.echo(f"# {name}: no hits")
-    if failed:
-        sys.exit(1)
+    return failed
 
 
 @main.command(short_help="Show what an index holds.")

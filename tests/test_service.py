@@ -293,3 +293,41 @@ def test_read_scene_from_a_tar_member(tmp_path):
     with pytest.raises(RemoteError, match="nope.tar"):
         read_scene(str(tmp_path / "nope.tar"), "x/a.jpg")
     assert read_scene(str(tmp_path / "shard.tar"), None) == tar.read_bytes()
+
+
+def test_query_through_the_service_prints_what_a_local_query_prints(built, cli_env, run_cli):
+    port = free_port()
+    server = subprocess.Popen([*cli_command(), "serve", "--index", str(built["index"]),
+                               "--port", str(port)], env=cli_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read()
+                assert time.monotonic() < deadline, "the service did not start in 60 s"
+                time.sleep(0.3)
+        broken = built["index"].parent / "broken.jpg"
+        broken.write_bytes(b"\xff\xd8 not a jpeg")
+        images = [built["shards"] / "a/s0.jpg", built["shards"] / "b/t1.jpg"]
+        for extra in ([], ["--json"], ["--radius", "64"]):
+            local = run_cli("query", *images, "--index", built["index"], "--top", "3", *extra
+                            ) if "--radius" not in extra else run_cli(
+                "query", *images, "--index", built["index"], *extra)
+            remote = run_cli("query", *images, "--server", url,
+                             *(["--top", "3"] if "--radius" not in extra else []), *extra)
+            assert (remote.returncode, remote.stdout) == (0, local.stdout) and local.stdout
+        local = run_cli("query", images[0], broken, "--index", built["index"], "--top", "2")
+        remote = run_cli("query", images[0], broken, "--server", url, "--top", "2")
+        assert local.returncode == remote.returncode == 1
+        assert remote.stdout == local.stdout
+        assert remote.stderr.count("Error:") == 1 and str(broken) in remote.stderr
+        gone = run_cli("query", images[0], "--server", f"http://127.0.0.1:{free_port()}")
+        assert_one_line_failure(gone, "cannot reach the service")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

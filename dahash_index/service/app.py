@@ -8,7 +8,8 @@ Routes (every one behind the bearer token when one is set):
     GET  /scenes/{row_id}/thumbnail?size=256
                                a JPEG of that scene as the index saw it (bands, stretch),
                                read from its own url; cached. 502 when it cannot be read
-    POST /query?top=50         images as multipart form field ``image`` (repeatable), or JSON
+    POST /query?top=50         images as multipart form field ``image`` (repeatable; bands=R,G,B
+                               for multi-band ones), or JSON
          /query?radius=R       {"codes": ["<hex of K/8 bytes>", ...]}; answers
                                {"queries": [{"query": NAME, "hits": [HIT, ...]}, ...]}
 
@@ -36,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dahash_index.api import SceneIndex
 from dahash_index.files import one_line
-from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError
+from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
 from dahash_index.service.scenes import hit_json, scene_json
 from dahash_index.service.thumbnails import SIZES, Thumbnails
 from dahash_index.store import IndexStoreError
@@ -119,8 +120,13 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             codes, names = await _codes_of(request, index.bits)
             search = partial(index.query_codes, codes, top, radius, nprobe, names)
         elif kind == "multipart/form-data":
+            bands = request.query_params.get("bands")
+            try:
+                bands = parse_bands(bands) if bands is not None else None
+            except ValueError as err:
+                raise ServiceError(422, one_line(err)) from None
             images, names = await _uploads_of(request, settings.max_images)
-            search = partial(index.query, images, top, radius, nprobe, names=names,
+            search = partial(index.query, images, top, radius, nprobe, bands, names=names,
                              max_pixels=settings.max_pixels)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "

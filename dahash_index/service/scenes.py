@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dahash_index.store.layout import METADATA_SCHEMA
+
 # Metadata columns as they appear in a scene object; bounds and pixel size are grouped below.
 _PLAIN = ("row_id", "url", "member", "shard", "label", "width", "height", "bands", "dtype",
           "crs", "datetime")
@@ -27,6 +29,19 @@ def scene_json(row: Mapping[str, Any]) -> dict[str, Any]:
 def hit_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """One hit row of ``SceneIndex.query``: rank, distance, then its scene."""
     return {"rank": row["rank"], "distance": row["distance"], **scene_json(row)}
+
+
+def hit_row(hit: Mapping[str, Any]) -> dict[str, Any]:
+    """``hit_json``'s inverse: rank, distance, row_id and the metadata columns, flat, in the
+    order of ``SceneIndex.query``'s table."""
+    bounds = hit.get("bounds") or {}
+    wgs84 = hit.get("wgs84") or {}
+    size = hit.get("pixel_size") or (None, None)
+    flat = {**{k: hit.get(k) for k in _PLAIN}, **{k: bounds.get(k) for k in _BOUNDS},
+            **{k: wgs84.get(k) for k in _WGS84}, "pixel_size_x": size[0],
+            "pixel_size_y": size[1]}
+    return {"rank": hit["rank"], "distance": hit["distance"], "row_id": hit["row_id"],
+            **{key: flat[key] for key in METADATA_SCHEMA.names}}
 
 
 def _group(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, float] | None:
