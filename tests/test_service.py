@@ -331,3 +331,29 @@ def test_query_through_the_service_prints_what_a_local_query_prints(built, cli_e
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_more_like_a_row_page_and_docs(index):
+    c = client(index, token="t")
+    auth = {"Authorization": "Bearer t"}
+    row = row_of(index, "t1.jpg")
+    got = c.post("/query?top=5", json={"row_ids": [row]}, headers=auth)
+    assert got.status_code == 200, got.text
+    code = index.reader.metadata(np.array([row]), ["code"])["code"][0].as_py()
+    by_code = c.post("/query?top=5", json={"codes": [code.hex()]}, headers=auth).json()
+    assert got.json()["queries"][0]["hits"] == by_code["queries"][0]["hits"]
+    assert got.json()["queries"][0]["query"] == f"scene {row}"
+    for body, status in (({"row_ids": [999]}, 404), ({"row_ids": []}, 422),
+                         ({"row_ids": [-1]}, 422), ({"row_ids": ["1"]}, 422),
+                         ({"row_ids": [True]}, 422)):
+        answer = c.post("/query", json=body, headers=auth)
+        assert answer.status_code == status, body
+    # The page: with the header, or ?token= (only the page takes it there).
+    assert c.get("/").status_code == 401
+    page = c.get("/?token=t")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<script>" in page.text and "/query?top=" in page.text
+    assert c.get("/", headers=auth).status_code == 200
+    assert c.get("/healthz?token=t").status_code == 401
+    docs = c.get("/docs", headers=auth)
+    assert docs.status_code == 200 and "/scenes/{row_id}/thumbnail" in docs.text

@@ -1,17 +1,21 @@
 """The service's ASGI app: JSON routes over one open ``SceneIndex``.
 
-Routes (every one behind the bearer token when one is set):
+Routes (every one behind the bearer token when one is set; the page alone also takes it as
+``/?token=...``, and sends it as a header from then on):
 
+    GET  /                     the search page (static HTML and JS, no build step)
+    GET  /docs                 this text
     GET  /healthz              {"ok": true, "rows": N, "generation": G}
     GET  /info                 the manifest's summary
     GET  /scenes/{row_id}      one scene's metadata (404 for a row the index does not hold)
     GET  /scenes/{row_id}/thumbnail?size=256
                                a JPEG of that scene as the index saw it (bands, stretch),
                                read from its own url; cached. 502 when it cannot be read
-    POST /query?top=50         images as multipart form field ``image`` (repeatable; bands=R,G,B
-                               for multi-band ones), or JSON
-         /query?radius=R       {"codes": ["<hex of K/8 bytes>", ...]}; answers
-                               {"queries": [{"query": NAME, "hits": [HIT, ...]}, ...]}
+    POST /query?top=50         images as multipart form field ``image`` (repeatable;
+         /query?radius=R       bands=R,G,B for multi-band ones), or JSON {"codes": ["<hex of
+                               K/8 bytes>", ...]} or {"row_ids": [ROW_ID, ...]} (more like
+                               these); answers {"queries": [{"query": NAME, "hits": [HIT,
+                               ...]}, ...]}, each HIT rank, distance and the scene's metadata
 
 Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 404, 413 (upload
 bytes or pixels above the limits), 422 (bad input: the message names the upload), 500 and
@@ -22,16 +26,19 @@ from row ids, and their files from the index's metadata.
 from __future__ import annotations
 
 import hmac
+import html
 import re
+import urllib.parse
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -117,7 +124,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             raise ServiceError(422, f"top must be 1 .. {settings.max_hits}, got {top}")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            codes, names = await _codes_of(request, index.bits)
+            codes, names = await _codes_of(request, index)
             search = partial(index.query_codes, codes, top, radius, nprobe, names)
         elif kind == "multipart/form-data":
             bands = request.query_params.get("bands")
@@ -148,7 +155,18 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
                 answers[row["query"]]["hits"].append(hit_json(row))
         return JSONResponse({"queries": answers})
 
+    page = (Path(__file__).parent / "static" / "index.html").read_bytes()
+
+    async def home(request: Request) -> Response:
+        return Response(page, media_type="text/html")
+
+    async def docs(request: Request) -> HTMLResponse:
+        return HTMLResponse(f"<!doctype html><title>dahash-index API</title>"
+                            f"<h1>dahash-index API</h1><pre>{html.escape(__doc__ or '')}</pre>")
+
     routes = [
+        Route("/", home),
+        Route("/docs", docs),
         Route("/healthz", healthz),
         Route("/info", info),
         Route("/scenes/{row_id}", scene),
@@ -189,21 +207,40 @@ def _int_param(request: Request, name: str) -> int | None:
     return int(text)
 
 
-async def _codes_of(request: Request, bits: int) -> tuple[np.ndarray, list[str]]:
-    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i")."""
+async def _codes_of(request: Request, index: SceneIndex) -> tuple[np.ndarray, list[str]]:
+    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i"); {"row_ids": [int, ...]}
+    -> the codes of those rows ("more like this"), names "scene ROW_ID"."""
     try:
         body = await request.json()
     except ValueError:
         raise ServiceError(422, "the body is not JSON") from None
+    if isinstance(body, dict) and "row_ids" in body:
+        return _codes_of_rows(index, body["row_ids"])
+    bits = index.bits
     codes = body.get("codes") if isinstance(body, dict) else None
     if not isinstance(codes, list) or not codes:
-        raise ServiceError(422, 'expected {"codes": [hex, ...]} with at least one code')
+        raise ServiceError(422, 'expected {"codes": [hex, ...]} or {"row_ids": [int, ...]}, '
+                                'with at least one')
     out = np.empty((len(codes), bits // 8), dtype=np.uint8)
     for i, code in enumerate(codes):
         if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
             raise ServiceError(422, f"code {i} is not {bits // 4} hex digits ({bits} bits)")
         out[i] = np.frombuffer(bytes.fromhex(code), dtype=np.uint8)
     return out, [f"code {i}" for i in range(len(codes))]
+
+
+def _codes_of_rows(index: SceneIndex, row_ids: object) -> tuple[np.ndarray, list[str]]:
+    if not isinstance(row_ids, list) or not row_ids or not all(
+            isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in row_ids):
+        raise ServiceError(422, "row_ids must be a list of at least one non-negative integer")
+    try:
+        table = index.reader.metadata(np.array(row_ids, dtype=np.int64), ["code"])
+    except ValueError as err:
+        if isinstance(err, IndexStoreError):
+            raise
+        raise ServiceError(404, one_line(err)) from None
+    codes = np.frombuffer(b"".join(table["code"].to_pylist()), dtype=np.uint8)
+    return codes.reshape(len(row_ids), index.bits // 8), [f"scene {r}" for r in row_ids]
 
 
 async def _uploads_of(request: Request, max_images: int) -> tuple[list[bytes], list[str]]:
@@ -236,6 +273,9 @@ class _Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.token is not None:
             given = headers.get("authorization", "")
+            if scope["path"] == "/" and not given:  # a browser opening the page: ?token=
+                query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode()))
+                given = f"Bearer {query['token']}" if "token" in query else ""
             expected = f"Bearer {self.token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 reason = "a bearer token is required" if not given else "wrong token"
