@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from dahash_index import runtime
+from dahash_index.cli_options import storage_flags, storage_options
 from dahash_index.merge_cli import merge
 from dahash_index.service.cli import serve
 
@@ -47,30 +48,10 @@ def _fail(err: Exception) -> None:
     raise click.ClickException(" ".join(str(err).split()) or type(err).__name__) from err
 
 
-def _storage_options(pairs: tuple[str, ...], endpoint_url: str | None) -> dict:
-    from dahash_index.remote import parse_storage_options
-
-    try:
-        return parse_storage_options(pairs, endpoint_url)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--storage-option") from None
-
-
 def _engines() -> list[str]:
     from dahash_index.pipeline.runner import ENGINES
 
     return list(ENGINES)
-
-
-def _storage_flags(command):
-    """--endpoint-url and --storage-option, shared by every command that reads URLs."""
-    command = click.option(
-        "--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE",
-        help="fsspec option for remote URLs, e.g. anon=true or requester_pays=true "
-             "(values are JSON when they parse).")(command)
-    return click.option(
-        "--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
-        help="S3-compatible endpoint for s3:// URLs (or $AWS_ENDPOINT_URL).")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -247,7 +228,7 @@ class _KindOption(click.Option):
               help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto) "
                    "[default: start Ray on this machine]. Workers must reach INDEX's "
                    "directory (a shared filesystem) to write their shard results.")
-@_storage_flags
+@storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, resume,
           retry_errors, wait, engine, ray_address, endpoint_url, storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
@@ -266,7 +247,7 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
     model = model or default_model()
     if not resume and (index_dir / "manifest.json").exists():
         raise click.ClickException(f"{index_dir} already holds an index (use --resume)")
-    storage = _storage_options(storage_pairs, endpoint_url)
+    storage = storage_options(storage_pairs, endpoint_url)
     try:
         options = BuildOptions(kind=kind, nlist=nlist,
                                bands=parse_bands(bands) if bands else None,
@@ -311,7 +292,7 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
 @click.option("--server", default=None, metavar="URL",
               help="Ask a running `dahash-index serve` at URL instead of opening the index "
                    "(images are read here and uploaded; token from DAHASH_INDEX_TOKEN).")
-@_storage_flags
+@storage_flags
 def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
           endpoint_url, storage_pairs):
     """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
@@ -325,7 +306,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
     if server is not None and (index_dir or model or mmap):
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model or --mmap")
-    storage = _storage_options(storage_pairs, endpoint_url)
+    storage = storage_options(storage_pairs, endpoint_url)
     try:
         band_numbers = parse_bands(bands) if bands else None
         if server is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dahash_index.cli_options import storage_flags, storage_options
 from dahash_index.files import one_line
 
 
@@ -29,7 +30,9 @@ from dahash_index.files import one_line
               help="IVF lists searched per query [default: the index's default].")
 @click.option("--mmap/--no-mmap", default=True, show_default=True,
               help="Memory-map the FAISS segments instead of loading them.")
-def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe, mmap):
+@storage_flags
+def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe, mmap,
+          endpoint_url, storage_pairs):
     """Answer queries over HTTP from one index kept open, the model loaded once.
 
     \b
@@ -41,7 +44,8 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
            /query?radius=R          {"codes": [hex, ...]}
 
     Shards that a build commits while the service runs are searched within a second, without
-    a restart.
+    a restart. Thumbnails read the scenes where the index's metadata says they are (give
+    --endpoint-url / --storage-option for an S3-compatible store).
     """
     import uvicorn
 
@@ -52,7 +56,8 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
 
     index_dir = index_dir or default_index()
     try:
-        index = SceneIndex.open(index_dir, model=model, mmap=mmap, nprobe=nprobe, reload="auto")
+        index = SceneIndex.open(index_dir, model=model, mmap=mmap, nprobe=nprobe, reload="auto",
+                                storage_options=storage_options(storage_pairs, endpoint_url))
     except (ValueError, OSError) as err:
         raise click.ClickException(one_line(err)) from err
     settings = ServiceSettings(token=token, max_upload_bytes=int(max_upload_mb * (1 << 20)),
