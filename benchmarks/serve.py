@@ -1,12 +1,12 @@
 """The query service under load: latency of one query, throughput of 16 clients, and the same
 while a build commits a new shard.
 
-    python benchmarks/serve.py [--index runs/ucmerced/index] [--model runs/ucmerced/model.pt]
-                               [--seconds 60] [--clients 16] [--requests 100]
+    python benchmarks/serve.py [--model runs/ucmerced/model.pt] [--seconds 60] [--clients 16]
+                               [--requests 100]
 
-The index is UC Merced built with the trained model (built into ``--index`` first when it is
-not there: ``dahash-index build --shards ../shared/datasets/ucmerced``, minus the shard
-``tenniscourt``, which the third phase adds). ``dahash-index serve`` runs as its own process on
+The index is UC Merced built with the trained model into a temporary directory
+(``dahash-index build``, minutes), minus the shard ``tenniscourt``, which the third phase
+adds. ``dahash-index serve`` runs as its own process on
 127.0.0.1. Queries are UC Merced scenes as 256-px JPEG uploads (``top=50``), sent with the
 standard library's HTTP client, one connection per request.
 
@@ -94,7 +94,6 @@ def load(url: str, queries: list[tuple[str, bytes]], clients: int, seconds: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", type=Path, default=REPO / "runs" / "ucmerced" / "index")
     parser.add_argument("--model", type=Path, default=REPO / "runs" / "ucmerced" / "model.pt")
     parser.add_argument("--data", type=Path, default=UCMERCED)
     parser.add_argument("--seconds", type=float, default=60)
@@ -112,8 +111,6 @@ def main() -> None:
         late = shards / LATE_SHARD
         late.unlink()  # added by the third phase
         index = Path(tmp) / "index"
-        if args.index.is_dir():
-            shutil.copytree(args.index, index)
         subprocess.run([*cli, "build", "--shards", str(shards), "--index", str(index),
                         "--model", str(args.model)], check=True, capture_output=True)
         queries = [(p.name, p.read_bytes()) for p in sorted(args.data.glob("*/*.jpg"))[::37]]

@@ -169,7 +169,7 @@ class SceneIndex:
             raise ValueError(f"{len(names)} names for {len(queries)} queries")
         codes, found, errors = self.encode(queries, bands, max_pixels=max_pixels)
         if names is not None:
-            errors = [None if e is None else _renamed(e, old, new)
+            errors = [None if e is None else renamed_error(e, old, new)
                       for e, old, new in zip(errors, found, names, strict=True)]
             found = list(names)
         return self._search(codes, found, errors, top, radius, nprobe)
@@ -244,7 +244,7 @@ def _stat(path: Path) -> tuple | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _renamed(error: str, old: str, new: str) -> str:
+def renamed_error(error: str, old: str, new: str) -> str:
     """A query's error message naming it ``new`` (the message may start with ``old``)."""
     return f"{new}{error[len(old):]}" if error.startswith(old) else f"{new}: {error}"
 

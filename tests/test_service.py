@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from dahash_index.api import SceneIndex
 from dahash_index.remote import RemoteError
 from dahash_index.service import ServiceSettings, create_app
 from dahash_index.service import thumbnails as thumbnails_module
+from dahash_index.service.batching import EncodeBatcher
 from dahash_index.service.scenes import scene_json
 from dahash_index.shards import read_scene
 
@@ -123,9 +125,9 @@ def test_query_by_codes(index):
 @pytest.mark.parametrize("body, needle", [
     ({"codes": ["zz" * 8]}, "code 0 is not 16 hex digits"),
     ({"codes": ["00" * 7]}, "code 0 is not 16 hex digits"),
-    ({"codes": []}, "at least one code"),
-    ({"code": ["00" * 8]}, "at least one code"),
-    ([1, 2], "at least one code"),
+    ({"codes": []}, "with at least one"),
+    ({"code": ["00" * 8]}, "with at least one"),
+    ([1, 2], "with at least one"),
 ])
 def test_bad_codes(index, body, needle):
     got = client(index).post("/query", json=body)
@@ -357,3 +359,45 @@ def test_more_like_a_row_page_and_docs(index):
     assert c.get("/healthz?token=t").status_code == 401
     docs = c.get("/docs", headers=auth)
     assert docs.status_code == 200 and "/scenes/{row_id}/thumbnail" in docs.text
+
+
+class SlowEncoder:
+    """A stand-in SceneIndex.encode: one call per batch, slow enough for requests to pile up;
+    an image b"bad" fails, as a bad upload does."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def encode(self, images, bands, batch_size, max_pixels):
+        self.calls.append(len(images))
+        time.sleep(0.2)
+        names = [f"bytes {i}" for i in range(len(images))]
+        errors = [f"bytes {i}: not an image" if data == b"bad" else None
+                  for i, data in enumerate(images)]
+        codes = np.array([[data[0]] for data in images if data != b"bad"], dtype=np.uint8)
+        return codes.reshape(-1, 1), names, errors
+
+
+def test_concurrent_uploads_are_encoded_together():
+    encoder = SlowEncoder()
+    batcher = EncodeBatcher(encoder, window=0.05, max_images=64)
+    jobs = [[bytes([k]), b"bad"] if k == 3 else [bytes([k])] * (1 + k % 2) for k in range(8)]
+    results: dict[int, tuple] = {}
+
+    def request(k: int) -> None:
+        names = [f"r{k}-{i}" for i in range(len(jobs[k]))]
+        results[k] = batcher.encode(jobs[k], names, None, 100)
+
+    threads = [threading.Thread(target=request, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(encoder.calls) < 8 and sum(encoder.calls) == sum(map(len, jobs))
+    for k, (codes, errors) in results.items():
+        good = [data for data in jobs[k] if data != b"bad"]
+        assert codes.ravel().tolist() == [data[0] for data in good]
+        if k == 3:
+            assert errors == [None, "r3-1: not an image"]
+        else:
+            assert errors == [None] * len(jobs[k])

@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dahash_index.api import SceneIndex
 from dahash_index.files import one_line
 from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
+from dahash_index.service.batching import EncodeBatcher
 from dahash_index.service.scenes import hit_json, scene_json
 from dahash_index.service.thumbnails import SIZES, Thumbnails
 from dahash_index.store import IndexStoreError
@@ -58,13 +59,15 @@ class ServiceSettings:
     """token: required as ``Authorization: Bearer <token>`` on every route when set.
     max_upload_bytes: a request body above this gets 413. max_pixels: an image whose header
     says more pixels gets 413 before it is decoded. max_images: images in one request.
-    max_hits: the largest ``top``."""
+    max_hits: the largest ``top``. batch_window_s: how long an upload waits for those of
+    concurrent requests, to be encoded with them (``batching``)."""
 
     token: str | None = None
     max_upload_bytes: int = 32 << 20
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_images: int = 64
     max_hits: int = 1000
+    batch_window_s: float = 0.005
 
 
 class ServiceError(Exception):
@@ -96,6 +99,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             "updated": m["updated"],
         })
 
+    batcher = EncodeBatcher(index, settings.batch_window_s, settings.max_images)
     bands = index.reader.manifest["extra"].get("bands")
     thumbnails = Thumbnails(tuple(bands) if bands else None, index.storage_options)
 
@@ -133,8 +137,13 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             except ValueError as err:
                 raise ServiceError(422, one_line(err)) from None
             images, names = await _uploads_of(request, settings.max_images)
-            search = partial(index.query, images, top, radius, nprobe, bands, names=names,
-                             max_pixels=settings.max_pixels)
+            codes, errors = await run_in_threadpool(batcher.encode, images, names, bands,
+                                                    settings.max_pixels)
+            if any(errors):
+                failed = [e for e in errors if e is not None]
+                status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
+                raise ServiceError(status, "; ".join(failed))
+            search = partial(index.query_codes, codes, top, radius, nprobe, names)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
                                     "codes as application/json ({\"codes\": [hex, ...]})")
@@ -145,10 +154,6 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         except ValueError as err:  # the search arguments (radius, nprobe)
             raise ServiceError(422, one_line(err)) from None
         rows = table.to_pylist()
-        failed = [row["error"] for row in rows if row["error"] is not None]
-        if failed:
-            status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
-            raise ServiceError(status, "; ".join(failed))
         answers = [{"query": name, "hits": []} for name in names]
         for row in rows:
             if row["rank"] is not None:
