@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from dahash_index import runtime
-from dahash_index.cli_options import storage_flags, storage_options
+from dahash_index.cli_options import LazyChoice, storage_flags, storage_options, store_kinds
 from dahash_index.merge_cli import merge
 from dahash_index.service.cli import serve
 
@@ -48,10 +48,10 @@ def _fail(err: Exception) -> None:
     raise click.ClickException(" ".join(str(err).split()) or type(err).__name__) from err
 
 
-def _engines() -> list[str]:
-    from dahash_index.pipeline.runner import ENGINES
+def _engines() -> tuple[str, ...]:
+    from dahash_index.pipeline.runner import ENGINES  # imports torch: only when asked for
 
-    return list(ENGINES)
+    return tuple(ENGINES)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -163,24 +163,6 @@ def evaluate(data, model, bits_text, seeds_text, variants, protocols_text, novel
     click.echo(f"wrote {report}")
 
 
-class _StoreKinds(click.Choice):
-    """The kinds an index can be built as (``indexes.registry``, via the store's KINDS), read
-    at first use: the registry imports FAISS, which must load after ``configure_threads``."""
-
-    def __init__(self) -> None:
-        super().__init__(())
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        from dahash_index.store.layout import KINDS
-
-        return KINDS
-
-    @choices.setter
-    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
-        pass
-
-
 class _KindOption(click.Option):
     """--kind, whose help lists every kind with its registered description."""
 
@@ -200,7 +182,7 @@ class _KindOption(click.Option):
               default=None, help=f"Index directory [default: {HOME_HELP}/index].")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Trained checkpoint [default: {HOME_HELP}/model.pt].")
-@click.option("--kind", default="flat", show_default=True, type=_StoreKinds(),
+@click.option("--kind", default="flat", show_default=True, type=LazyChoice(store_kinds),
               cls=_KindOption, help="FAISS binary index")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF lists [default: about 4 sqrt(N), from the archive size]. Until the "
@@ -221,7 +203,7 @@ class _KindOption(click.Option):
                    "yielded no row at all are retried without it).")
 @click.option("--wait", default=0.0, show_default=True, type=click.FloatRange(min=0),
               metavar="SECONDS", help="Wait this long for another build writing to INDEX.")
-@click.option("--engine", default="local", show_default=True, type=click.Choice(_engines()),
+@click.option("--engine", default="local", show_default=True, type=LazyChoice(_engines),
               help="Who encodes the shards: this process (local), or Ray tasks and actors "
                    "(ray; pip install 'dahash-index[ray]'). This process commits either way.")
 @click.option("--ray-address", default=None, metavar="ADDR",
@@ -299,8 +281,6 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
 
     Prints, per query, rank, Hamming distance, row id, scene URL and metadata.
     """
-    from dahash_index.images import parse_bands
-
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
     if server is not None and (index_dir or model or mmap):
@@ -308,12 +288,13 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
                                "--model or --mmap")
     storage = storage_options(storage_pairs, endpoint_url)
     try:
-        band_numbers = parse_bands(bands) if bands else None
-        if server is not None:
+        if server is not None:  # the service parses --bands: nothing heavy imported here
             rows = _query_service(server, images, top, radius, nprobe, bands, storage)
         else:
+            from dahash_index.images import parse_bands
+
             rows = _query_index(index_dir or default_index(), model, images, top, radius,
-                                nprobe, band_numbers, mmap, storage)
+                                nprobe, parse_bands(bands) if bands else None, mmap, storage)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
     if _print_hits(rows, images, as_json):

@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
+
+
+class LazyChoice(click.Choice):
+    """A choice among names that a registry gives, read at first use: the registries import
+    torch or FAISS, which a command that does not need them (``query --server``) must not
+    pay for, and FAISS must load after ``runtime.configure_threads``."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+def store_kinds() -> tuple[str, ...]:
+    """The kinds an index can be built as (``indexes.registry``, via the store's KINDS)."""
+    from dahash_index.store.layout import KINDS
+
+    return tuple(KINDS)
 
 
 def storage_options(pairs: tuple[str, ...], endpoint_url: str | None) -> dict:

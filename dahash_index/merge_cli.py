@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
+from dahash_index.cli_options import LazyChoice, store_kinds
 from dahash_index.files import one_line
-from dahash_index.store import KINDS
 
 
 @click.command(short_help="Merge indexes built apart with the same model into one.")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("indexes", nargs=-1, required=True, metavar="INDEX...",
                 type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(KINDS), default=None,
+@click.option("--kind", type=LazyChoice(store_kinds), default=None,
               help="FAISS binary index of OUT [default: OUT's kind, else the first INDEX's].")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF lists [default: OUT's, else about 4 sqrt(N) of the merged rows].")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -20,10 +21,10 @@ from test_build_e2e import assert_one_line_failure, encoded, free_port, save_sce
 
 from dahash_index.api import SceneIndex
 from dahash_index.remote import RemoteError
-from dahash_index.service import ServiceSettings, create_app
 from dahash_index.service import thumbnails as thumbnails_module
+from dahash_index.service.app import ServiceSettings, create_app
 from dahash_index.service.batching import EncodeBatcher
-from dahash_index.service.scenes import scene_json
+from dahash_index.service.scenes import COLUMNS, scene_json
 from dahash_index.shards import read_scene
 
 SCENES = {"a/s0.jpg": 0, "a/s1.jpg": 1, "a/s2.png": 2, "b/t0.jpg": 3, "b/t1.jpg": 4}
@@ -401,3 +402,18 @@ def test_concurrent_uploads_are_encoded_together():
             assert errors == [None, "r3-1: not an image"]
         else:
             assert errors == [None] * len(jobs[k])
+
+
+def test_client_columns_are_the_metadata_schema():
+    from dahash_index.store import METADATA_SCHEMA
+
+    assert COLUMNS == tuple(METADATA_SCHEMA.names)
+
+
+def test_query_server_imports_neither_torch_nor_faiss_nor_pyarrow():
+    code = ("import sys, dahash_index.cli, dahash_index.service.client, dahash_index.remote; "
+            "print(sorted(m for m in ('torch', 'faiss', 'pyarrow', 'rasterio') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

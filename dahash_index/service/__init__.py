@@ -2,9 +2,8 @@
 
 ``app.create_app`` builds the ASGI app (Starlette) around a ``SceneIndex`` that stays open,
 with its model loaded once and new commits picked up by ``reload="auto"``; ``cli`` holds the
-command, which runs it on uvicorn. ``scenes`` turns result rows into the API's JSON.
+command, which runs it on uvicorn; ``client`` is ``dahash-index query --server``. ``scenes``
+turns result rows into the API's JSON, ``thumbnails`` renders scenes, ``batching`` encodes
+concurrent uploads together. Nothing is imported here: the command line imports ``cli`` and
+``client`` without torch.
 """
-
-from dahash_index.service.app import ServiceSettings, create_app
-
-__all__ = ["ServiceSettings", "create_app"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dahash_index.store.layout import METADATA_SCHEMA
-
+# store.layout.METADATA_SCHEMA's names, in order (a test pins them): the client that prints
+# hits imports neither pyarrow nor FAISS.
+COLUMNS = ("url", "shard", "member", "width", "height", "bands", "dtype", "label", "crs",
+           "left", "bottom", "right", "top", "west", "south", "east", "north", "pixel_size_x",
+           "pixel_size_y", "datetime")
 # Metadata columns as they appear in a scene object; bounds and pixel size are grouped below.
 _PLAIN = ("row_id", "url", "member", "shard", "label", "width", "height", "bands", "dtype",
           "crs", "datetime")
@@ -41,7 +44,7 @@ def hit_row(hit: Mapping[str, Any]) -> dict[str, Any]:
             **{k: wgs84.get(k) for k in _WGS84}, "pixel_size_x": size[0],
             "pixel_size_y": size[1]}
     return {"rank": hit["rank"], "distance": hit["distance"], "row_id": hit["row_id"],
-            **{key: flat[key] for key in METADATA_SCHEMA.names}}
+            **{key: flat[key] for key in COLUMNS}}
 
 
 def _group(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, float] | None:
