@@ -7,9 +7,15 @@ Nothing here is autouse: test files that do not ask for a fixture are unaffected
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +76,35 @@ def run_cli(cli_env):
         return result
 
     return run
+
+
+@contextlib.contextmanager
+def running_service(index: Path, env: dict[str, str], timeout: float = 120) -> Iterator[str]:
+    """``dahash-index serve --index INDEX`` on a free port of 127.0.0.1, as a user starts it;
+    yields its URL once it answers (any HTTP status), and stops it on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*cli_command(), "serve", "--index", str(index), "--port",
+                               str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=10).close()
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (401 without the token)
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                assert time.monotonic() < deadline, f"the service did not start in {timeout} s"
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # --- checkpoints ---------------------------------------------------------------------------

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import UCMERCED, cli_command
-from test_build_e2e import free_port
+from conftest import UCMERCED, running_service
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import subset_shards  # noqa: E402
@@ -46,25 +43,8 @@ def server(tmp_path_factory, trained_model, run_cli, cli_env):
     index = root / "index"
     run_cli("build", "--shards", shards, "--index", index, "--model", trained_model,
             timeout=1800, check=True)
-    port = free_port()
-    process = subprocess.Popen([*cli_command(), "serve", "--index", str(index), "--port",
-                                str(port)], env=cli_env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    import httpx2
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            httpx2.get(f"{url}/healthz")
-            break
-        except httpx2.TransportError:
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the service did not start in 120 s"
-            time.sleep(0.5)
-    yield {"url": url, "shards": shards}
-    process.terminate()
-    process.wait(timeout=30)
+    with running_service(index, cli_env) as url:
+        yield {"url": url, "shards": shards}
 
 
 def test_upload_shows_thumbnails_and_the_right_class_first(server, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import pytest
-from conftest import cli_command
+from conftest import running_service
 from PIL import Image
 from starlette.testclient import TestClient
 from test_build_e2e import assert_one_line_failure, encoded, free_port, save_scene
@@ -206,22 +206,9 @@ def test_internal_errors_are_json_without_traceback(index, monkeypatch):
 
 
 def test_serve_command(built, cli_env, run_cli):
-    port = free_port()
     env = {**cli_env, "DAHASH_INDEX_TOKEN": "tok"}
-    server = subprocess.Popen([*cli_command(), "serve", "--index", str(built["index"]),
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = httpx.get(f"{url}/healthz", headers={"Authorization": "Bearer tok"})
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read()
-                assert time.monotonic() < deadline, "the service did not start in 60 s"
-                time.sleep(0.3)
+    with running_service(built["index"], env) as url:
+        answer = httpx.get(f"{url}/healthz", headers={"Authorization": "Bearer tok"})
         assert answer.json()["rows"] == 5
         assert httpx.get(f"{url}/healthz").status_code == 401
         scene = (built["shards"] / "b/t1.jpg").read_bytes()
@@ -229,9 +216,6 @@ def test_serve_command(built, cli_env, run_cli):
                          files=[("image", ("q.jpg", scene))], timeout=60)
         hits = got.json()["queries"][0]["hits"]
         assert any(h["url"].endswith("b/t1.jpg") for h in hits if h["distance"] == 0)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     # A model that is not the index's: refused in one line before serving.
     other = built["index"].parent / "other.pt"
     other.write_bytes(b"not a checkpoint")
@@ -299,21 +283,7 @@ def test_read_scene_from_a_tar_member(tmp_path):
 
 
 def test_query_through_the_service_prints_what_a_local_query_prints(built, cli_env, run_cli):
-    port = free_port()
-    server = subprocess.Popen([*cli_command(), "serve", "--index", str(built["index"]),
-                               "--port", str(port)], env=cli_env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/healthz")
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read()
-                assert time.monotonic() < deadline, "the service did not start in 60 s"
-                time.sleep(0.3)
+    with running_service(built["index"], cli_env) as url:
         broken = built["index"].parent / "broken.jpg"
         broken.write_bytes(b"\xff\xd8 not a jpeg")
         images = [built["shards"] / "a/s0.jpg", built["shards"] / "b/t1.jpg"]
@@ -331,9 +301,6 @@ def test_query_through_the_service_prints_what_a_local_query_prints(built, cli_e
         assert remote.stderr.count("Error:") == 1 and str(broken) in remote.stderr
         gone = run_cli("query", images[0], "--server", f"http://127.0.0.1:{free_port()}")
         assert_one_line_failure(gone, "cannot reach the service")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_more_like_a_row_page_and_docs(index):
