@@ -329,6 +329,45 @@ def test_more_like_a_row_page_and_docs(index):
     assert docs.status_code == 200 and "/scenes/{row_id}/thumbnail" in docs.text
 
 
+def test_openapi_documents_every_route(index):
+    app = create_app(index, ServiceSettings())
+    schema = TestClient(app).get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.1")
+    routes = {(r.path, m.lower()) for r in app.routes for m in r.methods if m != "HEAD"}
+    documented = {(p, m) for p, ops in schema["paths"].items() for m in ops}
+    assert documented == routes
+    for path, ops in schema["paths"].items():  # every answer has a description
+        for op in ops.values():
+            assert op["summary"] and all(r["description"] for r in op["responses"].values())
+    assert {"Error", "Scene", "Hit", "Answer"} <= set(schema["components"]["schemas"])
+    docs = TestClient(app).get("/docs").text
+    assert all(f"{m.upper()} {p}" in docs for p, m in routes)
+    assert "<script" not in docs and "openapi.json" in docs
+
+
+def test_url_queries_only_when_allowed(index, tmp_path):
+    scene = built_shards(index) / "b" / "t0.jpg"
+    body = {"urls": [str(scene)]}
+    off = client(index).post("/query?top=3", json=body)
+    assert off.status_code == 403 and "--allow-url-queries" in off.json()["error"]
+    c = client(index, allow_url_queries=True, max_upload_bytes=1 << 20)
+    got = c.post("/query?top=3", json=body)
+    assert got.status_code == 200, got.text
+    answer = got.json()["queries"][0]
+    assert answer["query"] == str(scene)
+    by_upload = c.post("/query?top=3", **upload(("t0.jpg", scene.read_bytes()))).json()
+    assert answer["hits"] == by_upload["queries"][0]["hits"]
+    missing = c.post("/query", json={"urls": [str(tmp_path / "nope.jpg")]})
+    assert missing.status_code == 422 and "nope.jpg" in missing.json()["error"]
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + bytes(2 << 20))
+    too_big = c.post("/query", json={"urls": [str(big)]})
+    assert too_big.status_code == 413 and "big.jpg" in too_big.json()["error"]
+    for bad in ([], [""], "x", [1]):
+        answer = c.post("/query", json={"urls": bad})
+        assert answer.status_code == 422 and "urls must be" in answer.json()["error"]
+
+
 class SlowEncoder:
     """A stand-in SceneIndex.encode: one call per batch, slow enough for requests to pile up;
     an image b"bad" fails, as a bad upload does."""

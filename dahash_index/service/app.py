@@ -4,7 +4,8 @@ Routes (every one behind the bearer token when one is set; the page alone also t
 ``/?token=...``, and sends it as a header from then on):
 
     GET  /                     the search page (static HTML and JS, no build step)
-    GET  /docs                 this text
+    GET  /docs                 the API (HTML rendered from /openapi.json, no script)
+    GET  /openapi.json         the API as OpenAPI 3.1 (``openapi.py``)
     GET  /healthz              {"ok": true, "rows": N, "generation": G}
     GET  /info                 the manifest's summary
     GET  /scenes/{row_id}      one scene's metadata (404 for a row the index does not hold)
@@ -14,19 +15,21 @@ Routes (every one behind the bearer token when one is set; the page alone also t
     POST /query?top=50         images as multipart form field ``image`` (repeatable;
          /query?radius=R       bands=R,G,B for multi-band ones), or JSON {"codes": ["<hex of
                                K/8 bytes>", ...]} or {"row_ids": [ROW_ID, ...]} (more like
-                               these); answers {"queries": [{"query": NAME, "hits": [HIT,
-                               ...]}, ...]}, each HIT rank, distance and the scene's metadata
+                               these) or, only with --allow-url-queries, {"urls": [URL,
+                               ...]} (fetched by the service); answers {"queries":
+                               [{"query": NAME, "hits": [HIT, ...]}, ...]}, each HIT rank,
+                               distance and the scene's metadata
 
-Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 404, 413 (upload
-bytes or pixels above the limits), 422 (bad input: the message names the upload), 500 and
-502 (never a traceback). No route reads a path or URL given by the request: thumbnails come
-from row ids, and their files from the index's metadata.
+Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 403 (URL queries
+are off), 404, 413 (upload bytes or pixels above the limits), 422 (bad input: the message
+names the upload), 500 and 502 (never a traceback). No route reads a path or URL given by
+the request, except ``{"urls"}`` queries when the service was started to allow them:
+thumbnails come from row ids, and their files from the index's metadata.
 """
 
 from __future__ import annotations
 
 import hmac
-import html
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -45,7 +48,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dahash_index.api import SceneIndex
 from dahash_index.files import one_line
 from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
+from dahash_index.remote import describe, url_filesystem
 from dahash_index.service.batching import EncodeBatcher
+from dahash_index.service.openapi import docs_html, openapi_schema
 from dahash_index.service.scenes import hit_json, scene_json
 from dahash_index.service.thumbnails import SIZES, Thumbnails
 from dahash_index.store import IndexStoreError
@@ -60,7 +65,9 @@ class ServiceSettings:
     max_upload_bytes: a request body above this gets 413. max_pixels: an image whose header
     says more pixels gets 413 before it is decoded. max_images: images in one request.
     max_hits: the largest ``top``. batch_window_s: how long an upload waits for those of
-    concurrent requests, to be encoded with them (``batching``)."""
+    concurrent requests, to be encoded with them (``batching``). allow_url_queries: whether
+    ``POST /query`` fetches ``{"urls": [...]}`` itself (any path or URL the service can read,
+    with the index's storage options; at most max_upload_bytes each)."""
 
     token: str | None = None
     max_upload_bytes: int = 32 << 20
@@ -68,6 +75,7 @@ class ServiceSettings:
     max_images: int = 64
     max_hits: int = 1000
     batch_window_s: float = 0.005
+    allow_url_queries: bool = False
 
 
 class ServiceError(Exception):
@@ -120,33 +128,46 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400"})
 
+    async def encode(images: list[bytes], names: list[str], bands) -> np.ndarray:
+        codes, errors = await run_in_threadpool(batcher.encode, images, names, bands,
+                                                settings.max_pixels)
+        if any(errors):
+            failed = [e for e in errors if e is not None]
+            status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
+            raise ServiceError(status, "; ".join(failed))
+        return codes
+
     async def query(request: Request) -> JSONResponse:
         top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
         if top is not None and radius is not None:
             raise ServiceError(422, "give top or radius, not both")
         if top is not None and not 1 <= top <= settings.max_hits:
             raise ServiceError(422, f"top must be 1 .. {settings.max_hits}, got {top}")
+        bands = request.query_params.get("bands")
+        try:
+            bands = parse_bands(bands) if bands is not None else None
+        except ValueError as err:
+            raise ServiceError(422, one_line(err)) from None
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            codes, names = await _codes_of(request, index)
-            search = partial(index.query_codes, codes, top, radius, nprobe, names)
+            body = await _json_body(request)
+            if isinstance(body, dict) and "urls" in body:
+                if not settings.allow_url_queries:
+                    raise ServiceError(403, "URL queries are off: this service was started "
+                                            "without --allow-url-queries")
+                names = _urls_of(body["urls"], settings.max_images)
+                images = await run_in_threadpool(
+                    _fetch_all, names, index.storage_options, settings.max_upload_bytes)
+                codes = await encode(images, names, bands)
+            else:
+                codes, names = _codes_of(body, index)
         elif kind == "multipart/form-data":
-            bands = request.query_params.get("bands")
-            try:
-                bands = parse_bands(bands) if bands is not None else None
-            except ValueError as err:
-                raise ServiceError(422, one_line(err)) from None
             images, names = await _uploads_of(request, settings.max_images)
-            codes, errors = await run_in_threadpool(batcher.encode, images, names, bands,
-                                                    settings.max_pixels)
-            if any(errors):
-                failed = [e for e in errors if e is not None]
-                status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
-                raise ServiceError(status, "; ".join(failed))
-            search = partial(index.query_codes, codes, top, radius, nprobe, names)
+            codes = await encode(images, names, bands)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
                                     "codes as application/json ({\"codes\": [hex, ...]})")
+        search = partial(index.query_codes, codes, top, radius, nprobe, names)
         try:
             table = await run_in_threadpool(search)
         except IndexStoreError:
@@ -165,13 +186,18 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
     async def home(request: Request) -> Response:
         return Response(page, media_type="text/html")
 
+    schema = openapi_schema(settings.max_hits, settings.allow_url_queries)
+
     async def docs(request: Request) -> HTMLResponse:
-        return HTMLResponse(f"<!doctype html><title>dahash-index API</title>"
-                            f"<h1>dahash-index API</h1><pre>{html.escape(__doc__ or '')}</pre>")
+        return HTMLResponse(docs_html(schema))
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(schema)
 
     routes = [
         Route("/", home),
         Route("/docs", docs),
+        Route("/openapi.json", openapi),
         Route("/healthz", healthz),
         Route("/info", info),
         Route("/scenes/{row_id}", scene),
@@ -212,20 +238,23 @@ def _int_param(request: Request, name: str) -> int | None:
     return int(text)
 
 
-async def _codes_of(request: Request, index: SceneIndex) -> tuple[np.ndarray, list[str]]:
-    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i"); {"row_ids": [int, ...]}
-    -> the codes of those rows ("more like this"), names "scene ROW_ID"."""
+async def _json_body(request: Request) -> object:
     try:
-        body = await request.json()
+        return await request.json()
     except ValueError:
         raise ServiceError(422, "the body is not JSON") from None
+
+
+def _codes_of(body: object, index: SceneIndex) -> tuple[np.ndarray, list[str]]:
+    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i"); {"row_ids": [int, ...]}
+    -> the codes of those rows ("more like this"), names "scene ROW_ID"."""
     if isinstance(body, dict) and "row_ids" in body:
         return _codes_of_rows(index, body["row_ids"])
     bits = index.bits
     codes = body.get("codes") if isinstance(body, dict) else None
     if not isinstance(codes, list) or not codes:
-        raise ServiceError(422, 'expected {"codes": [hex, ...]} or {"row_ids": [int, ...]}, '
-                                'with at least one')
+        raise ServiceError(422, 'expected {"codes": [hex, ...]}, {"row_ids": [int, ...]} or '
+                                '{"urls": [url, ...]}, with at least one')
     out = np.empty((len(codes), bits // 8), dtype=np.uint8)
     for i, code in enumerate(codes):
         if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
@@ -246,6 +275,32 @@ def _codes_of_rows(index: SceneIndex, row_ids: object) -> tuple[np.ndarray, list
         raise ServiceError(404, one_line(err)) from None
     codes = np.frombuffer(b"".join(table["code"].to_pylist()), dtype=np.uint8)
     return codes.reshape(len(row_ids), index.bits // 8), [f"scene {r}" for r in row_ids]
+
+
+def _urls_of(urls: object, max_images: int) -> list[str]:
+    if not isinstance(urls, list) or not urls or not all(
+            isinstance(u, str) and u.strip() for u in urls):
+        raise ServiceError(422, "urls must be a list of at least one path or URL")
+    if len(urls) > max_images:
+        raise ServiceError(422, f"{len(urls)} urls, above the limit of {max_images}")
+    return urls
+
+
+def _fetch_all(urls: list[str], storage_options: dict | None, max_bytes: int) -> list[bytes]:
+    """The bytes at each of ``urls`` (``{"urls"}`` queries): 413 for one above ``max_bytes``,
+    422 naming the URL for one that cannot be read."""
+    images = []
+    for url in urls:
+        try:
+            fs, path = url_filesystem(url, storage_options)
+            with fs.open(path, "rb") as f:
+                data = f.read(max_bytes + 1)
+        except Exception as err:  # fsspec and object-store clients raise their own types
+            raise ServiceError(422, f"cannot read {describe(url, err)}") from None
+        if len(data) > max_bytes:
+            raise ServiceError(413, f"{url}: larger than the limit of {max_bytes} bytes")
+        images.append(data)
+    return images
 
 
 async def _uploads_of(request: Request, max_images: int) -> tuple[list[bytes], list[str]]:

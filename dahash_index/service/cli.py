@@ -30,9 +30,12 @@ from dahash_index.files import one_line
               help="IVF lists searched per query [default: the index's default].")
 @click.option("--mmap/--no-mmap", default=True, show_default=True,
               help="Memory-map the FAISS segments instead of loading them.")
+@click.option("--allow-url-queries", is_flag=True,
+              help='Let POST /query take {"urls": [...]}: the service then reads any path or '
+                   "URL it can reach for whoever may query it. Off by default.")
 @storage_flags
 def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe, mmap,
-          endpoint_url, storage_pairs):
+          allow_url_queries, endpoint_url, storage_pairs):
     """Answer queries over HTTP from one index kept open, the model loaded once.
 
     \b
@@ -40,8 +43,10 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
       GET  /healthz, /info          liveness; the index's summary
       GET  /scenes/ROW_ID           one scene's metadata
       GET  /scenes/ROW_ID/thumbnail?size=256   a JPEG of it (cached)
-      POST /query?top=50            images (multipart field 'image', repeatable) or
-           /query?radius=R          {"codes": [hex, ...]}
+      POST /query?top=50            images (multipart field 'image', repeatable),
+           /query?radius=R          {"codes": [hex, ...]}, {"row_ids": [...]}, or
+                                    {"urls": [...]} with --allow-url-queries
+      GET  /docs, /openapi.json     the API, as HTML and as OpenAPI 3.1
 
     Shards that a build commits while the service runs are searched within a second, without
     a restart. Thumbnails read the scenes where the index's metadata says they are (give
@@ -61,7 +66,8 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
     except (ValueError, OSError) as err:
         raise click.ClickException(one_line(err)) from err
     settings = ServiceSettings(token=token, max_upload_bytes=int(max_upload_mb * (1 << 20)),
-                               max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+                               max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                               allow_url_queries=allow_url_queries)
     click.echo(f"serving {index_dir} ({index.row_count} rows) on http://{host}:{port}"
                f"{' (token required)' if token else ''}", err=True)
     uvicorn.run(create_app(index, settings), host=host, port=port, log_level="warning")
