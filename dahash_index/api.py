@@ -32,12 +32,12 @@ import pyarrow as pa
 import torch
 
 import indexes
-from dahash_index.backbones import image_to_tensor
 from dahash_index.checkpoint import load_checkpoint
 from dahash_index.checks import check_int
+from dahash_index.chips import Tiling, Window
 from dahash_index.encoder import SceneEncoder
-from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene
-from dahash_index.remote import RemoteError, read_url
+from dahash_index.images import DEFAULT_MAX_PIXELS
+from dahash_index.query_inputs import load_query
 from dahash_index.store import MANIFEST, IndexReader
 
 QueryInput = str | Path | bytes | np.ndarray
@@ -132,47 +132,73 @@ class SceneIndex:
                                              self._device)
             return self._encoder
 
+    @property
+    def tiling(self) -> Tiling | None:
+        """How the index cut large scenes into chips (``build --tile``), or None."""
+        found = self.reader.manifest["extra"].get("tiling")
+        return Tiling(found["tile"], found["stride"], found["min_side"], found["min_valid"]) \
+            if found else None
+
     def encode(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32,
                max_pixels: int = DEFAULT_MAX_PIXELS
                ) -> tuple[np.ndarray, list[str], list[str | None]]:
         """-> (codes (n, K/8) uint8 for the decodable queries, names of all n queries,
-        per-query error or None). Codes rows follow the queries whose error is None.
+        per-query error or None). Codes rows follow the queries whose error is None. Each
+        query is encoded whole (``query`` cuts large ones into chips).
         Queries are decoded and encoded ``batch_size`` at a time, so memory stays bounded.
         An image of more than ``max_pixels`` pixels is refused from its header."""
+        codes, owners, names, errors, _ = self._encode(queries, bands, batch_size, max_pixels)
+        return codes, names, errors
+
+    def _encode(self, queries: Sequence[QueryInput], bands, batch_size: int, max_pixels: int,
+                window: Window | None = None, tiling: Tiling | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], list]:
+        """-> (codes (m, K/8) uint8, owners int64 (m,): the query of each code, names,
+        errors, windows (m,): each code's window in its query, or None)."""
         names: list[str] = []
         errors: list[str | None] = []
+        owners: list[int] = []
+        windows: list = []
         codes = [np.zeros((0, self.bits // 8), np.uint8)]
         for start in range(0, len(queries), batch_size):
             inputs = []
             for i, query in enumerate(queries[start:start + batch_size], start):
-                name, error, x = _load_query(query, i, bands, self.storage_options,
-                                             max_pixels)
-                names.append(name)
-                errors.append(error)
-                if x is not None:
-                    inputs.append(x)
+                loaded = load_query(query, i, bands, self.storage_options, max_pixels, window,
+                                    tiling)
+                names.append(loaded.name)
+                errors.append(loaded.error)
+                inputs += loaded.inputs
+                owners += [i] * len(loaded.inputs)
+                windows += loaded.windows
             if inputs:
                 codes.append(self.encoder.encode(torch.stack(inputs), batch_size))
-        return np.concatenate(codes), names, errors
+        return np.concatenate(codes), np.array(owners, np.int64), names, errors, windows
 
     def query(self, queries: Sequence[QueryInput], top: int | None = None,
               radius: int | None = None, nprobe: int | None = None, bands=None,
-              names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-              ) -> pa.Table:
+              names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+              window: Window | None = None, group_by: str | None = None) -> pa.Table:
         """Rank the index for each query: the ``top`` nearest (default 50), or every row within
         Hamming distance ``radius`` (not both). Arguments are checked before any query is read.
         names: what to call the queries in the result and its errors (default: the path or
         URL, "bytes i", "array i"). max_pixels: see ``encode``.
+        window: (col_off, row_off, width, height): query with that part of each image only.
+        When the index was built with ``--tile``, a query larger than its chips is cut the
+        same way and its chips are searched together: a row's distance is its nearest chip's.
+        group_by: "scene" keeps the best row (chip) of each scene (url, member).
         """
         top = _check_search(top, radius, nprobe)
+        if group_by not in GROUPS:
+            raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
         if names is not None and len(names) != len(queries):
             raise ValueError(f"{len(names)} names for {len(queries)} queries")
-        codes, found, errors = self.encode(queries, bands, max_pixels=max_pixels)
+        codes, owners, found, errors, _ = self._encode(
+            queries, bands, 32, max_pixels, window, None if window else self.tiling)
         if names is not None:
             errors = [None if e is None else renamed_error(e, old, new)
                       for e, old, new in zip(errors, found, names, strict=True)]
             found = list(names)
-        return self._search(codes, found, errors, top, radius, nprobe)
+        return self._search(codes, found, errors, top, radius, nprobe, owners, group_by)
 
     def query_codes(self, codes: np.ndarray, top: int | None = None, radius: int | None = None,
                     nprobe: int | None = None, names: Sequence[str] | None = None) -> pa.Table:
@@ -180,23 +206,33 @@ class SceneIndex:
         top = _check_search(top, radius, nprobe)
         codes = np.asarray(codes)
         names = list(names) if names is not None else [f"code {i}" for i in range(len(codes))]
-        return self._search(codes, names, [None] * len(codes), top, radius, nprobe)
+        owners = np.arange(len(codes), dtype=np.int64)
+        return self._search(codes, names, [None] * len(codes), top, radius, nprobe, owners)
 
     def _search(self, codes: np.ndarray, names: list[str], errors: list[str | None],
-                top: int, radius: int | None, nprobe: int | None) -> pa.Table:
+                top: int, radius: int | None, nprobe: int | None, owners: np.ndarray,
+                group_by: str | None = None) -> pa.Table:
+        """codes (m, K/8) of the queries ``owners`` (m,) -> the result table."""
         reader, index = self._current()
         nprobe = nprobe if nprobe is not None else self.nprobe
         if indexes.nlist_of(index) is None:  # flat, or an IVF searched exactly until trained
             nprobe = None
-        if radius is not None:
-            found = indexes.hamming_radius(index, codes, radius, nprobe)
-            hit_counts = np.array([len(i) for _, i in found], dtype=np.int64)
-            hit_d = np.concatenate([d for d, _ in found]) if found else np.empty(0, np.int32)
-            hit_ids = np.concatenate([i for _, i in found]) if found else np.empty(0, np.int64)
-        else:
-            d, ids = indexes.hamming_topk(index, codes, top, nprobe)
-            valid = ids >= 0  # row-major boolean indexing keeps each query's rank order
-            hit_counts, hit_d, hit_ids = valid.sum(axis=1), d[valid], ids[valid]
+        fetch = top
+        while True:
+            query_of, hit_d, hit_ids = _merged(index, codes, owners, fetch, radius, nprobe)
+            if group_by == "scene":
+                query_of, hit_d, hit_ids = _best_per_scene(reader, query_of, hit_d, hit_ids)
+            if radius is not None:
+                break
+            counts = np.bincount(query_of, minlength=len(names))
+            short = counts[np.bincount(owners, minlength=len(names)) > 0] < top
+            # Grouping can leave fewer than top: fetch more, until the index has no more.
+            if group_by is None or not short.any() or fetch >= reader.row_count:
+                keep = _first_per_query(query_of, top)
+                query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
+                break
+            fetch = min(fetch * 4, reader.row_count)
+        hit_counts = np.bincount(query_of, minlength=len(names))
         # One row per hit, and one row carrying the error for each query that failed.
         is_error = np.array([e is not None for e in errors], dtype=bool)
         rows_per_query = np.ones(len(errors), dtype=np.int64)
@@ -224,6 +260,57 @@ class SceneIndex:
         return table.append_column("error", pa.array(errors, pa.string()).take(query_col))
 
 
+GROUPS = (None, "scene")
+
+
+def _merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetch: int,
+            radius: int | None, nprobe: int | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search every code; the hits of each query's codes as one list -> (query int64 (h,),
+    distance int32 (h,), row id int64 (h,)), by query, then distance, then row id; a row
+    found by several codes of a query once, at its smallest distance. With ``radius``
+    every row within it, else each code's ``fetch`` nearest (enough: a row among a query's
+    ``fetch`` nearest by smallest distance is among the ``fetch`` nearest of the code that
+    gives it)."""
+    if radius is not None:
+        found = indexes.hamming_radius(index, codes, radius, nprobe)
+        counts = np.array([len(i) for _, i in found], dtype=np.int64)
+        d = np.concatenate([d for d, _ in found]) if found else np.empty(0, np.int32)
+        ids = np.concatenate([i for _, i in found]) if found else np.empty(0, np.int64)
+    else:
+        d, ids = indexes.hamming_topk(index, codes, fetch, nprobe)
+        valid = ids >= 0  # row-major boolean indexing keeps each code's rank order
+        counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
+    query = np.repeat(owners, counts)
+    order = np.lexsort((d, ids, query))  # each (query, row) pair's smallest distance first
+    query, d, ids = query[order], d[order], ids[order]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
+    query, d, ids = query[first], d[first], ids[first]
+    order = np.lexsort((ids, d, query))
+    return query[order], d[order].astype(np.int32), ids[order]
+
+
+def _best_per_scene(reader: IndexReader, query: np.ndarray, d: np.ndarray, ids: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of ``_merged``'s hits, the first (best) of each query's rows per scene (url, member)."""
+    meta = reader.metadata(ids, ["url", "member"]).to_pylist()
+    seen: set[tuple] = set()
+    keep = np.zeros(len(ids), dtype=bool)
+    for j, (q, row) in enumerate(zip(query.tolist(), meta, strict=True)):
+        key = (q, row["url"], row["member"])
+        if key not in seen:
+            seen.add(key)
+            keep[j] = True
+    return query[keep], d[keep], ids[keep]
+
+
+def _first_per_query(query: np.ndarray, top: int) -> np.ndarray:
+    """bool mask of the first ``top`` entries of each query (``query`` sorted)."""
+    starts = np.searchsorted(query, query, side="left")
+    return np.arange(len(query)) - starts < top
+
+
 def _check_search(top: int | None, radius: int | None, nprobe: int | None) -> int:
     """The number of hits to fetch (top's default 50); ValueError for bad arguments."""
     if top is not None and radius is not None:
@@ -249,27 +336,3 @@ def renamed_error(error: str, old: str, new: str) -> str:
     return f"{new}{error[len(old):]}" if error.startswith(old) else f"{new}: {error}"
 
 
-def _load_query(query: QueryInput, i: int, bands, storage_options: dict | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS
-                ) -> tuple[str, str | None, torch.Tensor | None]:
-    """One query -> (name, error or None, network input (3, 299, 299) float or None)."""
-    if isinstance(query, np.ndarray):
-        name = f"array {i}"
-        if query.ndim != 3 or query.shape[2] != 3 or query.dtype != np.uint8:
-            return name, f"expected an (H, W, 3) uint8 array, got {query.shape} {query.dtype}", None
-        return name, None, image_to_tensor(query)
-    if isinstance(query, bytes):
-        name, data = f"bytes {i}", query
-        suffix_hint = "scene.tif" if data[:4] in (b"II*\x00", b"MM\x00*") else "scene.jpg"
-    else:
-        name = str(query)
-        suffix_hint = name
-        try:
-            data = read_url(name, storage_options)
-        except RemoteError as err:
-            return name, str(err), None
-    try:
-        image, _ = decode_scene(data, suffix_hint, bands, max_pixels)
-    except SceneDecodeError as err:
-        return name, str(err), None
-    return name, None, image_to_tensor(image)

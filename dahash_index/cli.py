@@ -210,9 +210,21 @@ class _KindOption(click.Option):
               help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto) "
                    "[default: start Ray on this machine]. Workers must reach INDEX's "
                    "directory (a shared filesystem) to write their shard results.")
+@click.option("--tile", type=int, default=None, metavar="PX",
+              help="Cut TIFF scenes whose sides both exceed --min-side into PX x PX chips, one "
+                   "row each, read window by window (never the whole scene). Edge chips are "
+                   "padded with nodata, and dropped when under half inside; chips under half "
+                   "valid (nodata) are skipped and counted.")
+@click.option("--stride", type=int, default=None, metavar="PX",
+              help="With --tile: pixels from one chip to the next [default: the tile; larger "
+                   "leaves gaps].")
+@click.option("--min-side", type=int, default=None, metavar="PX",
+              help="With --tile: scenes with a side of at most this stay whole [default: 2 x "
+                   "the tile].")
 @storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, resume,
-          retry_errors, wait, engine, ray_address, endpoint_url, storage_pairs):
+          retry_errors, wait, engine, ray_address, tile, stride, min_side, endpoint_url,
+          storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
 
     A shard is its URL plus a fingerprint of its files (names, sizes, modification times or
@@ -222,9 +234,16 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
     reported in one line each, kept in the index's errors table, and skipped; a shard the
     storage fails on is not committed, and the next build retries it (exit status 1).
     """
+    from dahash_index.chips import Tiling
     from dahash_index.images import parse_bands
     from dahash_index.indexer import BuildOptions, build_index
 
+    if tile is None and (stride is not None or min_side is not None):
+        _fail(ValueError("--stride and --min-side apply only with --tile"))
+    try:
+        tiling = Tiling(tile, stride, min_side) if tile is not None else None
+    except ValueError as err:
+        _fail(err)
     index_dir = index_dir or default_index()
     model = model or default_model()
     if not resume and (index_dir / "manifest.json").exists():
@@ -235,7 +254,7 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
                                bands=parse_bands(bands) if bands else None,
                                batch_size=batch_size, workers=workers, storage_options=storage,
                                retry_errors=retry_errors, wait=wait, engine=engine,
-                               ray_address=ray_address)
+                               ray_address=ray_address, tiling=tiling)
         report = build_index(shards, index_dir, model, options)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
@@ -244,6 +263,8 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
         f"indexed {report.scenes} scenes from {report.shards_indexed} shard(s){again} "
         f"({report.shards_skipped} already committed), {report.errors} error(s), "
         f"in {report.seconds:.1f}s; {index_dir} holds {report.row_count} rows"
+        + (f"; {report.chips_skipped} chip(s) skipped as mostly nodata"
+           if report.chips_skipped else "")
     )
     if report.exact_ivf:
         click.echo(f"Warning: {index_dir} holds too few codes to train its IVF yet (39 per "
@@ -274,35 +295,47 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, res
 @click.option("--server", default=None, metavar="URL",
               help="Ask a running `dahash-index serve` at URL instead of opening the index "
                    "(images are read here and uploaded; token from DAHASH_INDEX_TOKEN).")
+@click.option("--window", default=None, metavar="COL,ROW,W,H",
+              help="Query with this pixel window of each image only (a large TIFF is read "
+                   "window by window, by byte ranges when remote).")
+@click.option("--group-by", type=click.Choice(["scene"]), default=None,
+              help="Keep the best hit (chip) of each scene.")
 @storage_flags
 def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
-          endpoint_url, storage_pairs):
+          window, group_by, endpoint_url, storage_pairs):
     """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
 
-    Prints, per query, rank, Hamming distance, row id, scene URL and metadata.
+    Prints, per query, rank, Hamming distance, row id, scene URL and metadata; for a chip of
+    a large scene, its pixel window (window=COL,ROW,W,H) and WGS84 footprint. When the index
+    was built with --tile, a query image larger than its chips is cut the same way and its
+    chips are searched together (a hit's distance is that of the nearest chip).
     """
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
     if server is not None and (index_dir or model or mmap):
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model or --mmap")
+    if server is not None and (window or group_by):
+        raise click.UsageError("--window and --group-by are not sent to a --server yet")
     storage = storage_options(storage_pairs, endpoint_url)
     try:
         if server is not None:  # the service parses --bands: nothing heavy imported here
             rows = _query_service(server, images, top, radius, nprobe, bands, storage)
         else:
+            from dahash_index.chips import parse_window
             from dahash_index.images import parse_bands
 
             rows = _query_index(index_dir or default_index(), model, images, top, radius,
-                                nprobe, parse_bands(bands) if bands else None, mmap, storage)
+                                nprobe, parse_bands(bands) if bands else None, mmap, storage,
+                                parse_window(window) if window else None, group_by)
     except (ValueError, OSError, RuntimeError) as err:
         _fail(err)
     if _print_hits(rows, images, as_json):
         sys.exit(1)
 
 
-def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, storage
-                 ) -> list[dict]:
+def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, storage,
+                 window=None, group_by=None) -> list[dict]:
     from dahash_index.api import SceneIndex
 
     index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap,
@@ -310,7 +343,8 @@ def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, sto
     if index.row_count == 0:
         click.echo(f"Warning: {index_dir} holds no rows yet (dahash-index build --shards "
                    f"DIR --index {index_dir})", err=True)
-    table = index.query(list(images), top=top, radius=radius, bands=bands)
+    table = index.query(list(images), top=top, radius=radius, bands=bands, window=window,
+                        group_by=group_by)
     return table.drop_columns(["code"]).to_pylist() if "code" in table.column_names \
         else table.to_pylist()
 
@@ -327,6 +361,9 @@ def _query_service(server, images, top, radius, nprobe, bands, storage) -> list[
             uploads.append((name, None, str(err)))
     params = {"top": top, "radius": radius, "nprobe": nprobe, "bands": bands}
     return query_service(server, uploads, params, os.environ.get("DAHASH_INDEX_TOKEN"))
+
+
+WINDOW_KEYS = ("col_off", "row_off", "window_width", "window_height")
 
 
 def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
@@ -353,6 +390,11 @@ def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
         name = f"{row['url']}[{row['member']}]" if row["member"] else row["url"]
         extra = " ".join(f"{k}={row[k]}" for k in ("label", "width", "height", "crs")
                          if row.get(k) is not None)
+        if row.get("col_off") is not None:
+            extra += " window=" + ",".join(str(row[k]) for k in WINDOW_KEYS)
+        if row.get("west") is not None:
+            extra += " wgs84=" + ",".join(f"{row[k]:.6f}" for k in ("west", "south", "east",
+                                                                    "north"))
         click.echo(f"{row['rank']:>4} {row['distance']:>3} {row['row_id']:>8} {name} {extra}")
     for number, name in enumerate(images):
         if number not in answered and not as_json:

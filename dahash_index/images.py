@@ -24,6 +24,9 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window as RasterWindow
+
+from dahash_index.chips import Window, window_bounds
 
 SCENE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 DEFAULT_MAX_PIXELS = 50_000_000  # width*height above this is refused before decoding
@@ -182,29 +185,44 @@ def _read_dataset(
     ds: rasterio.io.DatasetReader, bands: tuple[int, int, int] | None, max_pixels: int
 ) -> tuple[np.ndarray, SceneInfo]:
     _check_pixels(ds.width, ds.height, max_pixels)
+    info = tiff_info(ds)
+    rgb, _ = read_rgb(ds, bands)
+    return rgb, info
+
+
+def read_rgb(
+    ds: rasterio.io.DatasetReader,
+    bands: tuple[int, int, int] | None,
+    window: Window | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The dataset, or its ``window`` (col_off, row_off, width, height), as the index sees
+    it: (H, W, 3) uint8 RGB (bands picked as in ``decode_scene``, other than uint8 stretched
+    over the valid pixels, invalid ones 0) and the (H, W) bool validity mask, or None when
+    GDAL says every pixel is valid. Raises SceneDecodeError for a data type or band the file
+    cannot give."""
     dtype = np.dtype(ds.dtypes[0])
     if dtype.kind not in "uif":
         raise SceneDecodeError(f"unsupported TIFF data type {dtype.name}")
-    info = _tiff_info(ds)
-
     palette = bands is None and ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette
     if bands is None:
         bands = (1, 2, 3) if ds.count >= 3 else (1, 1, 1)
     for b in bands:
         if b > ds.count:
             raise SceneDecodeError(f"band {b} requested, file has {ds.count}")
+    where = RasterWindow(*window) if window is not None else None
 
     unique = sorted(set(bands))
-    pixels = ds.read(unique)  # (len(unique), H, W)
+    pixels = ds.read(unique, window=where)  # (len(unique), H, W)
     # Reading masks costs a full pass; skip it when GDAL says every pixel is valid.
     has_mask = any(ds.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in unique)
-    masks = ds.read_masks(unique) if has_mask else None
+    masks = ds.read_masks(unique, window=where) if has_mask else None
+    valid_all = np.logical_and.reduce(masks != 0, axis=0) if masks is not None else None
 
     if palette and dtype == np.uint8:
         rgb = _apply_palette(pixels[0], ds.colormap(1))
         if masks is not None:
             rgb[masks[0] == 0] = 0
-        return rgb, info
+        return rgb, valid_all
 
     out = {}
     for i, b in enumerate(unique):
@@ -216,7 +234,7 @@ def _read_dataset(
             out[b] = band
         else:
             out[b] = stretch_to_uint8(pixels[i], valid)
-    return np.stack([out[b] for b in bands], axis=-1), info
+    return np.stack([out[b] for b in bands], axis=-1), valid_all
 
 
 def _apply_palette(index: np.ndarray, colormap: dict[int, tuple[int, ...]]) -> np.ndarray:
@@ -227,16 +245,14 @@ def _apply_palette(index: np.ndarray, colormap: dict[int, tuple[int, ...]]) -> n
     return lut[index]
 
 
-def _tiff_info(ds: rasterio.io.DatasetReader) -> SceneInfo:
+def tiff_info(ds: rasterio.io.DatasetReader) -> SceneInfo:
+    """What a TIFF dataset holds (size, bands, type, CRS, bounds native and WGS84, pixel
+    size, datetime)."""
     crs = bounds = wgs84 = pixel_size = None
     if ds.crs is not None:
         crs = ds.crs.to_string()
-        bounds = tuple(float(v) for v in ds.bounds)
+        bounds, wgs84 = geo_bounds(ds)
         pixel_size = (abs(float(ds.res[0])), abs(float(ds.res[1])))
-        try:
-            wgs84 = tuple(float(v) for v in transform_bounds(ds.crs, "EPSG:4326", *bounds))
-        except Exception:  # metadata only: an odd CRS must not cost us the scene
-            wgs84 = None
     return SceneInfo(
         width=ds.width,
         height=ds.height,
@@ -248,6 +264,25 @@ def _tiff_info(ds: rasterio.io.DatasetReader) -> SceneInfo:
         pixel_size=pixel_size,
         datetime=_tiff_datetime(ds),
     )
+
+
+Bounds = tuple[float, float, float, float]
+
+
+def geo_bounds(ds: rasterio.io.DatasetReader, window: Window | None = None
+               ) -> tuple[Bounds | None, Bounds | None]:
+    """(left, bottom, right, top) in the dataset's CRS and (west, south, east, north) in
+    WGS84 of the whole scene, or of ``window`` (``chips.window_bounds``); (None, None)
+    without a CRS, and WGS84 None when the CRS cannot be transformed."""
+    if ds.crs is None:
+        return None, None
+    raw = ds.bounds if window is None else window_bounds(tuple(ds.transform), window)
+    bounds = tuple(float(v) for v in raw)
+    try:
+        wgs84 = tuple(float(v) for v in transform_bounds(ds.crs, "EPSG:4326", *bounds))
+    except Exception:  # metadata only: an odd CRS must not cost us the scene
+        wgs84 = None
+    return bounds, wgs84
 
 
 # Acquisition time is what users search by; TIFFTAG_DATETIME (file write time) is the

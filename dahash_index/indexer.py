@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from dahash_index.checkpoint import Checkpoint, load_checkpoint
 from dahash_index.checks import check_int
+from dahash_index.chips import Tiling
 from dahash_index.images import DEFAULT_MAX_PIXELS
 from dahash_index.pipeline.runner import ENGINES, BuildEvents, BuildJob, get_runner
 from dahash_index.pipeline.stages import ShardTask, check_bands, plan_shards
@@ -47,6 +48,7 @@ class BuildOptions:
     ray_address: str | None = None  # engine "ray": a cluster to join; None starts one here
     retry_errors: bool = False  # re-index committed shards that recorded scene errors
     wait: float = 0.0  # seconds to wait for another build holding the index
+    tiling: Tiling | None = None  # large TIFFs as chips (``chips``); None: every scene whole
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,6 +83,7 @@ class BuildReport:
     failed: list[str] = field(default_factory=list)  # one line per shard not indexed
     scenes: int = 0  # rows committed by this run
     errors: int = 0  # scene errors recorded by this run
+    chips_skipped: int = 0  # chips of large scenes left out as mostly nodata
     seconds: float = 0.0
     row_count: int = 0
     exact_ivf: bool = False  # an IVF with too few codes to train yet: searched exactly
@@ -106,6 +109,8 @@ def build_index(
         )
     checkpoint = load_checkpoint(model_path)
     extra = {"bands": list(options.bands) if options.bands else None}
+    if options.tiling is not None:  # an index built whole keeps the extra it always had
+        extra["tiling"] = options.tiling.as_dict()
     created = not (index_dir / MANIFEST).is_file()
     writer = IndexWriter.open(index_dir, checkpoint.identity, options.kind, options.nlist, extra,
                               options.wait)
@@ -145,7 +150,7 @@ def _build(
         check_bands(reader, tasks[0].shard, options.bands, options.max_pixels)
     job = BuildJob(checkpoint, reader.url, writer.staging, options.storage_options,
                    options.bands, options.max_pixels, options.batch_size, options.workers,
-                   options.device)
+                   options.device, options.tiling)
     runner = get_runner(options.engine, **({"address": options.ray_address}
                                            if options.engine == "ray" else {}))
 
@@ -186,6 +191,7 @@ def _count(report: BuildReport, task: ShardTask, result: StagedResult) -> None:
     report.shards_reindexed += task.replace
     report.scenes += result.rows
     report.errors += result.error_count
+    report.chips_skipped += result.chips_skipped
 
 
 def _adopt_leftovers(

@@ -36,7 +36,7 @@ import lzma
 import os
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
@@ -70,6 +70,17 @@ class SceneBytes:
     data: bytes
 
 
+@dataclass(frozen=True)
+class SceneFile:
+    """A scene file listed but not read (``iter_scenes``' ``defer``): whoever takes it reads
+    it, e.g. a large GeoTIFF window by window (``scene_chips``)."""
+
+    url: str
+    shard: str
+    label: str | None
+    member: None = None
+
+
 class ShardReadError(OSError):
     """The storage failed while a shard was read (not bad data): the shard is not indexed
     this time, and the next build retries it. One line, naming the shard."""
@@ -99,6 +110,7 @@ class ShardReader:
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.url = url
+        self.storage_options = storage_options
         self.fs, root = url_filesystem(url, storage_options)
         self.root = root.rstrip("/") or root
         try:
@@ -142,8 +154,12 @@ class ShardReader:
             shards.append(Shard(ROOT_SHARD, self._base, "root"))
         return sorted(shards, key=lambda s: s.name)
 
-    def iter_scenes(self, shard: Shard) -> Iterator[SceneBytes | SceneError]:
+    def iter_scenes(self, shard: Shard, defer: Callable[[str], bool] | None = None
+                    ) -> Iterator[SceneBytes | SceneFile | SceneError]:
         """Yield every scene of a shard, or a SceneError where one cannot be read.
+
+        defer(url) -> True: that plain file (not a tar member) is yielded as a SceneFile,
+        unread.
 
         Dir and root shards come in sorted path order. Tar shards come in archive order,
         which is just as deterministic: sorting would mean holding the whole tar in
@@ -161,6 +177,9 @@ class ShardReader:
             url = self._url(rel)
             parts = PurePosixPath(rel).parts
             label = parts[-2] if len(parts) > 1 else None
+            if defer is not None and defer(url):
+                yield SceneFile(url, shard.name, label)
+                continue
             try:
                 data = self.fs.cat_file(self._path(rel))
             except Exception as exc:  # fsspec maps permission/I/O/vanished files to OSError;

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from dahash_index.backbones import image_to_tensor
-from dahash_index.images import SceneDecodeError, decode_scene
+from dahash_index.images import SceneDecodeError, SceneInfo, decode_scene
+from dahash_index.scene_chips import SceneChip
 from dahash_index.shards import SceneBytes
 
 T = TypeVar("T")
@@ -44,24 +45,35 @@ def scene_name(url: str, member: str | None) -> str:
 
 
 def decode_for_index(
-    scene: SceneBytes, bands: tuple[int, int, int] | None, max_pixels: int
+    scene: SceneBytes | SceneChip, bands: tuple[int, int, int] | None, max_pixels: int
 ) -> tuple[dict, np.ndarray | None, str | None]:
-    """Decode one scene -> (metadata row, network input (3, 299, 299) float32 or None, error)."""
+    """Decode one scene -> (metadata row, network input (3, 299, 299) float32 or None, error).
+    A chip comes decoded already (``scene_chips``): its row adds its window."""
     row = {"url": scene.url, "shard": scene.shard, "member": scene.member, "label": scene.label}
+    if isinstance(scene, SceneChip):
+        col, top, width, height = scene.window
+        row.update(scene_columns(scene.info), col_off=col, row_off=top, window_width=width,
+                   window_height=height)
+        return row, image_to_tensor(scene.image).numpy(), None
     try:
         image, info = decode_scene(scene.data, scene.member or scene.url, bands, max_pixels)
     except SceneDecodeError as err:
         return row, None, str(err)
+    row.update(scene_columns(info))
+    return row, image_to_tensor(image).numpy(), None
+
+
+def scene_columns(info: SceneInfo) -> dict:
+    """A SceneInfo as metadata columns (``store.METADATA_SCHEMA``)."""
     bounds = info.bounds or (None,) * 4
     wgs84 = info.bounds_wgs84 or (None,) * 4
     pixel = info.pixel_size or (None, None)
-    row.update(
+    return dict(
         width=info.width, height=info.height, bands=info.bands, dtype=info.dtype, crs=info.crs,
         left=bounds[0], bottom=bounds[1], right=bounds[2], top=bounds[3],
         west=wgs84[0], south=wgs84[1], east=wgs84[2], north=wgs84[3],
         pixel_size_x=pixel[0], pixel_size_y=pixel[1], datetime=info.datetime,
     )
-    return row, image_to_tensor(image).numpy(), None
 
 
 def _init_decode_worker(parent_pid: int | None = None) -> None:

@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from dahash_index.files import one_line
-from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader, ShardReadError
+from dahash_index.shards import (
+    SceneBytes,
+    SceneError,
+    SceneFile,
+    Shard,
+    ShardReader,
+    ShardReadError,
+)
 from dahash_index.store.staging import StagedResult, list_results, remove_result
 
 # Read tasks run in Ray workers that import this module: importing torch there (through the
@@ -99,13 +106,17 @@ def kill_plan_from_env() -> KillPlan | None:
 
 
 def read_shard(
-    shards_url: str, storage_options: dict, shard: Shard
-) -> list[SceneBytes | SceneError] | str:
+    shards_url: str, storage_options: dict, shard: Shard, tiled: bool = False
+) -> list[SceneBytes | SceneFile | SceneError] | str:
     """A Ray task: the shard's scenes as bytes, or a one-line reason when the storage fails.
+    tiled: TIFFs stay unread (SceneFile): the actor reads large ones chip by chip.
 
     What ``stages.read_scenes`` does, without importing the stages (and torch) in the task."""
+    from dahash_index.scene_chips import is_tiff
+
     try:
-        return list(ShardReader(shards_url, storage_options or None).iter_scenes(shard))
+        reader = ShardReader(shards_url, storage_options or None)
+        return list(reader.iter_scenes(shard, is_tiff if tiled else None))
     except ShardReadError as err:
         return str(err)
 
@@ -150,6 +161,7 @@ class ShardEncoder:
         """Index one shard in line (decode, encode) and stage it -> (its staged result, its
         scene errors), or the read task's one-line reason."""
         from dahash_index.pipeline.stages import index_shard, write_shard_result
+        from dahash_index.scene_chips import tile_scenes
 
         if isinstance(scenes, str):
             return scenes
@@ -157,11 +169,15 @@ class ShardEncoder:
         job = self.job
         self.shards += 1
         decode = partial(map, job.decode_one())
-        if self.kill and self.kill.due(self.shards):  # fault injection: die mid-shard
-            result = index_shard(iter(scenes), decode, encoder, job.batch_size,
-                                 on_batch=self._die)
-        else:
-            result = index_shard(iter(scenes), decode, encoder, job.batch_size)
+        items = iter(scenes)
+        if job.tiling is not None:  # chips are read as they are encoded, not all at once
+            items = tile_scenes(items, job.tiling, job.bands, job.storage_options or None)
+        die = self.kill is not None and self.kill.due(self.shards)  # fault injection
+        try:
+            result = index_shard(items, decode, encoder, job.batch_size,
+                                 **({"on_batch": self._die} if die else {}))
+        except ShardReadError as err:
+            return str(err)
         staged = write_shard_result(job.staging, job.checkpoint.identity, task, result)
         return staged, result.errors
 
@@ -294,7 +310,8 @@ class _Build:
             if self.load[i] >= SHARDS_PER_ACTOR:
                 return
             task = todo.popleft()
-            scenes = self.read.remote(self.job.shards_url, self.job.storage_options, task.shard)
+            scenes = self.read.remote(self.job.shards_url, self.job.storage_options, task.shard,
+                                      self.job.tiling is not None)
             ref = self.actors[i].index.remote(self.job_ref, task, scenes)
             self.in_flight[ref] = (task, i, scenes)
             self.load[i] += 1

@@ -12,7 +12,7 @@ needing the ``[ray]`` extra).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,6 +22,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from dahash_index.checkpoint import Checkpoint
+from dahash_index.chips import Tiling
 from dahash_index.encoder import SceneEncoder
 from dahash_index.pipeline.stages import (
     ShardResult,
@@ -30,7 +31,7 @@ from dahash_index.pipeline.stages import (
     read_scenes,
     write_shard_result,
 )
-from dahash_index.shards import ShardReader, ShardReadError
+from dahash_index.shards import Shard, ShardReader, ShardReadError
 from dahash_index.store.staging import StagedResult
 from dahash_index.streaming import (
     DecodePool,
@@ -54,9 +55,14 @@ class BuildJob:
     batch_size: int = 32
     workers: int | None = None  # decode processes per encoder; None: default_workers
     device: str | None = None
+    tiling: Tiling | None = None  # chips of large TIFFs (``chips``); None: every scene whole
 
     def reader(self) -> ShardReader:
         return ShardReader(self.shards_url, self.storage_options or None)
+
+    def read(self, reader: ShardReader, shard: Shard) -> Iterator:
+        """stages.read_scenes with this job's tiling and bands."""
+        return read_scenes(reader, shard, self.tiling, self.bands)
 
     def decode_one(self) -> Callable:
         """streaming.decode_for_index with this job's bands and pixel limit."""
@@ -126,7 +132,7 @@ def _index_with_retry(
     shard = task.shard
     for attempt in (1, 2):
         try:
-            scenes = prefetch(read_scenes(reader, shard), 2 * job.batch_size)
+            scenes = prefetch(job.read(reader, shard), 2 * job.batch_size)
             return index_shard(scenes, lambda items: pool.map(decode_one, items, window),
                                encoder, job.batch_size, on_error,
                                lambda n: events.scenes(n, 0))

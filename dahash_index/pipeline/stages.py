@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dahash_index.chips import Tiling
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import SceneDecodeError, decode_scene
+from dahash_index.scene_chips import SceneChip, SkippedChip, is_tiff, tile_scenes
 from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader, ShardReadError
 from dahash_index.store import IndexWriter, ModelIdentity
 from dahash_index.store.staging import StagedResult, write_result
@@ -52,6 +54,7 @@ class ShardResult:
     codes: np.ndarray
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+    chips_skipped: int = 0  # chips of large scenes left out as mostly invalid (nodata)
 
 
 def plan_shards(
@@ -116,20 +119,32 @@ def check_bands(
                              f"{err}") from None
 
 
-def read_scenes(reader: ShardReader, shard: Shard) -> Iterator[SceneBytes | SceneError]:
-    """A shard's scenes as bytes, or as errors for the ones that cannot be read. Raises
+def read_scenes(
+    reader: ShardReader, shard: Shard, tiling: Tiling | None = None,
+    bands: tuple[int, int, int] | None = None,
+) -> Iterator[SceneBytes | SceneChip | SkippedChip | SceneError]:
+    """A shard's scenes as bytes, or as errors for the ones that cannot be read; with
+    ``tiling``, large TIFFs as their chips (``scene_chips.tile_scenes``, in ``bands``). Raises
     ShardReadError when the storage itself fails (the shard is then retried later)."""
-    return reader.iter_scenes(shard)
+    if tiling is None:
+        return reader.iter_scenes(shard)
+    return tile_scenes(reader.iter_scenes(shard, defer=is_tiff), tiling, bands,
+                       reader.storage_options)
 
 
 def scene_errors(
-    items: Iterable[SceneBytes | SceneError], on_error: Callable[[dict], None]
-) -> Iterator[SceneBytes]:
-    """The scenes of ``items``; read errors go to ``on_error`` as ERRORS_SCHEMA dicts."""
+    items: Iterable[SceneBytes | SceneChip | SkippedChip | SceneError],
+    on_error: Callable[[dict], None],
+    on_skipped_chip: Callable[[SkippedChip], None] = _ignore,
+) -> Iterator[SceneBytes | SceneChip]:
+    """The scenes and chips of ``items``; read errors go to ``on_error`` as ERRORS_SCHEMA
+    dicts, chips skipped as mostly invalid to ``on_skipped_chip``."""
     for item in items:
         if isinstance(item, SceneError):
             on_error({"url": item.url, "shard": item.shard, "member": item.member,
                       "reason": item.reason})
+        elif isinstance(item, SkippedChip):
+            on_skipped_chip(item)
         else:
             yield item
 
@@ -165,20 +180,22 @@ def index_shard(
 ) -> ShardResult:
     """read -> decode -> encode for one shard.
 
-    scenes: what ``read_scenes`` yields. decode: maps scenes to ``decode_for_index`` results
+    scenes: what ``read_scenes`` yields (chips skipped as mostly invalid are counted in
+    ``ShardResult.chips_skipped``). decode: maps scenes to ``decode_for_index`` results
     in the same order (in line: ``functools.partial(map, decode_one)``; in decode processes:
     ``DecodePool.map``). Every scene that cannot be read or decoded becomes an error row
     (also passed to ``on_error`` as it happens).
     """
     errors: list[dict] = []
+    skipped: list[SkippedChip] = []
 
     def error(row: dict) -> None:
         errors.append({k: row.get(k) for k in ERROR_KEYS})
         on_error(errors[-1])
 
-    codes, rows = encode_scenes(decode(scene_errors(scenes, error)), encoder, batch_size,
-                                error, on_batch)
-    return ShardResult(codes, rows, errors)
+    codes, rows = encode_scenes(decode(scene_errors(scenes, error, skipped.append)), encoder,
+                                batch_size, error, on_batch)
+    return ShardResult(codes, rows, errors, len(skipped))
 
 
 def write_shard_result(
@@ -188,4 +205,4 @@ def write_shard_result(
     shard's identity, for the committer to adopt."""
     shard = task.shard
     return write_result(staging, model, shard.name, shard.url, task.fingerprint, result.codes,
-                        result.rows, result.errors)
+                        result.rows, result.errors, result.chips_skipped)

@@ -107,6 +107,10 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
         "wgs84": bounds | {"properties": {k: _NUMBER_OR_NULL for k in
                                           ("west", "south", "east", "north")}},
         "pixel_size": {"type": ["array", "null"], "items": {"type": "number"}},
+        "window": {"type": ["object", "null"], "description": "a chip's pixel window in its "
+                   "scene (build --tile); null for a whole scene",
+                   "properties": {k: {"type": "integer"} for k in
+                                  ("col_off", "row_off", "window_width", "window_height")}},
     }}
     schemas = {
         "Error": {"type": "object", "required": ["error"],

@@ -7,10 +7,12 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from dahash_index.images import decode_scene
 from dahash_index.lru import BytesLru
+from dahash_index.scene_chips import open_scene, read_window
 from dahash_index.shards import read_scene
 
 THUMBNAIL_CACHE_BYTES = 64 << 20
@@ -22,6 +24,10 @@ def render_thumbnail(data: bytes, name: str, bands: tuple[int, int, int] | None,
     """A JPEG whose longer side is at most ``size`` pixels, of the encoded scene ``data``
     (``name``'s suffix picks the decoder, as in the build)."""
     image, _ = decode_scene(data, name, bands)
+    return _jpeg(image, size)
+
+
+def _jpeg(image: np.ndarray, size: int) -> bytes:
     picture = Image.fromarray(image)
     picture.thumbnail((size, size), Image.BILINEAR)
     out = io.BytesIO()
@@ -45,7 +51,18 @@ class Thumbnails:
         key = (row["row_id"], size)
         jpeg = self._cache.get(key)
         if jpeg is None:
-            data = read_scene(row["url"], row["member"], self.storage_options)
-            jpeg = render_thumbnail(data, row["member"] or row["url"], self.bands, size)
+            if row.get("col_off") is not None:  # a chip: its window only, by byte ranges
+                jpeg = self._chip(row, size)
+            else:
+                data = read_scene(row["url"], row["member"], self.storage_options)
+                jpeg = render_thumbnail(data, row["member"] or row["url"], self.bands, size)
             self._cache.put(key, jpeg)
         return jpeg
+
+    def _chip(self, row: Mapping[str, Any], size: int) -> bytes:
+        source = (read_scene(row["url"], row["member"], self.storage_options)
+                  if row["member"] else row["url"])
+        window = tuple(row[k] for k in ("col_off", "row_off", "window_width", "window_height"))
+        with open_scene(source, self.storage_options) as ds:
+            image, _ = read_window(ds, window, None, self.bands)
+        return _jpeg(image, size)

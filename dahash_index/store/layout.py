@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,8 +15,10 @@ from dahash_index.files import one_line
 from indexes.binary import check_bits
 from indexes.registry import list_kinds
 
-FORMAT = "dahash-index/2"
-OLD_FORMATS = ("dahash-index/1",)  # read and upgraded in memory; written back as FORMAT
+FORMAT = "dahash-index/3"
+# Read and upgraded in memory; written back as FORMAT. Format 2 lacks WINDOW_COLUMNS: its
+# parts and lookup files are read with those columns null (``with_window_columns``).
+OLD_FORMATS = ("dahash-index/1", "dahash-index/2")
 MANIFEST = "manifest.json"
 MODEL = "model.pt"
 # The kinds a store can be built as: the registry's storable ones (flat, ivf). Whatever the kind,
@@ -41,8 +43,12 @@ METADATA_SCHEMA = pa.schema(
         pa.field("pixel_size_x", pa.float64()),
         pa.field("pixel_size_y", pa.float64()),
         pa.field("datetime", pa.string()),
+        # a chip's pixel window in its scene (``chips``); null for a whole scene
+        *(pa.field(name, pa.int32()) for name in ("col_off", "row_off", "window_width",
+                                                  "window_height")),
     ]
 )
+WINDOW_COLUMNS = ("col_off", "row_off", "window_width", "window_height")
 
 ERRORS_SCHEMA = pa.schema(
     [
@@ -180,8 +186,10 @@ def read_manifest(directory: Path) -> dict:
     except (OSError, ValueError) as err:
         raise IndexStoreError(f"{directory}: {MANIFEST} is unreadable ({one_line(err)})") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found in OLD_FORMATS:
+    if found == OLD_FORMATS[0]:
         manifest = _upgrade_v1(manifest)
+    elif found in OLD_FORMATS:
+        manifest = manifest | {"format": FORMAT}
     elif found != FORMAT:
         raise IndexStoreError(f"{directory}: {MANIFEST} has format {found!r}, expected {FORMAT!r}")
     if isinstance(manifest, dict):
@@ -236,6 +244,28 @@ def _with_segments(manifest: dict) -> dict:
         return {**manifest, "index_segments": index_segments(manifest)}
     except (KeyError, TypeError, AttributeError):
         return manifest  # malformed: the checks below name what is wrong
+
+
+def with_window_columns(table: pa.Table | pa.RecordBatch, names: Sequence[str]
+                        ) -> pa.Table | pa.RecordBatch:
+    """``table`` with the WINDOW_COLUMNS among ``names`` that it lacks (a part or lookup file
+    written before chips) added as int32 nulls; its columns in ``names``' order."""
+    have = table.schema.names
+    if all(name in have for name in names if name in WINDOW_COLUMNS):
+        return table
+    keep = [name for name in names if name in have or name in WINDOW_COLUMNS]
+    arrays = [table.column(name) if name in have else pa.nulls(table.num_rows, pa.int32())
+              for name in keep]
+    make = pa.RecordBatch if isinstance(table, pa.RecordBatch) else pa.Table
+    return make.from_arrays(arrays, names=keep)
+
+
+def lacks_only_windows(found: pa.Schema, schema: pa.Schema) -> bool:
+    """Whether ``found`` is ``schema`` but for some WINDOW_COLUMNS (a file from before
+    chips), or ``schema`` itself."""
+    kept = pa.schema([f for f in schema if f.name in found.names or f.name not in WINDOW_COLUMNS])
+    return all(name in found.names for name in kept.names) and pa.schema(
+        [found.field(name) for name in kept.names]).equals(kept)
 
 
 def _upgrade_v1(manifest: dict) -> dict:

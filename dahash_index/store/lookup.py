@@ -21,7 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from dahash_index.store.layout import MANIFEST, METADATA_SCHEMA, IndexStoreError, unreadable
+from dahash_index.store.layout import (
+    MANIFEST,
+    METADATA_SCHEMA,
+    IndexStoreError,
+    lacks_only_windows,
+    unreadable,
+    with_window_columns,
+)
 
 # Rows per record batch. A hit decompresses its batch's buffers (3 for most columns): the
 # fixed cost per buffer dominates below a few thousand rows, and LZ4 compresses small batches
@@ -56,7 +63,7 @@ class LookupFile:
                                          options=_READ_OPTIONS)
         except (OSError, pa.ArrowException) as err:
             raise unreadable(directory, rel, err) from None
-        if not self._reader.schema.equals(METADATA_SCHEMA):
+        if not lacks_only_windows(self._reader.schema, METADATA_SCHEMA):
             raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
         batches = -(-rows // LOOKUP_BATCH_ROWS)
         if self._reader.num_record_batches != batches:
@@ -87,6 +94,7 @@ class LookupFile:
             batch = self._reader.get_batch(b)
         except (OSError, pa.ArrowException) as err:
             raise unreadable(self.directory, self.rel, err) from None
+        batch = with_window_columns(batch, METADATA_SCHEMA.names)  # from before chips: nulls
         expected = min(LOOKUP_BATCH_ROWS, self.rows - b * LOOKUP_BATCH_ROWS)
         if batch.num_rows != expected:
             raise IndexStoreError(

@@ -14,7 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dahash_index.store.layout import MANIFEST, IndexStoreError, metadata_schema, unreadable
+from dahash_index.store.layout import (
+    MANIFEST,
+    WINDOW_COLUMNS,
+    IndexStoreError,
+    lacks_only_windows,
+    metadata_schema,
+    unreadable,
+    with_window_columns,
+)
 
 # Rows per Parquet row group of a part: a lookup of a few rows reads (and decodes) only the row
 # groups that hold them. Smaller groups decode faster, but each group costs a fixed amount per
@@ -82,11 +90,15 @@ def conform(
 def read_parquet(
     directory: Path, rel: str, schema: pa.Schema, rows: int, mmap: bool = False
 ) -> pa.Table:
-    """Read one part or errors file, refusing one that does not match what the manifest says."""
+    """Read one part or errors file, refusing one that does not match what the manifest says
+    (a part from before chips is read with null windows: ``with_window_columns``)."""
     try:
-        table = pq.read_table(directory / rel, columns=schema.names, memory_map=mmap)
+        found = pq.read_schema(directory / rel, memory_map=mmap).names
+        names = [n for n in schema.names if n in found or n not in WINDOW_COLUMNS]
+        table = pq.read_table(directory / rel, columns=names, memory_map=mmap)
     except (OSError, pa.ArrowException) as err:
         raise unreadable(directory, rel, err) from None
+    table = with_window_columns(table, schema.names)
     if not table.schema.equals(schema):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if table.num_rows != rows:
@@ -183,10 +195,7 @@ def read_footer(directory: Path, manifest: Mapping, shard: str) -> PartFooter:
         found = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as err:
         raise unreadable(directory, rel, err) from None
-    schema = metadata_schema(manifest["bits"])
-    if not all(name in found.names for name in schema.names) or not pa.schema(
-        [found.field(name) for name in schema.names]
-    ).equals(schema):
+    if not lacks_only_windows(found, metadata_schema(manifest["bits"])):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if metadata.num_rows != rows:
         raise IndexStoreError(
@@ -228,6 +237,8 @@ def read_row_groups(
     """
     columns = list(columns)
     read = columns if footer.ids_checked else list(dict.fromkeys([*columns, "row_id"]))
+    present = footer.metadata.schema.names
+    read = [c for c in read if c in present or c not in WINDOW_COLUMNS]
     try:
         reader = pq.ParquetFile(footer.directory / footer.rel, metadata=footer.metadata,
                                 memory_map=mmap, read_dictionary=list(dictionary) or None)
@@ -240,6 +251,7 @@ def read_row_groups(
             first = footer.first_row + int(footer.group_starts[g])
             check_row_ids(footer.directory, footer.rel, chunk, first, len(chunk),
                           footer.first_row, footer.rows)
+    table = with_window_columns(table, columns)  # a part from before chips: null windows
     return table.select(columns)  # in the order asked for, without an added row_id
 
 

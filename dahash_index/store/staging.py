@@ -36,6 +36,7 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     IndexStoreError,
     ModelIdentity,
+    with_window_columns,
 )
 from dahash_index.store.parts import codes_from_arrow, codes_to_arrow, conform, write_table
 from indexes.binary import check_codes
@@ -58,6 +59,7 @@ class StagedResult:
     bits: int
     rows: int
     error_count: int
+    chips_skipped: int = 0  # chips of large scenes left out as mostly nodata (not errors)
 
 
 def write_result(
@@ -69,6 +71,7 @@ def write_result(
     codes: np.ndarray,
     rows: pa.Table | Sequence[Mapping[str, Any]],
     errors: pa.Table | Sequence[Mapping[str, Any]],
+    chips_skipped: int = 0,
 ) -> StagedResult:
     """Write one shard's result into ``staging`` whole or not at all; return it.
 
@@ -88,7 +91,7 @@ def write_result(
     tmp = staging / f"{_TMP_PREFIX}{result_id}"
     tmp.mkdir()
     result = StagedResult(staging / f"{result_id}{_SUFFIX}", shard_name, shard_url, fingerprint,
-                          model.sha256, model.bits, scene.num_rows, errs.num_rows)
+                          model.sha256, model.bits, scene.num_rows, errs.num_rows, chips_skipped)
     try:
         atomic_write(tmp / "rows.parquet", lambda f: write_table(table, f))
         atomic_write(tmp / "errors.parquet", lambda f: write_table(errs, f))
@@ -132,6 +135,7 @@ def read_rows(result: StagedResult) -> tuple[np.ndarray, pa.Table, pa.Table]:
         errors = pq.read_table(result.path / "errors.parquet")
     except (OSError, pa.ArrowException) as err:
         raise IndexStoreError(f"{result.path}: unreadable shard result ({one_line(err)})") from None
+    table = with_window_columns(table, _rows_schema(result.bits).names)  # staged before chips
     if (not table.schema.equals(_rows_schema(result.bits)) or table.num_rows != result.rows
             or not errors.schema.equals(ERRORS_SCHEMA) or errors.num_rows != result.error_count):
         raise IndexStoreError(f"{result.path}: shard result does not match its result.json")
