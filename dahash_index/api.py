@@ -236,7 +236,7 @@ class SceneIndex:
         # One row per hit, and one row carrying the error for each query that failed.
         is_error = np.array([e is not None for e in errors], dtype=bool)
         rows_per_query = np.ones(len(errors), dtype=np.int64)
-        rows_per_query[~is_error] = hit_counts
+        rows_per_query[~is_error] = hit_counts[~is_error]
         query_no = np.repeat(np.arange(len(errors)), rows_per_query)
         first_row = np.cumsum(rows_per_query) - rows_per_query
         rank = np.arange(len(query_no)) - np.repeat(first_row, rows_per_query) + 1

@@ -256,8 +256,10 @@ def with_window_columns(table: pa.Table | pa.RecordBatch, names: Sequence[str]
     keep = [name for name in names if name in have or name in WINDOW_COLUMNS]
     arrays = [table.column(name) if name in have else pa.nulls(table.num_rows, pa.int32())
               for name in keep]
+    schema = pa.schema([table.schema.field(name) if name in have else pa.field(name, pa.int32())
+                        for name in keep])
     make = pa.RecordBatch if isinstance(table, pa.RecordBatch) else pa.Table
-    return make.from_arrays(arrays, names=keep)
+    return make.from_arrays(arrays, schema=schema)
 
 
 def lacks_only_windows(found: pa.Schema, schema: pa.Schema) -> bool:
