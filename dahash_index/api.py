@@ -144,21 +144,25 @@ class SceneIndex:
                ) -> tuple[np.ndarray, list[str], list[str | None]]:
         """-> (codes (n, K/8) uint8 for the decodable queries, names of all n queries,
         per-query error or None). Codes rows follow the queries whose error is None. Each
-        query is encoded whole (``query`` cuts large ones into chips).
+        query is encoded whole (``encode_chips`` cuts large ones as the index's scenes were).
         Queries are decoded and encoded ``batch_size`` at a time, so memory stays bounded.
         An image of more than ``max_pixels`` pixels is refused from its header."""
-        codes, owners, names, errors, _ = self._encode(queries, bands, batch_size, max_pixels)
+        codes, _, names, errors = self.encode_chips(queries, bands, batch_size, max_pixels,
+                                                    whole=True)
         return codes, names, errors
 
-    def _encode(self, queries: Sequence[QueryInput], bands, batch_size: int, max_pixels: int,
-                window: Window | None = None, tiling: Tiling | None = None
-                ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], list]:
-        """-> (codes (m, K/8) uint8, owners int64 (m,): the query of each code, names,
-        errors, windows (m,): each code's window in its query, or None)."""
+    def encode_chips(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None,
+                     whole: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
+        """-> (codes (m, K/8) uint8, owners int64 (m,): the query each code belongs to, names
+        of the n queries, per-query error or None). A query gives one code, or, when the index
+        was built with ``--tile`` and it is larger than the index's chips (and ``whole`` is
+        False), one per chip. window: (col_off, row_off, width, height) of each query only."""
+        tiling = None if whole or window is not None else self.tiling
         names: list[str] = []
         errors: list[str | None] = []
         owners: list[int] = []
-        windows: list = []
         codes = [np.zeros((0, self.bits // 8), np.uint8)]
         for start in range(0, len(queries), batch_size):
             inputs = []
@@ -169,10 +173,9 @@ class SceneIndex:
                 errors.append(loaded.error)
                 inputs += loaded.inputs
                 owners += [i] * len(loaded.inputs)
-                windows += loaded.windows
             if inputs:
                 codes.append(self.encoder.encode(torch.stack(inputs), batch_size))
-        return np.concatenate(codes), np.array(owners, np.int64), names, errors, windows
+        return np.concatenate(codes), np.array(owners, np.int64), names, errors
 
     def query(self, queries: Sequence[QueryInput], top: int | None = None,
               radius: int | None = None, nprobe: int | None = None, bands=None,
@@ -192,8 +195,7 @@ class SceneIndex:
             raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
         if names is not None and len(names) != len(queries):
             raise ValueError(f"{len(names)} names for {len(queries)} queries")
-        codes, owners, found, errors, _ = self._encode(
-            queries, bands, 32, max_pixels, window, None if window else self.tiling)
+        codes, owners, found, errors = self.encode_chips(queries, bands, 32, max_pixels, window)
         if names is not None:
             errors = [None if e is None else renamed_error(e, old, new)
                       for e, old, new in zip(errors, found, names, strict=True)]
@@ -201,13 +203,19 @@ class SceneIndex:
         return self._search(codes, found, errors, top, radius, nprobe, owners, group_by)
 
     def query_codes(self, codes: np.ndarray, top: int | None = None, radius: int | None = None,
-                    nprobe: int | None = None, names: Sequence[str] | None = None) -> pa.Table:
-        """Like ``query`` for packed codes (n, K/8) uint8 computed elsewhere."""
+                    nprobe: int | None = None, names: Sequence[str] | None = None,
+                    owners: np.ndarray | None = None, group_by: str | None = None) -> pa.Table:
+        """Like ``query`` for packed codes (m, K/8) uint8 computed elsewhere. owners: int64
+        (m,), the query each code belongs to (``encode_chips``); default one query a code."""
         top = _check_search(top, radius, nprobe)
+        if group_by not in GROUPS:
+            raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
         codes = np.asarray(codes)
-        names = list(names) if names is not None else [f"code {i}" for i in range(len(codes))]
-        owners = np.arange(len(codes), dtype=np.int64)
-        return self._search(codes, names, [None] * len(codes), top, radius, nprobe, owners)
+        owners = np.arange(len(codes), dtype=np.int64) if owners is None else np.asarray(owners)
+        n = int(owners.max()) + 1 if len(owners) else 0
+        names = list(names) if names is not None else [f"code {i}" for i in range(n)]
+        return self._search(codes, names, [None] * len(names), top, radius, nprobe, owners,
+                            group_by)
 
     def _search(self, codes: np.ndarray, names: list[str], errors: list[str | None],
                 top: int, radius: int | None, nprobe: int | None, owners: np.ndarray,

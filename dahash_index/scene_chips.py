@@ -117,7 +117,12 @@ def open_scene(source: bytes | str, storage_options: dict | None = None,
         def opener(name: str, mode: str = "rb") -> _CountedFile:
             # no fsspec cache: its default read-ahead (MBs per block) would fetch far more
             # than the tiles GDAL asks for
-            return _CountedFile(fs.open(name, "rb", cache_type="none"), stats)
+            try:
+                return _CountedFile(fs.open(name, "rb", cache_type="none"), stats)
+            except Exception as err:  # rasterio probes openers with a made-up name, and only
+                # FileNotFoundError means "no such file" to it; the whole-file read that
+                # follows a failed open reports the real error
+                raise FileNotFoundError(name) from err
 
         with _opened(lambda: rasterio.open(path, driver="GTiff", opener=opener)) as ds:
             yield ds

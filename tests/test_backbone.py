@@ -1,5 +1,5 @@
-"""The TF-2015 Inception V3 mapped onto torchvision's Inception3 reproduces the TorchScript
-network it comes from, on real scenes."""
+"""The TF-2015 Inception V3 mapped onto torchvision's Inception3 layers reproduces the
+TorchScript network it comes from, on real scenes; our Inception3 layers are torchvision's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.models.inception import BasicConv2d, Inception3
+from torch import nn
+from torchvision.models import inception as tv_inception
 
 from dahash_index.backbones import (
     BackboneError,
@@ -18,6 +19,12 @@ from dahash_index.backbones import (
     load_backbone,
     load_tf2015_state_dict,
     tf2015_inception_v3,
+)
+from dahash_index.inception import (
+    BasicConv2d,
+    InceptionV3Features,
+    tf2015_inception_v3_features,
+    torchvision_inception_v3_features,
 )
 
 UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
@@ -39,8 +46,8 @@ def test_weight_mapping_covers_all_94_convolutions():
     assert all(torch.all(v == 1) for k, v in state.items() if k.endswith(".bn.weight"))
 
 
-def test_backbone_is_a_frozen_torchvision_inception3(backbone):
-    assert isinstance(backbone.net, Inception3)
+def test_backbone_is_a_frozen_inception3(backbone):
+    assert isinstance(backbone.net, InceptionV3Features)
     assert sum(isinstance(m, BasicConv2d) for m in backbone.net.modules()) == 94
     assert all(m.bn.eps == 1e-3 for m in backbone.net.modules() if isinstance(m, BasicConv2d))
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -79,3 +86,35 @@ def test_unknown_backbone_and_missing_torchvision_weights(tmp_path):
         load_backbone("resnet")
     with pytest.raises(BackboneError, match="not found locally"):
         load_backbone("torchvision", str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("variant", ["torchvision", "tf2015"])
+def test_our_layers_are_torchvisions(variant):
+    """Same parameter names, shapes and order as torchvision's Inception3 (less aux and fc);
+    with one random state dict, torchvision's variant gives torchvision's features. (The
+    TF-2015 variant's pools are checked against the TorchScript network itself, above.)"""
+    torch.manual_seed(0)
+    theirs = tv_inception.Inception3(num_classes=10, aux_logits=False, init_weights=True)
+    theirs.fc = nn.Identity()
+    state = {k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
+    ours = (torchvision_inception_v3_features if variant == "torchvision"
+            else tf2015_inception_v3_features)()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in state.items()]
+    if variant == "torchvision":
+        ours.load_state_dict(state)
+        theirs.eval(), ours.eval()
+        x = torch.randn(2, 3, 299, 299)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_the_query_path_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = ("import sys, dahash_index.cli, dahash_index.api, dahash_index.backbones; "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -21,6 +21,7 @@ from dahash_index.api import SceneIndex
 from dahash_index.chips import Tiling, parse_window, window_bounds
 from dahash_index.files import sha256_file
 from dahash_index.scene_chips import (
+    ReadStats,
     SceneChip,
     SkippedChip,
     is_tiff,
@@ -262,8 +263,11 @@ def test_index_from_before_chips_opens_and_answers(tiled, tmp_path, run_cli):
 
 
 @needs_ucmerced
-def test_mosaic_chip_is_found_with_its_exact_window_and_bounds(tmp_path, trained_model,
+def test_mosaic_chip_is_found_with_its_exact_window_and_bounds(tmp_path, quick_checkpoint,
                                                                 run_cli):
+    """An untrained hash head on the real backbone: codes of single scenes, not of their
+    class (a trained model gives many scenes of a class the same code, and ties are ranked
+    by row id), so rank 1 is the chip that holds the very pixels of the query."""
     classes = sorted(p for p in UCMERCED.iterdir() if p.is_dir())
     shards = tmp_path / "shards"
     for c in classes:  # the plain shards: scenes 00-19 of each class
@@ -277,14 +281,16 @@ def test_mosaic_chip_is_found_with_its_exact_window_and_bounds(tmp_path, trained
     mosaic = shards / "mosaic" / "mosaic.tif"
     write_mosaic(mosaic, sources, 8, (2048, 2048))
     run_cli("build", "--shards", shards, "--index", tmp_path / "index", "--model",
-            trained_model, "--tile", "256", "--stride", "256", check=True, timeout=1800)
+            quick_checkpoint, "--tile", "256", "--stride", "256", check=True, timeout=1800)
     index = SceneIndex.open(tmp_path / "index")
     with rasterio.open(mosaic) as ds:
         transform = ds.transform
     picks = [0, 9, 27, 63]
-    hits = index.query([str(sources[i]) for i in picks], top=1)
-    for i, hit in zip(picks, hits.to_pylist(), strict=True):
+    hits = index.query([str(sources[i]) for i in picks], top=2)
+    ranked = hits.to_pylist()
+    for i, hit, second in zip(picks, ranked[::2], ranked[1::2], strict=True):
         col, row = 256 * (i % 8), 256 * (i // 8)
+        assert hit["distance"] == 0 < second["distance"], (hit, second)
         assert hit["url"] == str(mosaic), (sources[i], hit["url"])
         assert (hit["col_off"], hit["row_off"], hit["window_width"], hit["window_height"]) == (
             col, row, 256, 256)
@@ -300,3 +306,33 @@ def _window_pixels(path, window):
     with open_scene(str(path)) as ds:
         image, _ = read_window(ds, window, None, None)
     return image
+
+
+def test_a_scene_on_s3_is_tiled_and_read_by_byte_ranges(tiled, tmp_path, s3_client,
+                                                       s3_endpoint, run_cli):
+    """A tiled build and a --window query over a scene on an S3 server: the chips and hits
+    match the local build's, and a window read fetches a small part of the file."""
+    s3_client.create_bucket(Bucket="large-scenes")
+    local = tiled["shards"] / "scenes" / "geo.tif"
+    s3_client.upload_file(str(local), "large-scenes", "shards/scenes/geo.tif")
+    url = "s3://large-scenes/shards"
+    run_cli("build", "--shards", url, "--index", tmp_path / "index", "--model",
+            tiled["model"], "--tile", "256", "--endpoint-url", s3_endpoint, check=True)
+    remote = SceneIndex.open(tmp_path / "index").reader.metadata().to_pylist()
+    here = _rows(tiled["root"] / "index")["geo.tif"]
+    assert [(r["col_off"], r["row_off"], r["left"], r["top"]) for r in remote] == [
+        (r["col_off"], r["row_off"], r["left"], r["top"]) for r in here]
+    assert remote[0]["url"] == f"{url}/scenes/geo.tif"
+    got = run_cli("query", f"{url}/scenes/geo.tif", "--index", tmp_path / "index", "--window",
+                  "256,256,256,256", "--top", "1", "--json", "--endpoint-url", s3_endpoint,
+                  check=True)
+    hit = json.loads(got.stdout)
+    assert (hit["distance"], hit["col_off"], hit["row_off"]) == (0, 256, 256)
+    stats = ReadStats()
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing",
+               "secret": "testing", "skip_instance_cache": True}
+    with open_scene(f"{url}/scenes/geo.tif", options, stats) as ds:
+        read_window(ds, (256, 256, 256, 256), None, None)
+    assert stats.file_bytes == local.stat().st_size
+    # one 256-px tile of random (incompressible) pixels is 196 kB of the 1 MB file
+    assert stats.bytes_read < 0.4 * stats.file_bytes

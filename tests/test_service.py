@@ -369,26 +369,29 @@ def test_url_queries_only_when_allowed(index, tmp_path):
 
 
 class SlowEncoder:
-    """A stand-in SceneIndex.encode: one call per batch, slow enough for requests to pile up;
-    an image b"bad" fails, as a bad upload does."""
+    """A stand-in SceneIndex.encode_chips: one call per batch, slow enough for requests to
+    pile up; an image b"bad" fails, as a bad upload does; an image of two bytes gives two
+    codes (a large image cut into chips)."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def encode(self, images, bands, batch_size, max_pixels):
+    def encode_chips(self, images, bands, batch_size, max_pixels, window):
         self.calls.append(len(images))
         time.sleep(0.2)
         names = [f"bytes {i}" for i in range(len(images))]
         errors = [f"bytes {i}: not an image" if data == b"bad" else None
                   for i, data in enumerate(images)]
-        codes = np.array([[data[0]] for data in images if data != b"bad"], dtype=np.uint8)
-        return codes.reshape(-1, 1), names, errors
+        owners = [i for i, data in enumerate(images) if data != b"bad" for _ in data]
+        codes = np.array([[b] for data in images if data != b"bad" for b in data], np.uint8)
+        return codes.reshape(-1, 1), np.array(owners, np.int64), names, errors
 
 
 def test_concurrent_uploads_are_encoded_together():
     encoder = SlowEncoder()
     batcher = EncodeBatcher(encoder, window=0.05, max_images=64)
     jobs = [[bytes([k]), b"bad"] if k == 3 else [bytes([k])] * (1 + k % 2) for k in range(8)]
+    jobs[4] = [bytes([4, 40]), bytes([41])]  # two chips, then one
     results: dict[int, tuple] = {}
 
     def request(k: int) -> None:
@@ -401,9 +404,10 @@ def test_concurrent_uploads_are_encoded_together():
     for t in threads:
         t.join()
     assert len(encoder.calls) < 8 and sum(encoder.calls) == sum(map(len, jobs))
-    for k, (codes, errors) in results.items():
-        good = [data for data in jobs[k] if data != b"bad"]
-        assert codes.ravel().tolist() == [data[0] for data in good]
+    for k, (codes, owners, errors) in results.items():
+        good = [(i, data) for i, data in enumerate(jobs[k]) if data != b"bad"]
+        assert codes.ravel().tolist() == [b for _, data in good for b in data]
+        assert owners.tolist() == [i for i, data in good for _ in data]
         if k == 3:
             assert errors == [None, "r3-1: not an image"]
         else:

@@ -13,10 +13,12 @@ Routes (every one behind the bearer token when one is set; the page alone also t
                                a JPEG of that scene as the index saw it (bands, stretch),
                                read from its own url; cached. 502 when it cannot be read
     POST /query?top=50         images as multipart form field ``image`` (repeatable;
-         /query?radius=R       bands=R,G,B for multi-band ones), or JSON {"codes": ["<hex of
-                               K/8 bytes>", ...]} or {"row_ids": [ROW_ID, ...]} (more like
-                               these) or, only with --allow-url-queries, {"urls": [URL,
-                               ...]} (fetched by the service); answers {"queries":
+         /query?radius=R       bands=R,G,B for multi-band ones; window=COL,ROW,W,H for a
+                               part of each; group_by=scene for the best chip a scene),
+                               or JSON {"codes": ["<hex of K/8 bytes>", ...]} or
+                               {"row_ids": [ROW_ID, ...]} (more like these) or, only
+                               with --allow-url-queries, {"urls": [URL, ...]} (fetched
+                               by the service); answers {"queries":
                                [{"query": NAME, "hits": [HIT, ...]}, ...]}, each HIT rank,
                                distance and the scene's metadata
 
@@ -46,6 +48,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dahash_index.api import SceneIndex
+from dahash_index.chips import parse_window
 from dahash_index.files import one_line
 from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
 from dahash_index.remote import describe, url_filesystem
@@ -128,14 +131,15 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400"})
 
-    async def encode(images: list[bytes], names: list[str], bands) -> np.ndarray:
-        codes, errors = await run_in_threadpool(batcher.encode, images, names, bands,
-                                                settings.max_pixels)
+    async def encode(images: list[bytes], names: list[str], bands, window
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        codes, owners, errors = await run_in_threadpool(batcher.encode, images, names, bands,
+                                                        settings.max_pixels, window)
         if any(errors):
             failed = [e for e in errors if e is not None]
             status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
             raise ServiceError(status, "; ".join(failed))
-        return codes
+        return codes, owners
 
     async def query(request: Request) -> JSONResponse:
         top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
@@ -143,11 +147,16 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             raise ServiceError(422, "give top or radius, not both")
         if top is not None and not 1 <= top <= settings.max_hits:
             raise ServiceError(422, f"top must be 1 .. {settings.max_hits}, got {top}")
-        bands = request.query_params.get("bands")
+        bands, window = request.query_params.get("bands"), request.query_params.get("window")
+        group_by = request.query_params.get("group_by")
+        if group_by not in (None, "scene"):
+            raise ServiceError(422, f"group_by must be 'scene', got {group_by!r}")
         try:
             bands = parse_bands(bands) if bands is not None else None
+            window = parse_window(window) if window is not None else None
         except ValueError as err:
             raise ServiceError(422, one_line(err)) from None
+        owners = None
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             body = await _json_body(request)
@@ -158,16 +167,16 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
                 names = _urls_of(body["urls"], settings.max_images)
                 images = await run_in_threadpool(
                     _fetch_all, names, index.storage_options, settings.max_upload_bytes)
-                codes = await encode(images, names, bands)
+                codes, owners = await encode(images, names, bands, window)
             else:
                 codes, names = _codes_of(body, index)
         elif kind == "multipart/form-data":
             images, names = await _uploads_of(request, settings.max_images)
-            codes = await encode(images, names, bands)
+            codes, owners = await encode(images, names, bands, window)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
                                     "codes as application/json ({\"codes\": [hex, ...]})")
-        search = partial(index.query_codes, codes, top, radius, nprobe, names)
+        search = partial(index.query_codes, codes, top, radius, nprobe, names, owners, group_by)
         try:
             table = await run_in_threadpool(search)
         except IndexStoreError:

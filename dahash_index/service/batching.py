@@ -24,8 +24,10 @@ class _Job:
     names: Sequence[str]
     bands: tuple[int, int, int] | None
     max_pixels: int
+    window: tuple[int, int, int, int] | None
     done: threading.Event = field(default_factory=threading.Event)
     codes: np.ndarray | None = None
+    owners: np.ndarray | None = None
     errors: list[str | None] | None = None
     failure: BaseException | None = None
 
@@ -40,11 +42,14 @@ class EncodeBatcher:
         self._thread: threading.Thread | None = None
 
     def encode(self, images: Sequence[bytes], names: Sequence[str],
-               bands: tuple[int, int, int] | None, max_pixels: int
-               ) -> tuple[np.ndarray, list[str | None]]:
-        """-> (codes uint8 (m, K/8) of the images that decoded, in order; per image its error
-        naming it by ``names``, or None). Blocks until its batch is encoded."""
-        job = _Job(images, names, bands, max_pixels)
+               bands: tuple[int, int, int] | None, max_pixels: int,
+               window: tuple[int, int, int, int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """-> (codes uint8 (m, K/8) of the images that decoded, in order, several for an image
+        cut into chips (``SceneIndex.encode_chips``); owners int64 (m,): the image of each
+        code; per image its error naming it by ``names``, or None). Blocks until its batch is
+        encoded."""
+        job = _Job(images, names, bands, max_pixels, window)
         with self._ready:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="encode-batcher",
@@ -55,7 +60,7 @@ class EncodeBatcher:
         job.done.wait()
         if job.failure is not None:
             raise job.failure
-        return job.codes, job.errors
+        return job.codes, job.owners, job.errors
 
     def _run(self) -> None:
         while True:
@@ -72,28 +77,28 @@ class EncodeBatcher:
                     count += len(job.images)
             groups: dict[tuple, list[_Job]] = {}
             for job in batch:
-                groups.setdefault((job.bands, job.max_pixels), []).append(job)
-            for (bands, max_pixels), jobs in groups.items():
-                self._encode(jobs, bands, max_pixels)
+                groups.setdefault((job.bands, job.max_pixels, job.window), []).append(job)
+            for (bands, max_pixels, window), jobs in groups.items():
+                self._encode(jobs, bands, max_pixels, window)
 
-    def _encode(self, jobs: list[_Job], bands, max_pixels: int) -> None:
+    def _encode(self, jobs: list[_Job], bands, max_pixels: int, window) -> None:
         images = [image for job in jobs for image in job.images]
         try:
-            codes, found, errors = self.index.encode(images, bands, batch_size=len(images),
-                                                     max_pixels=max_pixels)
+            codes, owners, found, errors = self.index.encode_chips(
+                images, bands, batch_size=len(images), max_pixels=max_pixels, window=window)
         except BaseException as err:  # handed to every waiting request
             for job in jobs:
                 job.failure = err
                 job.done.set()
             return
-        start, row = 0, 0
+        start = 0
         for job in jobs:
             n = len(job.images)
             mine = errors[start:start + n]
-            ok = sum(e is None for e in mine)
-            job.codes = codes[row:row + ok]
+            rows = (owners >= start) & (owners < start + n)
+            job.codes, job.owners = codes[rows], owners[rows] - start
             job.errors = [None if e is None else renamed_error(e, old, new)
                           for e, old, new in zip(mine, found[start:start + n], job.names,
                                                  strict=True)]
-            start, row = start + n, row + ok
+            start += n
             job.done.set()

@@ -31,7 +31,8 @@ def query_service(
     token: str | None = None,
 ) -> list[dict]:
     """Ask ``server`` for the hits of each image: (name, encoded bytes, or None and the
-    error met reading it). params: top, radius, nprobe, bands (None values left out).
+    error met reading it). params: top, radius, nprobe, bands, window, group_by (None values
+    left out).
 
     Returns rows like ``SceneIndex.query``'s table rows (query, query_name, rank, distance,
     row_id, the metadata columns, error): the hits of each query, or one row with its error.

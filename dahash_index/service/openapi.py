@@ -89,6 +89,10 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
                        {"type": "integer", "minimum": 1}),
                 _param("bands", "query", "1-based bands shown as R,G,B for multi-band TIFFs",
                        {"type": "string", "example": "4,3,2"}),
+                _param("window", "query", "COL,ROW,WIDTH,HEIGHT: query with this pixel window "
+                       "of each image", {"type": "string", "example": "1024,2048,256,256"}),
+                _param("group_by", "query", "scene: the best hit (chip) of each scene",
+                       {"type": "string", "enum": ["scene"]}),
             ],
             "requestBody": {"required": True, "content": query_body},
             "responses": {"200": _json("Answer", "hits per query"), "403": _ERROR,
