@@ -2,8 +2,9 @@
 
 A large scene is opened once (its header and tile index only) and read one chip at a time,
 so memory is bounded by a chip, never by the scene. Remote files are read through an fsspec
-file object with no read-ahead cache: GDAL asks for the byte ranges of the internal tiles it
-needs, and nothing more travels (``ReadStats`` counts the bytes). GDAL's own block cache is
+file object with a small read-ahead (``READ_BLOCK``): GDAL asks for the byte ranges of the
+header and the internal tiles it needs, and little more travels (``ReadStats`` counts the
+bytes fetched). GDAL's own block cache is
 held to ``GDAL_CACHE_MB`` for the same reason.
 
 Each chip is decoded as a scene of its own: the bands the build uses, a 2-98 % stretch over
@@ -32,6 +33,10 @@ from dahash_index.shards import SceneBytes, SceneError, SceneFile, ShardReadErro
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 GDAL_CACHE_MB = 64  # decoded blocks GDAL may keep: a row of chips of a 20,000 px scene
+# fsspec's read-ahead per request. Its default (5 MB for S3) fetches far more than the tiles a
+# window needs; none at all makes GDAL's small header reads one request each (186 requests
+# for a 256-px window of an 8192-px COG, against 5 with 64 kB, for 1.3 x the bytes).
+READ_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,8 @@ class ReadStats:
 
 
 class _CountedFile:
-    """A file object that counts what is read from it (GDAL's Python opener calls read,
-    seek and tell)."""
+    """A file object that counts what is read from it, for files without an fsspec cache
+    whose fetches can be counted (GDAL's Python opener calls read, seek and tell)."""
 
     def __init__(self, f: Any, stats: ReadStats) -> None:
         self._f, self._stats = f, stats
@@ -91,6 +96,23 @@ class _CountedFile:
 
     def __exit__(self, *exc: object) -> None:
         self._f.close()
+
+
+def _counted(f: Any, stats: ReadStats) -> Any:
+    """``f`` with what it fetches from its store added to ``stats``."""
+    cache = getattr(f, "cache", None)
+    fetch = getattr(cache, "fetcher", None)
+    if fetch is None:
+        return _CountedFile(f, stats)
+
+    def counted(start: int, end: int) -> bytes:
+        data = fetch(start, end)
+        stats.bytes_read += len(data)
+        stats.requests += 1
+        return data
+
+    cache.fetcher = counted
+    return f
 
 
 @contextmanager
@@ -114,11 +136,10 @@ def open_scene(source: bytes | str, storage_options: dict | None = None,
         stats.files.append(source)
         stats.file_bytes += fs.size(path)
 
-        def opener(name: str, mode: str = "rb") -> _CountedFile:
-            # no fsspec cache: its default read-ahead (MBs per block) would fetch far more
-            # than the tiles GDAL asks for
+        def opener(name: str, mode: str = "rb") -> Any:
             try:
-                return _CountedFile(fs.open(name, "rb", cache_type="none"), stats)
+                return _counted(fs.open(name, "rb", cache_type="readahead",
+                                        block_size=READ_BLOCK), stats)
             except Exception as err:  # rasterio probes openers with a made-up name, and only
                 # FileNotFoundError means "no such file" to it; the whole-file read that
                 # follows a failed open reports the real error
