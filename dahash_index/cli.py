@@ -435,6 +435,10 @@ def info(index_dir, as_json):
                    + (f", nlist {m['nlist']}" if m.get("nlist") else ""))
         click.echo(f"model      sha256 {m['model_sha256']} ({reader.model_path})")
         click.echo(f"backbone   {m['backbone']} (weights sha256 {m['backbone_sha256'][:12]})")
+        tiling = m["extra"].get("tiling")
+        if tiling:
+            click.echo(f"chips      {tiling['tile']} px every {tiling['stride']} px, of TIFFs "
+                       f"over {tiling['min_side']} px a side (build --tile)")
         click.echo(f"updated    {m['updated']}")
     _report_damage(index_dir, health.damage)
 

@@ -147,7 +147,7 @@ def _build(
         warn(f"Error: {line}")
     tasks = _adopt_leftovers(writer, tasks, report, warn)
     if tasks:
-        check_bands(reader, tasks[0].shard, options.bands, options.max_pixels)
+        check_bands(reader, tasks[0].shard, options.bands, options.max_pixels, options.tiling)
     job = BuildJob(checkpoint, reader.url, writer.staging, options.storage_options,
                    options.bands, options.max_pixels, options.batch_size, options.workers,
                    options.device, options.tiling)

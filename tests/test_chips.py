@@ -224,11 +224,16 @@ def test_query_with_a_window_and_grouped_by_scene(tiled, run_cli):
     assert_one_line_failure(outside, "not inside")
 
 
-def test_tile_not_positive_is_one_line(tiled, run_cli, tmp_path):
-    for flags in (["--tile", "0"], ["--tile", "-5"], ["--stride", "64"]):
+def test_bad_tiling_flags_are_one_line(tiled, run_cli, tmp_path):
+    for flags, needle in ((["--tile", "0"], "--tile must be a positive integer"),
+                          (["--tile", "-5"], "--tile must be a positive integer"),
+                          (["--tile", "256", "--stride", "0"], "--stride must be"),
+                          (["--stride", "64"], "only with --tile"),
+                          # tried on a window of the first TIFF, never read whole
+                          (["--tile", "256", "--bands", "4,3,2"], "--bands 4,3,2 does not fit")):
         got = run_cli("build", "--shards", tiled["shards"], "--index", tmp_path / "x",
                       "--model", tiled["model"], *flags)
-        assert_one_line_failure(got, "--" + flags[0].lstrip("-").split()[0])
+        assert_one_line_failure(got, needle)
         assert not (tmp_path / "x").exists()
 
 

@@ -23,8 +23,22 @@ import torch
 from dahash_index.chips import Tiling
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import SceneDecodeError, decode_scene
-from dahash_index.scene_chips import SceneChip, SkippedChip, is_tiff, tile_scenes
-from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader, ShardReadError
+from dahash_index.scene_chips import (
+    SceneChip,
+    SkippedChip,
+    is_tiff,
+    open_scene,
+    read_window,
+    tile_scenes,
+)
+from dahash_index.shards import (
+    SceneBytes,
+    SceneError,
+    SceneFile,
+    Shard,
+    ShardReader,
+    ShardReadError,
+)
 from dahash_index.store import IndexWriter, ModelIdentity
 from dahash_index.store.staging import StagedResult, write_result
 from dahash_index.streaming import batches, scene_name
@@ -97,26 +111,41 @@ def plan_shards(
 
 
 def check_bands(
-    reader: ShardReader, shard: Shard, bands: tuple[int, int, int] | None, max_pixels: int
+    reader: ShardReader, shard: Shard, bands: tuple[int, int, int] | None, max_pixels: int,
+    tiling: Tiling | None = None,
 ) -> None:
     """Refuse ``bands`` before anything is committed when the shard's first readable scene
-    decodes without them but not with them (the bands, not the scene, are wrong)."""
+    decodes without them but not with them (the bands, not the scene, are wrong). With
+    ``tiling``, TIFFs are tried on a small window, never read whole."""
     if bands is None:
         return
-    for item in islice(reader.iter_scenes(shard), 16):
+    for item in islice(reader.iter_scenes(shard, is_tiff if tiling else None), 16):
         if isinstance(item, SceneError):
             continue
         name = scene_name(item.url, item.member)
         try:
-            decode_scene(item.data, item.member or item.url, bands, max_pixels)
+            _try_bands(item, bands, max_pixels, reader.storage_options)
             return
         except SceneDecodeError as err:
             try:
-                decode_scene(item.data, item.member or item.url, None, max_pixels)
-            except SceneDecodeError:
+                _try_bands(item, None, max_pixels, reader.storage_options)
+            except (SceneDecodeError, OSError):
                 continue  # a bad scene: it says nothing about the bands
             raise ValueError(f"--bands {','.join(map(str, bands))} does not fit {name}: "
                              f"{err}") from None
+        except OSError:
+            continue
+
+
+def _try_bands(item: SceneBytes | SceneFile, bands: tuple[int, int, int] | None,
+               max_pixels: int, storage_options: dict | None) -> None:
+    """Decode ``item`` (a SceneFile: a 64-px window of it) with ``bands``; raises
+    SceneDecodeError when it cannot."""
+    if isinstance(item, SceneBytes):
+        decode_scene(item.data, item.member or item.url, bands, max_pixels)
+        return
+    with open_scene(item.url, storage_options) as ds:
+        read_window(ds, (0, 0, min(64, ds.width), min(64, ds.height)), None, bands)
 
 
 def read_scenes(
