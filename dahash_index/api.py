@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 
 import indexes
+from dahash_index.arrow_arrays import int_array, string_array
 from dahash_index.checkpoint import load_checkpoint
 from dahash_index.checks import check_int
 from dahash_index.chips import Tiling, Window
@@ -253,19 +254,19 @@ class SceneIndex:
         distance[is_hit] = hit_d
         ids = np.full(len(query_no), -1, dtype=np.int64)
         ids[is_hit] = hit_ids
-        query_col = pa.array(query_no, pa.int32())
+        query_col = int_array(query_no, pa.int32())
         meta = reader.metadata(ids)
         table = pa.table({
             "query": query_col,
-            "query_name": pa.array(names, pa.string()).take(query_col),
-            "rank": pa.array(rank, pa.int32(), mask=~is_hit),
-            "distance": pa.array(distance, pa.int32(), mask=~is_hit),
-            "row_id": pa.array(np.where(ids >= 0, ids, 0), pa.int64(), mask=ids < 0),
+            "query_name": string_array(names).take(query_col),
+            "rank": int_array(rank, pa.int32(), ~is_hit),
+            "distance": int_array(distance, pa.int32(), ~is_hit),
+            "row_id": int_array(np.where(ids >= 0, ids, 0), pa.int64(), ids < 0),
         })
         for column in meta.column_names:
             if column != "row_id":
                 table = table.append_column(column, meta.column(column))
-        return table.append_column("error", pa.array(errors, pa.string()).take(query_col))
+        return table.append_column("error", string_array(errors).take(query_col))
 
 
 GROUPS = (None, "scene")

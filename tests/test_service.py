@@ -427,3 +427,16 @@ def test_query_server_imports_neither_torch_nor_faiss_nor_pyarrow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_local_query_imports_neither_torchvision_nor_pandas(built):
+    """A new process's query pays for no import it does not need (the cold query's time):
+    torchvision pulls in torch._dynamo, and pyarrow's pa.array imports pandas."""
+    code = ("import sys; from dahash_index.cli import main; from dahash_index.api import "
+            f"SceneIndex; t = SceneIndex.open({str(built['index'])!r}).query("
+            f"[{str(built['shards'] / 'a' / 's0.jpg')!r}], top=3); assert t.num_rows == 3; "
+            "t.to_pylist(); print(sorted(m for m in ('torchvision', 'pandas') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

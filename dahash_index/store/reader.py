@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dahash_index.arrow_arrays import int_array
 from dahash_index.lru import BytesLru
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
@@ -237,7 +238,7 @@ class IndexReader:
         # gathered[j] is the row of ids[valid][order[j]]; put every row back in place.
         position = np.zeros(len(ids), dtype=np.int64)
         position[np.flatnonzero(valid)[order]] = np.arange(len(wanted))
-        return gathered.take(pa.array(position, mask=~valid))
+        return gathered.take(int_array(position, pa.int64(), ~valid))
 
     def errors(self) -> pa.Table:
         """The scenes that could not be indexed, of every committed shard (ERRORS_SCHEMA)."""
@@ -313,7 +314,7 @@ class IndexReader:
             group = int(groups[run[0]])
             table = self._row_group(footer, group, columns)
             local = rows[run] - footer.group_starts[group]
-            pieces.append(table.take(pa.array(local)).cast(relaxed))
+            pieces.append(table.take(int_array(local)).cast(relaxed))
         return pieces
 
     def _row_group(self, footer: PartFooter, group: int, columns: list[str]) -> pa.Table:
@@ -337,7 +338,7 @@ def _joined(batches: list[pa.RecordBatch], ids: np.ndarray, columns: list[str],
     """Rows taken from lookup files (METADATA_SCHEMA batches) with their row ids (int64 (m,)),
     as one ``relaxed`` table of ``columns``."""
     table = pa.Table.from_batches(batches, schema=METADATA_SCHEMA)
-    row_ids = pa.array(ids, pa.int64())
+    row_ids = int_array(ids)
     return pa.table({c: row_ids if c == "row_id" else table[c] for c in columns}).cast(relaxed)
 
 
