@@ -15,9 +15,8 @@ import torch
 
 from dahash_index.backbones import image_to_tensor
 from dahash_index.chips import Tiling, Window
-from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene
+from dahash_index.images import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, SceneDecodeError, decode_scene
 from dahash_index.remote import RemoteError, read_url
-from dahash_index.scene_chips import CannotOpenTiff, is_tiff, open_scene, read_window
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -50,7 +49,7 @@ def load_query(query, i: int, bands=None, storage_options: dict | None = None,
     else:
         name, data, hint = str(query), None, str(query)
     try:
-        if is_tiff(hint) and (window is not None or tiling is not None):
+        if hint.lower().endswith(TIFF_SUFFIXES) and (window is not None or tiling is not None):
             loaded = _from_tiff(name, data if data is not None else name, bands,
                                 storage_options, window, tiling)
             if loaded is not None:
@@ -69,6 +68,9 @@ def _from_tiff(name: str, source: bytes | str, bands, storage_options: dict | No
                window: Window | None, tiling: Tiling | None) -> LoadedQuery | None:
     """A TIFF read window by window; None when GDAL cannot open it (the whole-file decode
     then names the problem) or when it is neither windowed nor large enough to cut."""
+    # rasterio only now: a JPEG query never pays for importing it
+    from dahash_index.scene_chips import CannotOpenTiff, open_scene, read_window
+
     try:
         with open_scene(source, storage_options) as ds:
             if window is not None:

@@ -8,7 +8,7 @@ bytes fetched). GDAL's own block cache is
 held to ``GDAL_CACHE_MB`` for the same reason.
 
 Each chip is decoded as a scene of its own: the bands the build uses, a 2-98 % stretch over
-its own valid pixels for data other than uint8, invalid pixels 0 (``images.read_rgb``).
+its own valid pixels for data other than uint8, invalid pixels 0 (``tiff.read_rgb``).
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from dahash_index.chips import Tiling, Window
-from dahash_index.images import SceneDecodeError, SceneInfo, geo_bounds, read_rgb, tiff_info
+from dahash_index.images import TIFF_SUFFIXES, SceneDecodeError, SceneInfo
 from dahash_index.remote import RemoteError, describe, is_transient, read_url, url_filesystem
 from dahash_index.shards import SceneBytes, SceneError, SceneFile, ShardReadError
-
-TIFF_SUFFIXES = (".tif", ".tiff")
+from dahash_index.tiff import geo_bounds, read_rgb, tiff_info
 
 GDAL_CACHE_MB = 64  # decoded blocks GDAL may keep: a row of chips of a 20,000 px scene
 # fsspec's read-ahead per request. Its default (5 MB for S3) fetches far more than the tiles a

@@ -429,13 +429,14 @@ def test_query_server_imports_neither_torch_nor_faiss_nor_pyarrow():
     assert out.strip() == "[]"
 
 
-def test_a_local_query_imports_neither_torchvision_nor_pandas(built):
+def test_a_local_jpeg_query_imports_no_torchvision_pandas_or_rasterio(built):
     """A new process's query pays for no import it does not need (the cold query's time):
-    torchvision pulls in torch._dynamo, and pyarrow's pa.array imports pandas."""
+    torchvision pulls in torch._dynamo, pyarrow's pa.array imports pandas, and rasterio is
+    for TIFFs only."""
     code = ("import sys; from dahash_index.cli import main; from dahash_index.api import "
             f"SceneIndex; t = SceneIndex.open({str(built['index'])!r}).query("
             f"[{str(built['shards'] / 'a' / 's0.jpg')!r}], top=3); assert t.num_rows == 3; "
-            "t.to_pylist(); print(sorted(m for m in ('torchvision', 'pandas') "
+            "t.to_pylist(); print(sorted(m for m in ('torchvision', 'pandas', 'rasterio') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

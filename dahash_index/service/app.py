@@ -58,7 +58,7 @@ from dahash_index.service.scenes import hit_json, scene_json
 from dahash_index.service.thumbnails import SIZES, Thumbnails
 from dahash_index.store import IndexStoreError
 
-# A SceneDecodeError for an image above the pixel limit (images._check_pixels, _pillow_bomb).
+# A SceneDecodeError for an image above the pixel limit (images.check_pixels, _pillow_bomb).
 _TOO_MANY_PIXELS = re.compile(r"pixels, above the limit of \d+$")
 
 
