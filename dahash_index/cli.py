@@ -368,12 +368,33 @@ def _query_service(server, images, top, radius, nprobe, bands, storage, window, 
     uploads = []
     for name in images:
         try:
-            uploads.append((name, read_url(name, storage), None))
-        except RemoteError as err:
+            data = read_url(name, storage) if window is None else _window_png(
+                name, window, bands, storage)
+            uploads.append((name, data, None))
+        except (RemoteError, ValueError, OSError) as err:
             uploads.append((name, None, str(err)))
-    params = {"top": top, "radius": radius, "nprobe": nprobe, "bands": bands,
-              "window": window, "group_by": group_by}
+    # A window is cut here, by byte ranges for a TIFF, and uploaded as a PNG of the pixels the
+    # query reads: the service then has no need of the (maybe huge) whole file, nor its bands.
+    params = {"top": top, "radius": radius, "nprobe": nprobe,
+              "bands": bands if window is None else None, "group_by": group_by}
     return query_service(server, uploads, params, os.environ.get("DAHASH_INDEX_TOKEN"))
+
+
+def _window_png(name: str, window: str, bands: str | None, storage: dict) -> bytes:
+    """The PNG of ``window`` of the image ``name`` as a local query reads it."""
+    import io
+
+    from PIL import Image
+
+    from dahash_index.chips import parse_window
+    from dahash_index.images import parse_bands
+    from dahash_index.query_inputs import window_pixels
+
+    pixels = window_pixels(name, parse_window(window), parse_bands(bands) if bands else None,
+                           storage)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
 
 
 WINDOW_KEYS = ("col_off", "row_off", "window_width", "window_height")

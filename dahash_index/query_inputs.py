@@ -42,40 +42,66 @@ def load_query(query, i: int, bands=None, storage_options: dict | None = None,
         if query.ndim != 3 or query.shape[2] != 3 or query.dtype != np.uint8:
             return _failed(name, f"expected an (H, W, 3) uint8 array, got {query.shape} "
                                  f"{query.dtype}")
-        return _from_array(name, query, window, tiling)
-    if isinstance(query, bytes):
-        name, data, hint = f"bytes {i}", query, None
-        hint = "scene.tif" if data[:4] in _TIFF_MAGIC else "scene.jpg"
     else:
-        name, data, hint = str(query), None, str(query)
+        name = f"bytes {i}" if isinstance(query, bytes) else str(query)
     try:
-        if hint.lower().endswith(TIFF_SUFFIXES) and (window is not None or tiling is not None):
-            loaded = _from_tiff(name, data if data is not None else name, bands,
-                                storage_options, window, tiling)
+        if window is not None:
+            image = (_crop(query, window) if isinstance(query, np.ndarray) else
+                     window_pixels(query, window, bands, storage_options, max_pixels))
+            return LoadedQuery(name, None, [image_to_tensor(image)], [window])
+        if isinstance(query, np.ndarray):
+            return _cut(name, query, tiling)
+        hint = _hint(query)
+        if tiling is not None and hint.lower().endswith(TIFF_SUFFIXES):
+            loaded = _tiff_chips(name, query, bands, storage_options, tiling)
             if loaded is not None:
                 return loaded
-        if data is None:
-            data = read_url(name, storage_options)
+        data = query if isinstance(query, bytes) else read_url(name, storage_options)
         image, _ = decode_scene(data, hint, bands, max_pixels)
     except (SceneDecodeError, RemoteError) as err:
         return _failed(name, str(err))
     except OSError as err:  # fsspec, opening a remote TIFF
         return _failed(name, f"cannot read: {err}")
-    return _from_array(name, image, window, tiling)
+    return _cut(name, image, tiling)
 
 
-def _from_tiff(name: str, source: bytes | str, bands, storage_options: dict | None,
-               window: Window | None, tiling: Tiling | None) -> LoadedQuery | None:
-    """A TIFF read window by window; None when GDAL cannot open it (the whole-file decode
-    then names the problem) or when it is neither windowed nor large enough to cut."""
-    # rasterio only now: a JPEG query never pays for importing it
+def window_pixels(source: str | bytes, window: Window, bands=None,
+                  storage_options: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+                  ) -> np.ndarray:
+    """(H, W, 3) uint8: ``window`` (col_off, row_off, width, height) of the image at
+    ``source`` (a path or URL, or encoded bytes) as a query sees it. A TIFF is read window by
+    window (by byte ranges when remote); another image is decoded and cropped. Raises
+    SceneDecodeError (also for a window not inside the image), RemoteError or OSError."""
+    hint = _hint(source)
+    if hint.lower().endswith(TIFF_SUFFIXES):
+        # rasterio only now: a JPEG query never pays for importing it
+        from dahash_index.scene_chips import CannotOpenTiff, open_scene, read_window
+
+        try:
+            with open_scene(source, storage_options) as ds:
+                return read_window(ds, window, None, bands)[0]
+        except CannotOpenTiff:
+            pass  # the whole-file decode below names the problem
+    data = source if isinstance(source, bytes) else read_url(source, storage_options)
+    image, _ = decode_scene(data, hint, bands, max_pixels)
+    return _crop(image, window)
+
+
+def _hint(source: str | bytes) -> str:
+    """What picks the decoder: the path or URL, or a name made from the bytes' magic."""
+    if isinstance(source, bytes):
+        return "scene.tif" if source[:4] in _TIFF_MAGIC else "scene.jpg"
+    return str(source)
+
+
+def _tiff_chips(name: str, source: bytes | str, bands, storage_options: dict | None,
+                tiling: Tiling) -> LoadedQuery | None:
+    """A large TIFF's chips, read window by window; None when GDAL cannot open it (the
+    whole-file decode then names the problem) or when it is not large enough to cut."""
     from dahash_index.scene_chips import CannotOpenTiff, open_scene, read_window
 
     try:
         with open_scene(source, storage_options) as ds:
-            if window is not None:
-                image, _ = read_window(ds, window, None, bands)
-                return LoadedQuery(name, None, [image_to_tensor(image)], [window])
             if not tiling.applies(ds.width, ds.height):
                 return None
             windows = tiling.windows(ds.width, ds.height)
@@ -86,16 +112,18 @@ def _from_tiff(name: str, source: bytes | str, bands, storage_options: dict | No
         return None
 
 
-def _from_array(name: str, image: np.ndarray, window: Window | None,
-                tiling: Tiling | None) -> LoadedQuery:
+def _crop(image: np.ndarray, window: Window) -> np.ndarray:
     height, width = image.shape[:2]
-    if window is not None:
-        col, row, w, h = window
-        if col + w > width or row + h > height:
-            return _failed(name, f"window {col},{row},{w},{h} is not inside the {width} x "
-                                 f"{height} image")
-        return LoadedQuery(name, None, [image_to_tensor(image[row:row + h, col:col + w])],
-                           [window])
+    col, row, w, h = window
+    if col + w > width or row + h > height:
+        raise SceneDecodeError(f"window {col},{row},{w},{h} is not inside the {width} x "
+                               f"{height} image")
+    return image[row:row + h, col:col + w]
+
+
+def _cut(name: str, image: np.ndarray, tiling: Tiling | None) -> LoadedQuery:
+    """A decoded query, cut into chips when ``tiling`` applies to its size."""
+    height, width = image.shape[:2]
     if tiling is None or not tiling.applies(width, height):
         return LoadedQuery(name, None, [image_to_tensor(image)], [None])
     inputs, windows = [], []

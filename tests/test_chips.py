@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from affine import Affine
-from conftest import UCMERCED, needs_ucmerced
+from conftest import UCMERCED, needs_ucmerced, running_service
 from mosaic import ORIGIN, scene_pixels, write_mosaic
 from rasterio.transform import from_origin
 from test_build_e2e import assert_one_line_failure, save_scene
@@ -341,3 +341,18 @@ def test_a_scene_on_s3_is_tiled_and_read_by_byte_ranges(tiled, tmp_path, s3_clie
     assert stats.file_bytes == local.stat().st_size
     # one 256-px tile of random (incompressible) pixels is 196 kB of the 1 MB file
     assert stats.bytes_read < 0.4 * stats.file_bytes
+
+
+def test_window_and_group_by_through_the_service(tiled, cli_env, run_cli):
+    """``query --server`` with --window cuts the window here (the service never gets the
+    whole file) and prints what a local query prints; --group-by is passed on."""
+    geo = tiled["shards"] / "scenes" / "geo.tif"
+    index = tiled["root"] / "index"
+    with running_service(index, cli_env) as url:
+        for extra in (["--window", "256,0,256,256"], ["--group-by", "scene"],
+                      ["--window", "0,256,300,200", "--group-by", "scene"]):
+            local = run_cli("query", geo, "--index", index, "--top", "4", *extra, check=True)
+            remote = run_cli("query", geo, "--server", url, "--top", "4", *extra, check=True)
+            assert remote.stdout == local.stdout and local.stdout, extra
+        outside = run_cli("query", geo, "--server", url, "--window", "500,0,256,256")
+        assert_one_line_failure(outside, "not inside")
