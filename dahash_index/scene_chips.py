@@ -196,11 +196,6 @@ def read_window(ds: rasterio.io.DatasetReader, window: Window, tile: int | None,
     return padded, count / (tile * tile)
 
 
-def window_info(ds: rasterio.io.DatasetReader, window: Window) -> SceneInfo:
-    """The scene's SceneInfo with ``window``'s bounds (native and WGS84)."""
-    return _chip_info(ds, tiff_info(ds), window)
-
-
 def _chip_info(ds: rasterio.io.DatasetReader, scene: SceneInfo, window: Window) -> SceneInfo:
     bounds, wgs84 = geo_bounds(ds, window)
     return replace(scene, bounds=bounds, bounds_wgs84=wgs84)
