@@ -1,10 +1,32 @@
-"""Command-line options shared by the commands of several modules (``cli``, ``service.cli``)."""
+"""What the commands of several modules share (``cli``, ``query_cli``, ``service.cli``):
+default locations, the one way to fail, and options."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import click
+
+HOME_HELP = "$DAHASH_INDEX_HOME (default ~/.dahash-index)"
+
+
+def home() -> Path:
+    return Path(os.environ.get("DAHASH_INDEX_HOME", Path.home() / ".dahash-index"))
+
+
+def default_model() -> Path:
+    return home() / "model.pt"
+
+
+def default_index() -> Path:
+    return home() / "index"
+
+
+def fail(err: Exception) -> None:
+    """The one way a command reports a failure: 'Error: <one line>' on stderr, exit 1."""
+    raise click.ClickException(" ".join(str(err).split()) or type(err).__name__) from err
 
 
 class LazyChoice(click.Choice):

@@ -55,7 +55,7 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
     import uvicorn
 
     from dahash_index.api import SceneIndex
-    from dahash_index.cli import default_index
+    from dahash_index.cli_options import default_index
     from dahash_index.images import DEFAULT_MAX_PIXELS
     from dahash_index.service.app import ServiceSettings, create_app
 
