@@ -59,6 +59,11 @@ class SceneInfo:
     datetime: str | None = None  # acquisition or file time, 'YYYY-MM-DDTHH:MM:SS' when parseable
 
 
+def is_tiff(name: str) -> bool:
+    """Whether a file name or URL names a TIFF (by its suffix, any case)."""
+    return name.lower().endswith(TIFF_SUFFIXES)
+
+
 def parse_bands(text: str) -> tuple[int, int, int]:
     """Parse a ``--bands`` value: ``'3,2,1'`` -> ``(3, 2, 1)``.
 

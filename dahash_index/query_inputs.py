@@ -15,7 +15,7 @@ import torch
 
 from dahash_index.backbones import image_to_tensor
 from dahash_index.chips import Tiling, Window
-from dahash_index.images import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, SceneDecodeError, decode_scene
+from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene, is_tiff
 from dahash_index.remote import RemoteError, read_url
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -52,7 +52,7 @@ def load_query(query, i: int, bands=None, storage_options: dict | None = None,
         if isinstance(query, np.ndarray):
             return _cut(name, query, tiling)
         hint = _hint(query)
-        if tiling is not None and hint.lower().endswith(TIFF_SUFFIXES):
+        if tiling is not None and is_tiff(hint):
             loaded = _tiff_chips(name, query, bands, storage_options, tiling)
             if loaded is not None:
                 return loaded
@@ -73,7 +73,7 @@ def window_pixels(source: str | bytes, window: Window, bands=None,
     window (by byte ranges when remote); another image is decoded and cropped. Raises
     SceneDecodeError (also for a window not inside the image), RemoteError or OSError."""
     hint = _hint(source)
-    if hint.lower().endswith(TIFF_SUFFIXES):
+    if is_tiff(hint):
         # rasterio only now: a JPEG query never pays for importing it
         from dahash_index.scene_chips import CannotOpenTiff, open_scene, read_window
 

@@ -26,7 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from dahash_index.chips import Tiling, Window
-from dahash_index.images import TIFF_SUFFIXES, SceneDecodeError, SceneInfo
+from dahash_index.images import SceneDecodeError, SceneInfo, is_tiff
 from dahash_index.remote import RemoteError, describe, is_transient, read_url, url_filesystem
 from dahash_index.shards import SceneBytes, SceneError, SceneFile, ShardReadError
 from dahash_index.tiff import geo_bounds, read_rgb, tiff_info
@@ -199,10 +199,6 @@ def read_window(ds: rasterio.io.DatasetReader, window: Window, tile: int | None,
 def _chip_info(ds: rasterio.io.DatasetReader, scene: SceneInfo, window: Window) -> SceneInfo:
     bounds, wgs84 = geo_bounds(ds, window)
     return replace(scene, bounds=bounds, bounds_wgs84=wgs84)
-
-
-def is_tiff(url: str) -> bool:
-    return url.lower().endswith(TIFF_SUFFIXES)
 
 
 def tile_scenes(items: Iterable[SceneBytes | SceneFile | SceneError], tiling: Tiling,

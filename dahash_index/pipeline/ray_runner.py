@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from dahash_index.files import one_line
+from dahash_index.images import is_tiff
 from dahash_index.shards import (
     SceneBytes,
     SceneError,
@@ -112,8 +113,6 @@ def read_shard(
     tiled: TIFFs stay unread (SceneFile): the actor reads large ones chip by chip.
 
     What ``stages.read_scenes`` does, without importing the stages (and torch) in the task."""
-    from dahash_index.scene_chips import is_tiff
-
     try:
         reader = ShardReader(shards_url, storage_options or None)
         return list(reader.iter_scenes(shard, is_tiff if tiled else None))

@@ -22,11 +22,10 @@ import torch
 
 from dahash_index.chips import Tiling
 from dahash_index.encoder import SceneEncoder
-from dahash_index.images import SceneDecodeError, decode_scene
+from dahash_index.images import SceneDecodeError, decode_scene, is_tiff
 from dahash_index.scene_chips import (
     SceneChip,
     SkippedChip,
-    is_tiff,
     open_scene,
     read_window,
     tile_scenes,
