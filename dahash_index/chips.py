@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dahash_index.checks import check_int
+
 Window = tuple[int, int, int, int]  # (col_off, row_off, width, height)
 MIN_INSIDE = 0.5  # an edge chip is kept when at least this fraction of it is in the scene
 
@@ -38,10 +40,8 @@ class Tiling:
     def __post_init__(self) -> None:
         for name in ("tile", "stride", "min_side"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                 f"got {value!r}")
+            if value is not None:
+                check_int(f"--{name.replace('_', '-')}", value, 1)
         if not 0.0 <= self.min_valid <= 1.0:
             raise ValueError(f"min_valid must be in [0, 1], got {self.min_valid!r}")
 

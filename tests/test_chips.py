@@ -20,11 +20,11 @@ from test_build_e2e import assert_one_line_failure, save_scene
 from dahash_index.api import SceneIndex
 from dahash_index.chips import Tiling, parse_window, window_bounds
 from dahash_index.files import sha256_file
+from dahash_index.images import is_tiff
 from dahash_index.scene_chips import (
     ReadStats,
     SceneChip,
     SkippedChip,
-    is_tiff,
     open_scene,
     read_window,
     tile_scenes,
@@ -63,9 +63,9 @@ def test_which_scenes_are_cut():
 
 @pytest.mark.parametrize("bad", [0, -256, 2.5, True, "256"])
 def test_tile_must_be_a_positive_integer(bad):
-    with pytest.raises(ValueError, match="--tile must be a positive integer"):
+    with pytest.raises(ValueError, match="--tile must be an integer >= 1"):
         Tiling(bad)
-    with pytest.raises(ValueError, match="--stride must be a positive integer"):
+    with pytest.raises(ValueError, match="--stride must be an integer >= 1"):
         Tiling(256, stride=bad)
 
 
@@ -225,8 +225,8 @@ def test_query_with_a_window_and_grouped_by_scene(tiled, run_cli):
 
 
 def test_bad_tiling_flags_are_one_line(tiled, run_cli, tmp_path):
-    for flags, needle in ((["--tile", "0"], "--tile must be a positive integer"),
-                          (["--tile", "-5"], "--tile must be a positive integer"),
+    for flags, needle in ((["--tile", "0"], "--tile must be an integer >= 1, got 0"),
+                          (["--tile", "-5"], "--tile must be an integer >= 1, got -5"),
                           (["--tile", "256", "--stride", "0"], "--stride must be"),
                           (["--stride", "64"], "only with --tile"),
                           # tried on a window of the first TIFF, never read whole
