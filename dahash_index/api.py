@@ -29,13 +29,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import torch
 
 import indexes
 from dahash_index.arrow_arrays import int_array, string_array
 from dahash_index.checkpoint import load_checkpoint
 from dahash_index.checks import check_int
 from dahash_index.chips import Tiling, Window
+from dahash_index.device_jpeg import decode_deferred
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import DEFAULT_MAX_PIXELS
 from dahash_index.query_inputs import load_query
@@ -55,7 +55,7 @@ class SceneIndex:
 
     def __init__(self, reader: IndexReader, encoder_device: str | None = None,
                  nprobe: int | None = None, reload: str = "never",
-                 storage_options: dict | None = None) -> None:
+                 storage_options: dict | None = None, precision: str | None = None) -> None:
         if reload not in RELOADS:
             raise ValueError(f"reload must be one of {RELOADS}, got {reload!r}")
         if nprobe is not None:
@@ -66,6 +66,7 @@ class SceneIndex:
         self.storage_options = dict(storage_options or {})
         self._state = (reader, reader.faiss_index())
         self._device = encoder_device
+        self._precision = precision
         self._encoder: SceneEncoder | None = None
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -75,15 +76,18 @@ class SceneIndex:
     @classmethod
     def open(cls, path: str | Path, model: str | Path | None = None, mmap: bool = False,
              nprobe: int | None = None, device: str | None = None, reload: str = "never",
-             storage_options: dict | None = None) -> SceneIndex:
+             storage_options: dict | None = None, precision: str | None = None) -> SceneIndex:
         """Open ``path``; with ``model``, refuse it unless it is the model the index was built
         with (``ModelMismatchError``). reload: "never" (answer from the state opened, or
         refreshed with ``refresh()``) or "auto" (see the module docstring).
-        storage_options: fsspec options for reading query URLs (e.g. an S3 endpoint)."""
+        storage_options: fsspec options for reading query URLs (e.g. an S3 endpoint).
+        device, precision: where and in what arithmetic queries are encoded (default: the
+        GPU when there is one, in its default precision); any precision can query an index
+        built in any other (their codes agree within the README's figures)."""
         reader = IndexReader.open(path, mmap=mmap)
         if model is not None:
             reader.check_model(model)
-        return cls(reader, device, nprobe, reload, storage_options)
+        return cls(reader, device, nprobe, reload, storage_options, precision)
 
     @property
     def reader(self) -> IndexReader:
@@ -130,7 +134,7 @@ class SceneIndex:
         with self._lock:
             if self._encoder is None:
                 self._encoder = SceneEncoder(load_checkpoint(self.reader.model_path),
-                                             self._device)
+                                             self._device, self._precision)
             return self._encoder
 
     @property
@@ -140,7 +144,7 @@ class SceneIndex:
         return Tiling(found["tile"], found["stride"], found["min_side"], found["min_valid"]) \
             if found else None
 
-    def encode(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32,
+    def encode(self, queries: Sequence[QueryInput], bands=None, batch_size: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS
                ) -> tuple[np.ndarray, list[str], list[str | None]]:
         """-> (codes (n, K/8) uint8 for the decodable queries, names of all n queries,
@@ -152,7 +156,8 @@ class SceneIndex:
                                                     whole=True)
         return codes, names, errors
 
-    def encode_chips(self, queries: Sequence[QueryInput], bands=None, batch_size: int = 32,
+    def encode_chips(self, queries: Sequence[QueryInput], bands=None,
+                     batch_size: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None,
                      whole: bool = False
                      ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
@@ -161,21 +166,32 @@ class SceneIndex:
         was built with ``--tile`` and it is larger than the index's chips (and ``whole`` is
         False), one per chip. window: (col_off, row_off, width, height) of each query only."""
         tiling = None if whole or window is not None else self.tiling
+        encoder = self.encoder
+        size = batch_size or encoder.batch_size
+        defer = encoder.device.type == "cuda"  # nvJPEG decodes JPEG queries in batches
         names: list[str] = []
         errors: list[str | None] = []
         owners: list[int] = []
         codes = [np.zeros((0, self.bits // 8), np.uint8)]
-        for start in range(0, len(queries), batch_size):
-            inputs = []
-            for i, query in enumerate(queries[start:start + batch_size], start):
+        for start in range(0, len(queries), size):
+            inputs, input_owners = [], []
+            for i, query in enumerate(queries[start:start + size], start):
                 loaded = load_query(query, i, bands, self.storage_options, max_pixels, window,
-                                    tiling)
+                                    tiling, defer)
                 names.append(loaded.name)
                 errors.append(loaded.error)
                 inputs += loaded.inputs
-                owners += [i] * len(loaded.inputs)
-            if inputs:
-                codes.append(self.encoder.encode(torch.stack(inputs), batch_size))
+                input_owners += [i] * len(loaded.inputs)
+            if not inputs:
+                continue
+
+            def failed(row: dict) -> None:  # a JPEG neither nvJPEG nor the CPU could decode
+                errors[row["owner"]] = row["reason"]
+
+            batch = [([{"owner": i} for i in input_owners], inputs)]
+            for rows, images in decode_deferred(batch, encoder.device, failed):
+                codes.append(encoder.encode(images, size))
+                owners += [row["owner"] for row in rows]
         return np.concatenate(codes), np.array(owners, np.int64), names, errors
 
     def query(self, queries: Sequence[QueryInput], top: int | None = None,
@@ -196,7 +212,7 @@ class SceneIndex:
             raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
         if names is not None and len(names) != len(queries):
             raise ValueError(f"{len(names)} names for {len(queries)} queries")
-        codes, owners, found, errors = self.encode_chips(queries, bands, 32, max_pixels, window)
+        codes, owners, found, errors = self.encode_chips(queries, bands, None, max_pixels, window)
         if names is not None:
             errors = [None if e is None else renamed_error(e, old, new)
                       for e, old, new in zip(errors, found, names, strict=True)]

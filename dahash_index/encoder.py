@@ -1,62 +1,147 @@
 """Scene -> packed binary code: the frozen backbone followed by a checkpoint's hash network.
 
-Shared by the indexer and the query API so both compute codes the same way.
+One path for every caller (the build, the query API, ``train``/``eval``'s feature
+extraction): (H, W, 3) uint8 images are uploaded to the device in one copy, resized there
+(``network_input``) and run through the backbone in the encoder's precision (``precision``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from dahash_index.backbones import load_backbone
+from dahash_index.backbones import InceptionBackbone, load_backbone
 from dahash_index.checkpoint import Checkpoint, load_checkpoint
 from dahash_index.codes import hash_codes
+from dahash_index.network_input import Image, network_input, upload
 from dahash_index.orientations import ORIENTATIONS, orient
+from dahash_index.precision import check_precision, default_precision, precision_scope
+
+T = TypeVar("T")
+
+CPU_BATCH = 32
+# Inception V3 at batch 256 holds a few GiB of activations: enough to fill an H100/H200,
+# within any GPU of 16 GiB or more. Two batches are on the device at a time (one computing,
+# one arriving), whatever the archive's size.
+GPU_BATCH = 256
+SMALL_GPU_BATCH = 64
+SMALL_GPU_BYTES = 16 * 2**30
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Scenes per forward when none is asked for: 32 on a CPU (bigger batches gain nothing
+    there), 256 on a GPU of 16 GiB or more, 64 on a smaller one."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    memory = torch.cuda.get_device_properties(device).total_memory
+    return GPU_BATCH if memory >= SMALL_GPU_BYTES else SMALL_GPU_BATCH
+
+
+def check_device(name: str | None) -> torch.device:
+    """The device called ``name`` ("cpu", "cuda", "cuda:1", ...; None: the GPU when there is
+    one); ValueError (one line) for a name torch does not know or a GPU this machine lacks."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and
+                                      (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {name}: no such CUDA device on this machine "
+                         f"({torch.cuda.device_count()} GPU(s))")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+@torch.no_grad()
+def backbone_features(backbone: InceptionBackbone, x: torch.Tensor, precision: str,
+                      orientations: Sequence[int] = (0,)) -> torch.Tensor:
+    """x (N, 3, 299, 299) float32 in [0, 255] on the backbone's device -> (N, 2048) float32:
+    the mean of the backbone's features over ``orientations`` of each image."""
+    with precision_scope(x.device, precision):
+        total = backbone(orient(x, orientations[0]) if orientations[0] else x)
+        for k in orientations[1:]:
+            total += backbone(orient(x, k))
+    return total / len(orientations) if len(orientations) > 1 else total
 
 
 class SceneEncoder:
-    """Batched encoding: ``encode(images)`` with images (N, 3, 299, 299) float32 in [0, 255]
-    -> codes (N, K/8) uint8. The backbone is the one the checkpoint was trained on (checked
-    by weights checksum)."""
+    """Batched encoding: ``encode(images)`` with images a sequence of (H, W, 3) uint8 arrays or
+    tensors (any size, any device) -> codes (N, K/8) uint8. The backbone is the one the
+    checkpoint was trained on (checked by weights checksum).
 
-    def __init__(self, checkpoint: Checkpoint, device: str | None = None) -> None:
+    device: "cpu", "cuda", ... (default: a GPU when there is one). precision: "fp32", "tf32"
+    or "bf16" (default: ``precision.default_precision`` of the device).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: str | None = None,
+                 precision: str | None = None) -> None:
         self.checkpoint = checkpoint
         self.bits = checkpoint.net_config.bits
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = check_device(device)
+        self.precision = check_precision(precision or default_precision(self.device))
         self.backbone = load_backbone(checkpoint.backbone).to(self.device)
         checkpoint.check_backbone(self.backbone.spec)
         self.net = checkpoint.build_net().to(self.device)
+        self.orientations = (ORIENTATIONS if checkpoint.net_config.average_orientations
+                             else (0,))
+        # Uploads on their own stream overlap the previous batch's compute.
+        self._copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         # One forward at a time: torch modules are safe to share, but interleaving two large
         # batches on a small machine only thrashes the caches.
         self._lock = threading.Lock()
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str | None = None) -> SceneEncoder:
-        return cls(load_checkpoint(path), device)
+    def from_path(cls, path: str | Path, device: str | None = None,
+                  precision: str | None = None) -> SceneEncoder:
+        return cls(load_checkpoint(path), device, precision)
+
+    @property
+    def batch_size(self) -> int:
+        """The default batch size for this encoder's device (``default_batch_size``)."""
+        return default_batch_size(self.device)
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) floats in [0, 255] -> (N, 2048) backbone features; for a model that
-        codes the mean of a scene's 8 orientations, that mean (8 backbone passes)."""
-        images = images.to(self.device)
+    def features(self, images: Sequence[Image]) -> torch.Tensor:
+        """(H, W, 3) uint8 images -> (N, 2048) float32 backbone features on the device; for a
+        model that codes the mean of a scene's 8 orientations, that mean (8 passes)."""
+        x = network_input(upload(images, self.device, self._copies))
         with self._lock:
-            if not self.checkpoint.net_config.average_orientations:
-                return self.backbone(images)
-            total = self.backbone(images)
-            for k in ORIENTATIONS[1:]:
-                total += self.backbone(orient(images, k))
-            return total / len(ORIENTATIONS)
+            return backbone_features(self.backbone, x, self.precision, self.orientations)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-        """(N, 3, H, W) floats in [0, 255] -> (N, K/8) uint8 packed codes, ``batch_size``
-        images per forward (the backbone's activations grow with the batch)."""
+    def _launch(self, images: Sequence[Image]) -> torch.Tensor:
+        """The hash network's outputs (N, K) on the device; on a GPU, still being computed."""
+        features = self.features(images)
+        with self._lock:
+            return self.net(features)
+
+    def encode(self, images: Sequence[Image], batch_size: int | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 images -> (N, K/8) uint8 packed codes, ``batch_size`` images per
+        forward (default: ``self.batch_size``)."""
+        size = batch_size or self.batch_size
+        chunks = ((None, images[i:i + size]) for i in range(0, len(images), size))
         codes = [np.zeros((0, self.bits // 8), dtype=np.uint8)]
-        for chunk in images.split(batch_size):
-            features = self.features(chunk)
-            with self._lock:
-                codes.append(hash_codes(self.net(features)))
+        codes += [c for _, c in self.encode_batches(chunks)]
         return np.concatenate(codes)
+
+    def encode_batches(self, batches: Iterable[tuple[T, Sequence[Image]]]
+                       ) -> Iterator[tuple[T, np.ndarray]]:
+        """(tag, images) batches -> (tag, codes (n, K/8) uint8), in order. On a GPU the next
+        batch is uploaded and launched before a batch's codes are read back, so the device
+        never waits for the host between batches; at most two batches are on it."""
+        pending: tuple[T, torch.Tensor] | None = None
+        for tag, images in batches:
+            launched = (tag, self._launch(images))
+            if pending is not None:
+                yield pending[0], hash_codes(pending[1])
+            pending = launched
+        if pending is not None:
+            yield pending[0], hash_codes(pending[1])

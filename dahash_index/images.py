@@ -207,7 +207,7 @@ def _decode_pillow(data: bytes, kind: str, max_pixels: int) -> tuple[np.ndarray,
             height=height,
             bands=len(img.getbands()),
             dtype=_pillow_dtype(img.mode),
-            datetime=_exif_datetime(img),
+            datetime=exif_datetime(img),
         )
     return rgb, info
 
@@ -229,7 +229,7 @@ def _pillow_dtype(mode: str) -> str:
     return "bool" if mode == "1" else "uint8"
 
 
-def _exif_datetime(img: Image.Image) -> str | None:
+def exif_datetime(img: Image.Image) -> str | None:
     try:
         exif = img.getexif()
         # DateTimeOriginal (in the Exif sub-IFD) is the capture time; DateTime is the fallback.

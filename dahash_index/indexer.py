@@ -24,9 +24,11 @@ from tqdm import tqdm
 from dahash_index.checkpoint import Checkpoint, load_checkpoint
 from dahash_index.checks import check_int
 from dahash_index.chips import Tiling
+from dahash_index.encoder import check_device
 from dahash_index.images import DEFAULT_MAX_PIXELS
 from dahash_index.pipeline.runner import ENGINES, BuildEvents, BuildJob, get_runner
 from dahash_index.pipeline.stages import ShardTask, check_bands, plan_shards
+from dahash_index.precision import check_precision
 from dahash_index.shards import Shard, ShardReader
 from dahash_index.store import KINDS, MANIFEST, IndexWriter, ModelMismatchError
 from dahash_index.store.staging import StagedResult, list_results, remove_result
@@ -39,7 +41,7 @@ class BuildOptions:
     kind: str = "flat"
     nlist: int | None = None
     bands: tuple[int, int, int] | None = None
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the device's default (encoder.default_batch_size)
     workers: int | None = None  # decode processes; 0 decodes in line; None: default_workers
     max_pixels: int = DEFAULT_MAX_PIXELS
     storage_options: dict = field(default_factory=dict)
@@ -49,6 +51,8 @@ class BuildOptions:
     retry_errors: bool = False  # re-index committed shards that recorded scene errors
     wait: float = 0.0  # seconds to wait for another build holding the index
     tiling: Tiling | None = None  # large TIFFs as chips (``chips``); None: every scene whole
+    precision: str | None = None  # "fp32", "tf32", "bf16"; None: the device's default
+    device_jpegs: bool | None = None  # JPEGs decoded on the device; None: when it is a GPU
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,7 +66,11 @@ class BuildOptions:
                 raise ValueError(f"bands must be three band numbers, got {self.bands!r}")
             for band in self.bands:
                 check_int("band numbers (1-based)", band, 1)
-        check_int("batch size", self.batch_size, 1)
+        if self.batch_size is not None:
+            check_int("batch size", self.batch_size, 1)
+        if self.precision is not None:
+            check_precision(self.precision)
+        check_device(self.device)
         if self.workers is not None:
             check_int("workers", self.workers, 0)
         check_int("max_pixels", self.max_pixels, 1)
@@ -150,7 +158,7 @@ def _build(
         check_bands(reader, tasks[0].shard, options.bands, options.max_pixels, options.tiling)
     job = BuildJob(checkpoint, reader.url, writer.staging, options.storage_options,
                    options.bands, options.max_pixels, options.batch_size, options.workers,
-                   options.device, options.tiling)
+                   options.device, options.tiling, options.precision, options.device_jpegs)
     runner = get_runner(options.engine, **({"address": options.ray_address}
                                            if options.engine == "ray" else {}))
 

@@ -144,7 +144,8 @@ def _merge(
         for source in todo:
             codes, rows, errors, dropped = _take_shard(source, bits, scenes, failed)
             writer.commit_shard(source.entry["name"], source.url, codes, rows, errors,
-                                fingerprint=source.entry["fingerprint"])
+                                fingerprint=source.entry["fingerprint"],
+                                precision=source.entry.get("precision"))
             report.shards_adopted += 1
             report.rows += len(codes)
             report.scenes_dropped += dropped

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from dahash_index.backbones import image_to_tensor
 from dahash_index.chips import Tiling, Window
+from dahash_index.device_jpeg import JpegData, defer_jpeg
 from dahash_index.images import DEFAULT_MAX_PIXELS, SceneDecodeError, decode_scene, is_tiff
 from dahash_index.remote import RemoteError, read_url
 
@@ -23,20 +22,21 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 @dataclass
 class LoadedQuery:
-    """name; error (one line) or None; inputs: (3, 299, 299) float tensors, one per chip
-    (one for a whole scene or a window); windows: the chip windows in the query image
-    (None for a whole image)."""
+    """name; error (one line) or None; inputs: the encoder's (H, W, 3) uint8 images, one per
+    chip (one for a whole scene or a window), or a JpegData for the device to decode;
+    windows: the chip windows in the query image (None for a whole image)."""
 
     name: str
     error: str | None
-    inputs: list[torch.Tensor]
+    inputs: list[np.ndarray | JpegData]
     windows: list[Window | None]
 
 
 def load_query(query, i: int, bands=None, storage_options: dict | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None,
-               tiling: Tiling | None = None) -> LoadedQuery:
-    """One query -> its LoadedQuery (never raises for bad input: the error says why)."""
+               tiling: Tiling | None = None, defer_jpegs: bool = False) -> LoadedQuery:
+    """One query -> its LoadedQuery (never raises for bad input: the error says why).
+    defer_jpegs: a whole JPEG that nvJPEG can take is left encoded (``device_jpeg``)."""
     if isinstance(query, np.ndarray):
         name = f"array {i}"
         if query.ndim != 3 or query.shape[2] != 3 or query.dtype != np.uint8:
@@ -48,7 +48,7 @@ def load_query(query, i: int, bands=None, storage_options: dict | None = None,
         if window is not None:
             image = (_crop(query, window) if isinstance(query, np.ndarray) else
                      window_pixels(query, window, bands, storage_options, max_pixels))
-            return LoadedQuery(name, None, [image_to_tensor(image)], [window])
+            return LoadedQuery(name, None, [image], [window])
         if isinstance(query, np.ndarray):
             return _cut(name, query, tiling)
         hint = _hint(query)
@@ -57,6 +57,10 @@ def load_query(query, i: int, bands=None, storage_options: dict | None = None,
             if loaded is not None:
                 return loaded
         data = query if isinstance(query, bytes) else read_url(name, storage_options)
+        if defer_jpegs and tiling is None and hint.lower().endswith((".jpg", ".jpeg")):
+            deferred = defer_jpeg(data, hint, max_pixels)
+            if deferred is not None:
+                return LoadedQuery(name, None, [deferred[0]], [None])
         image, _ = decode_scene(data, hint, bands, max_pixels)
     except (SceneDecodeError, RemoteError) as err:
         return _failed(name, str(err))
@@ -105,8 +109,7 @@ def _tiff_chips(name: str, source: bytes | str, bands, storage_options: dict | N
             if not tiling.applies(ds.width, ds.height):
                 return None
             windows = tiling.windows(ds.width, ds.height)
-            inputs = [image_to_tensor(read_window(ds, w, tiling.tile, bands)[0])
-                      for w in windows]
+            inputs = [read_window(ds, w, tiling.tile, bands)[0] for w in windows]
             return LoadedQuery(name, None, inputs, list(windows))
     except CannotOpenTiff:
         return None
@@ -125,12 +128,12 @@ def _cut(name: str, image: np.ndarray, tiling: Tiling | None) -> LoadedQuery:
     """A decoded query, cut into chips when ``tiling`` applies to its size."""
     height, width = image.shape[:2]
     if tiling is None or not tiling.applies(width, height):
-        return LoadedQuery(name, None, [image_to_tensor(image)], [None])
+        return LoadedQuery(name, None, [image], [None])
     inputs, windows = [], []
     for col, row, w, h in tiling.windows(width, height):
         chip = np.zeros((tiling.tile, tiling.tile, 3), np.uint8)
         chip[:h, :w] = image[row:row + h, col:col + w]
-        inputs.append(image_to_tensor(chip))
+        inputs.append(chip)
         windows.append((col, row, w, h))
     return LoadedQuery(name, None, inputs, windows)
 

@@ -1,6 +1,11 @@
 """The streaming parts of a build: scene bytes read ahead in a thread, decoded in worker
 processes (or in line), grouped into batches for the network, in bounded memory.
 
+Decoders hand over (H, W, 3) uint8 images at their own size, ``CHUNK`` scenes per task,
+through shared memory (``shared_images``); the resize to 299 px happens where the network
+runs. For a GPU, JPEGs are not decoded here at all: their bytes go on, and nvJPEG decodes a
+batch at a time (``device_jpeg``, ``decode_deferred``). TIFFs are always decoded here.
+
 Decoders must never share the cores the backbone uses on a CPU (see ``default_workers``); on a
 GPU they keep it fed. A decode process that dies breaks the pool: ``DecodePool.restart``
 gives a fresh one.
@@ -17,26 +22,39 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from functools import partial
+from itertools import islice
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from dahash_index.backbones import image_to_tensor
+from dahash_index.device_jpeg import JpegData, defer_jpeg
 from dahash_index.images import SceneDecodeError, SceneInfo, decode_scene
 from dahash_index.scene_chips import SceneChip
 from dahash_index.shards import SceneBytes
+from dahash_index.shared_images import (
+    SharedImages,
+    discard_images,
+    receive_images,
+    share_images,
+)
 
 T = TypeVar("T")
+# (metadata row, (H, W, 3) uint8 image, or JpegData to decode on the device, or None; error)
+Decoded = tuple[dict, "np.ndarray | JpegData | None", "str | None"]
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+CHUNK = 16  # scenes per task of a decode process: one future and one shared block each
 
 
 def default_workers(device: torch.device) -> int:
     """Decode processes when none are asked for. Zero on a CPU: the backbone's threads already
     use every core, and a decoder beside them slows the forward more than decoding in line
-    costs (benchmarks/build_throughput.py). On a GPU, enough processes to keep it fed."""
+    costs (benchmarks/build_throughput.py). On a GPU, every core but one (which reads the
+    shards and feeds the GPU): TIFF decoding scales with cores."""
     if device.type == "cpu":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def scene_name(url: str, member: str | None) -> str:
@@ -45,22 +63,32 @@ def scene_name(url: str, member: str | None) -> str:
 
 
 def decode_for_index(
-    scene: SceneBytes | SceneChip, bands: tuple[int, int, int] | None, max_pixels: int
-) -> tuple[dict, np.ndarray | None, str | None]:
-    """Decode one scene -> (metadata row, network input (3, 299, 299) float32 or None, error).
-    A chip comes decoded already (``scene_chips``): its row adds its window."""
+    scene: SceneBytes | SceneChip, bands: tuple[int, int, int] | None, max_pixels: int,
+    defer_jpegs: bool = False,
+) -> Decoded:
+    """Decode one scene -> (metadata row, (H, W, 3) uint8 image or None, error or None).
+    A chip comes decoded already (``scene_chips``): its row adds its window. With
+    ``defer_jpegs``, a JPEG that nvJPEG can take is not decoded: its image is a
+    ``device_jpeg.JpegData`` (its bytes), decoded later on the network's device."""
     row = {"url": scene.url, "shard": scene.shard, "member": scene.member, "label": scene.label}
     if isinstance(scene, SceneChip):
         col, top, width, height = scene.window
         row.update(scene_columns(scene.info), col_off=col, row_off=top, window_width=width,
                    window_height=height)
-        return row, image_to_tensor(scene.image).numpy(), None
+        return row, scene.image, None
+    name = scene.member or scene.url
     try:
-        image, info = decode_scene(scene.data, scene.member or scene.url, bands, max_pixels)
+        deferred = (defer_jpeg(scene.data, name, max_pixels)
+                    if defer_jpegs and name.lower().endswith(JPEG_SUFFIXES) else None)
+        if deferred is not None:
+            jpeg, info = deferred
+            row.update(scene_columns(info))
+            return row, jpeg, None
+        image, info = decode_scene(scene.data, name, bands, max_pixels)
     except SceneDecodeError as err:
         return row, None, str(err)
     row.update(scene_columns(info))
-    return row, image_to_tensor(image).numpy(), None
+    return row, image, None
 
 
 def scene_columns(info: SceneInfo) -> dict:
@@ -139,36 +167,77 @@ def ordered_map(
     items: Iterable,
     window: int,
     result: Callable[[Future], object] = Future.result,
+    discard: Callable[[object], None] | None = None,
 ) -> Iterator:
     """fn over items, in order, with at most ``window`` in flight (bounded memory).
-    result: how to wait for one future (``DecodePool.result`` notices dead workers)."""
+    result: how to wait for one future (``DecodePool.result`` notices dead workers).
+    discard: what to do with the results nobody will take when the consumer stops early
+    (their futures are cancelled, or discarded as they finish)."""
     if executor is None:
         yield from map(fn, items)
         return
     pending: deque[Future] = deque()
-    for item in items:
-        pending.append(executor.submit(fn, item))
-        if len(pending) >= window:
+    try:
+        for item in items:
+            pending.append(executor.submit(fn, item))
+            if len(pending) >= window:
+                yield result(pending.popleft())
+        while pending:
             yield result(pending.popleft())
-    while pending:
-        yield result(pending.popleft())
+    finally:
+        for future in pending:
+            if not future.cancel() and discard is not None:
+                future.add_done_callback(partial(_discard_result, discard))
 
 
-def batches(results: Iterator, size: int, on_error: Callable[[dict], None]) -> Iterator:
-    """Group decoded scenes into (rows, stacked inputs) batches; errors go to on_error."""
+def _discard_result(discard: Callable[[object], None], future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        discard(future.result())
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """items in lists of ``size`` (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def decode_shared(decode_one: Callable[[T], Decoded], chunk: list[T]
+                  ) -> tuple[list[Decoded], SharedImages]:
+    """In a decode process: decode a chunk, its images moved into shared memory (the rows
+    hold None in their place until ``unshare`` puts them back)."""
+    decoded = [decode_one(item) for item in chunk]
+    arrays = [image for _, image, _ in decoded if isinstance(image, np.ndarray)]
+    rows = [(row, None if isinstance(image, np.ndarray) else image, error)
+            for row, image, error in decoded]
+    return rows, share_images(arrays)
+
+
+def unshare(result: tuple[list[Decoded], SharedImages]) -> list[Decoded]:
+    """The decoded chunk ``decode_shared`` made, its images back in place."""
+    rows, shared = result
+    images = iter(receive_images(shared))
+    return [(row, next(images) if image is None and error is None else image, error)
+            for row, image, error in rows]
+
+
+def batches(results: Iterable[Decoded], size: int, on_error: Callable[[dict], None]
+            ) -> Iterator[tuple[list[dict], list]]:
+    """Group decoded scenes into (rows, images) batches of ``size``; errors go to on_error.
+    images: (H, W, 3) uint8 arrays, or JpegData for the device to decode."""
     rows: list[dict] = []
-    inputs: list[np.ndarray] = []
-    for row, x, reason in results:
-        if x is None:
+    images: list = []
+    for row, image, reason in results:
+        if image is None:
             on_error(row | {"reason": reason})
             continue
         rows.append(row)
-        inputs.append(x)
+        images.append(image)
         if len(rows) == size:
-            yield rows, np.stack(inputs)
-            rows, inputs = [], []
+            yield rows, images
+            rows, images = [], []
     if rows:
-        yield rows, np.stack(inputs)
+        yield rows, images
 
 
 class DecodePool:
@@ -189,10 +258,18 @@ class DecodePool:
                 initargs=(os.getpid(),),
             )
 
-    def map(self, fn: Callable, items: Iterable, window: int) -> Iterator:
-        """fn over items in order, in the decode processes (in line without any), at most
-        ``window`` in flight."""
-        return ordered_map(self.executor, fn, items, window, self.result)
+    def map(self, decode_one: Callable[[T], Decoded], items: Iterable[T], window: int
+            ) -> Iterator[Decoded]:
+        """decode_one over items in order, in the decode processes (in line without any),
+        ``CHUNK`` items per task, at most ``window`` items in flight. The decoded images come
+        back through shared memory (``shared_images``)."""
+        if self.executor is None:
+            yield from map(decode_one, items)
+            return
+        for chunk in ordered_map(self.executor, partial(decode_shared, decode_one),
+                                 chunks(items, CHUNK), max(1, window // CHUNK), self.result,
+                                 lambda result: discard_images(result[1])):
+            yield from unshare(chunk)
 
     def result(self, future: Future) -> object:
         """``future.result()``, raising BrokenProcessPool if a decode process died.

@@ -19,6 +19,7 @@ from PIL import Image
 from test_store import _full, shard_codes, shard_errors, shard_rows
 
 from dahash_index.indexer import BuildReport, _adopt_leftovers
+from dahash_index.network_input import network_input, upload
 from dahash_index.pipeline.runner import BuildJob, get_runner, skipped_line
 from dahash_index.pipeline.stages import (
     ShardResult,
@@ -36,17 +37,24 @@ from dahash_index.streaming import decode_for_index
 
 
 class FakeEncoder:
-    """Codes a scene by its mean pixel value, so that tests can predict them."""
+    """Codes a scene by the mean value of its network input, so that tests can predict them."""
 
     bits = 16
+    device = torch.device("cpu")
+    precision = "fp32"
 
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    def encode(self, inputs: torch.Tensor) -> np.ndarray:
-        self.batches.append(len(inputs))
+    def encode(self, images: list) -> np.ndarray:
+        self.batches.append(len(images))
+        inputs = network_input(upload(images, self.device))
         level = (inputs.mean(dim=(1, 2, 3)) * 1000).round().to(torch.int64).numpy()
         return np.stack([level % 256, level // 256 % 256], axis=1).astype(np.uint8)
+
+    def encode_batches(self, batches):
+        for tag, images in batches:
+            yield tag, self.encode(images)
 
 
 def _png(value: int) -> bytes:
@@ -78,9 +86,9 @@ def test_index_shard_encodes_in_batches_and_keeps_every_error_in_order():
     assert [r["url"] for r in result.rows] == [f"/s/a/{i}.png" for i in range(5)]
     assert (result.rows[0]["width"], result.rows[0]["height"], result.rows[0]["bands"]) == (
         16, 12, 3)
-    expected = FakeEncoder().encode(torch.stack([torch.from_numpy(
-        decode_for_index(s, None, 10**8)[1]) for s in scenes if isinstance(s, SceneBytes)
-        and s.member is None and s.url != "/s/a/bad.png"]))
+    expected = FakeEncoder().encode([
+        decode_for_index(s, None, 10**8)[1] for s in scenes if isinstance(s, SceneBytes)
+        and s.member is None and s.url != "/s/a/bad.png"])
     np.testing.assert_array_equal(result.codes, expected)
     assert [e["url"] for e in result.errors] == ["/s/a/gone.png", "/s/a/bad.png"]
     assert result.errors[0] == {"url": "/s/a/gone.png", "shard": "a", "member": None,

@@ -361,8 +361,8 @@ def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
     from trainer.evaluate import scene_outputs
 
     paths = [sorted((UCMERCED / c).iterdir())[0] for c in ("beach", "forest", "harbor")]
-    images = torch.stack([image_to_tensor(decode_scene(p.read_bytes(), p.name)[0])
-                          for p in paths])
+    decoded = [decode_scene(p.read_bytes(), p.name)[0] for p in paths]
+    images = torch.stack([image_to_tensor(image) for image in decoded])
     rng = np.random.default_rng(0)
     train = rng.normal(0.3, 0.2, (30, 2048)).clip(0).astype(np.float32)
     config = TrainConfig(bits=16, sampler="semi-hard", classes_per_batch=3, per_class=4,
@@ -374,7 +374,7 @@ def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
     oriented = {k: encoder.backbone(orient(images, k)).numpy() for k in range(8)}
     expected = hash_codes(scene_outputs(trained.net, oriented[0], oriented, np.arange(3),
                                         average))
-    assert (encoder.encode(images) == expected).all()
+    assert (encoder.encode(decoded) == expected).all()
 
 
 def test_presets_are_listed_from_the_shipped_files():

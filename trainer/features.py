@@ -1,9 +1,11 @@
 """Backbone features, computed once per (dataset files, backbone weights) and cached.
 
 The backbone is frozen and the attention acts on pooled channels, so training and
-evaluation never need to run it again (METHOD.md section 1). A cache file records the
-fingerprint of the files it was built from and the backbone's weights checksum; a cache
-whose record does not match is rebuilt, never used.
+evaluation never need to run it again (METHOD.md section 1). Extraction takes the build's
+path (``dahash_index.encoder``): uint8 scenes uploaded to the backbone's device (the GPU
+when there is one), resized there, run in the device's default precision. A cache file
+records the fingerprint of the files it was built from, the backbone's weights checksum and
+the precision; a cache whose record does not match is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dahash_index.backbones import FEATURE_DIM, InceptionBackbone, image_to_tensor
+from dahash_index.backbones import FEATURE_DIM, InceptionBackbone
+from dahash_index.encoder import backbone_features
 from dahash_index.files import atomic_write
 from dahash_index.images import SceneDecodeError, decode_scene
-from dahash_index.orientations import check_orientation, orient
+from dahash_index.network_input import network_input, upload
+from dahash_index.orientations import check_orientation
+from dahash_index.precision import check_precision, default_precision
 from trainer.data import ImageFolder
 
 CACHE_VERSION = 1
@@ -46,24 +51,22 @@ def dataset_fingerprint(data: ImageFolder) -> str:
 
 
 class _SceneFiles(Dataset):
-    """Decodes scenes to (3, 299, 299) float tensors in one orientation; a bad file yields
-    None and its reason."""
+    """Decodes scenes to (H, W, 3) uint8 arrays; a bad file yields None and its reason."""
 
-    def __init__(self, root: Path, paths: list[str], orientation: int = 0) -> None:
+    def __init__(self, root: Path, paths: list[str]) -> None:
         self.root = root
         self.paths = paths
-        self.orientation = orientation
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         path = self.root / self.paths[i]
         try:
             image, _ = decode_scene(path.read_bytes(), path.name)
         except (SceneDecodeError, OSError) as err:
             return i, None, f"{path}: {err}"
-        return i, orient(image_to_tensor(image)[None], self.orientation)[0], None
+        return i, image, None
 
 
 def _collate(items: list) -> list:
@@ -92,21 +95,25 @@ def extract_features(
     workers: int = 1,
     progress: bool = True,
     orientation: int = 0,
+    precision: str | None = None,
 ) -> FeatureSet:
     """Run the backbone over ``root / p`` for p in ``paths``, each scene turned to
     ``orientation`` (``dahash_index.orientations``) -> FeatureSet (bad files skipped).
 
     Decoding happens in ``workers`` background processes so it overlaps the forward pass.
     A file that cannot be decoded is reported on stderr in one line and left out.
+    precision: the backbone's arithmetic (default: the device's, ``precision``).
     """
+    check_orientation(orientation)
+    device = next(backbone.parameters()).device
+    precision = check_precision(precision or default_precision(device))
     loader = DataLoader(
-        _SceneFiles(root, paths, check_orientation(orientation)),
+        _SceneFiles(root, paths),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
         worker_init_fn=_one_thread_worker,
     )
-    device = next(backbone.parameters()).device
     features = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     errors: dict[str, str] = {}
@@ -120,8 +127,9 @@ def extract_features(
                 tqdm.write(f"skipped {reason}", file=sys.stderr)
         if good:
             index = [i for i, _ in good]
-            x = torch.stack([x for _, x in good]).to(device)
-            features[index] = backbone(x).cpu().numpy()
+            x = network_input(upload([x for _, x in good], device))
+            features[index] = backbone_features(backbone, x, precision,
+                                                (orientation,)).cpu().numpy()
             ok[index] = True
         bar.update(len(batch))
     bar.close()
@@ -136,19 +144,25 @@ def cached_features(
     progress: bool = True,
     orientation: int = 0,
     fingerprint: str | None = None,
+    precision: str | None = None,
 ) -> FeatureSet:
     """Features for every scene of ``data`` in one orientation, from the cache when it
     matches, else extracted. ``fingerprint`` (``dataset_fingerprint(data)``) saves re-hashing
-    the files when the caller asks for several orientations.
+    the files when the caller asks for several orientations. precision: the backbone's
+    arithmetic (default: its device's, ``precision``).
 
-    The cache file is named by backbone, dataset fingerprint and orientation, and also stores
-    all three, so a renamed or stale file is detected by its content, not its name.
+    The cache file is named by backbone, dataset fingerprint, orientation and precision, and
+    also stores all four, so a renamed or stale file is detected by its content, not its name.
     """
     orientation = check_orientation(orientation)
+    precision = check_precision(
+        precision or default_precision(next(backbone.parameters()).device))
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     fingerprint = fingerprint or dataset_fingerprint(data)
     sha = backbone.spec.weights_sha256
-    suffix = f"-o{orientation}" if orientation else ""  # orientation 0 keeps its old name
+    # orientation 0 and fp32 keep the names of caches from before the options existed
+    suffix = (f"-o{orientation}" if orientation else "") + \
+        (f"-{precision}" if precision != "fp32" else "")
     path = cache_dir / f"{backbone.spec.name}-{sha[:12]}-{fingerprint[:16]}{suffix}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
@@ -157,6 +171,7 @@ def cached_features(
                 and str(f["fingerprint"]) == fingerprint
                 and str(f["backbone_sha256"]) == sha
                 and int(f["orientation"] if "orientation" in f else 0) == orientation
+                and str(f["precision"] if "precision" in f else "fp32") == precision
             ):
                 reasons = f["error_reasons"].tolist()
                 errors = dict(zip(f["error_paths"].tolist(), reasons, strict=True))
@@ -164,13 +179,14 @@ def cached_features(
         if progress:
             print(f"feature cache {path} does not match; rebuilding", file=sys.stderr)
     result = extract_features(backbone, data.root, data.paths, progress=progress,
-                              orientation=orientation)
+                              orientation=orientation, precision=precision)
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = dict(
         version=CACHE_VERSION,
         fingerprint=fingerprint,
         backbone_sha256=sha,
         orientation=orientation,
+        precision=precision,
         features=result.features,
         paths=np.asarray(result.paths, dtype=str),
         error_paths=np.asarray(list(result.errors), dtype=str),

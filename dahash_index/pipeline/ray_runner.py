@@ -147,7 +147,7 @@ class ShardEncoder:
             from dahash_index.encoder import SceneEncoder
 
             self.job = ray.get(job_ref[0])
-            self.encoder = SceneEncoder(self.job.checkpoint, self.device)
+            self.encoder = SceneEncoder(self.job.checkpoint, self.device, self.job.precision)
         return self.encoder
 
     def ready(self, job_ref: list) -> bool:
@@ -167,13 +167,13 @@ class ShardEncoder:
         encoder = self.setup(job_ref)
         job = self.job
         self.shards += 1
-        decode = partial(map, job.decode_one())
+        decode = partial(map, job.decode_one(encoder))
         items = iter(scenes)
         if job.tiling is not None:  # chips are read as they are encoded, not all at once
             items = tile_scenes(items, job.tiling, job.bands, job.storage_options or None)
         die = self.kill is not None and self.kill.due(self.shards)  # fault injection
         try:
-            result = index_shard(items, decode, encoder, job.batch_size,
+            result = index_shard(items, decode, encoder, job.batch_size_for(encoder),
                                  **({"on_batch": self._die} if die else {}))
         except ShardReadError as err:
             return str(err)

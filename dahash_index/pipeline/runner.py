@@ -52,10 +52,12 @@ class BuildJob:
     storage_options: dict = field(default_factory=dict)
     bands: tuple[int, int, int] | None = None
     max_pixels: int = 0
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the encoder's device default (32 CPU, 256 GPU)
     workers: int | None = None  # decode processes per encoder; None: default_workers
     device: str | None = None
     tiling: Tiling | None = None  # chips of large TIFFs (``chips``); None: every scene whole
+    precision: str | None = None  # None: the device's default (``precision``)
+    device_jpegs: bool | None = None  # JPEGs decoded by the encoder's device; None: on a GPU
 
     def reader(self) -> ShardReader:
         return ShardReader(self.shards_url, self.storage_options or None)
@@ -64,9 +66,19 @@ class BuildJob:
         """stages.read_scenes with this job's tiling and bands."""
         return read_scenes(reader, shard, self.tiling, self.bands)
 
-    def decode_one(self) -> Callable:
-        """streaming.decode_for_index with this job's bands and pixel limit."""
-        return partial(decode_for_index, bands=self.bands, max_pixels=self.max_pixels)
+    def encoder(self) -> SceneEncoder:
+        return SceneEncoder(self.checkpoint, self.device, self.precision)
+
+    def decode_one(self, encoder: SceneEncoder) -> Callable:
+        """streaming.decode_for_index with this job's bands and pixel limit, JPEGs left to
+        the encoder's device when it is a GPU (or as ``device_jpegs`` says)."""
+        defer = (encoder.device.type == "cuda" if self.device_jpegs is None
+                 else self.device_jpegs)
+        return partial(decode_for_index, bands=self.bands, max_pixels=self.max_pixels,
+                       defer_jpegs=defer)
+
+    def batch_size_for(self, encoder: SceneEncoder) -> int:
+        return self.batch_size or encoder.batch_size
 
 
 @dataclass
@@ -96,7 +108,7 @@ class LocalRunner:
     def run(self, job: BuildJob, tasks: Sequence[ShardTask], events: BuildEvents) -> None:
         if not tasks:
             return
-        encoder = SceneEncoder(job.checkpoint, job.device)
+        encoder = job.encoder()
         workers = job.workers if job.workers is not None else default_workers(encoder.device)
         pool = DecodePool(workers)
         reader = job.reader()
@@ -122,8 +134,9 @@ def _index_with_retry(
 ) -> ShardResult | str:
     """The shard's result; once more on a fresh decode pool if a decode process died; a
     one-line reason instead when the shard cannot be indexed this time."""
-    decode_one = job.decode_one()
-    window = max(2, pool.workers) * job.batch_size
+    decode_one = job.decode_one(encoder)
+    batch_size = job.batch_size_for(encoder)
+    window = max(2, pool.workers) * batch_size
 
     def on_error(error: dict) -> None:
         tqdm.write(skipped_line(error), file=sys.stderr)
@@ -132,9 +145,9 @@ def _index_with_retry(
     shard = task.shard
     for attempt in (1, 2):
         try:
-            scenes = prefetch(job.read(reader, shard), 2 * job.batch_size)
+            scenes = prefetch(job.read(reader, shard), 2 * batch_size)
             return index_shard(scenes, lambda items: pool.map(decode_one, items, window),
-                               encoder, job.batch_size, on_error,
+                               encoder, batch_size, on_error,
                                lambda n: events.scenes(n, 0))
         except ShardReadError as err:
             return str(err)

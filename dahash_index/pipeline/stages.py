@@ -18,9 +18,9 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dahash_index.chips import Tiling
+from dahash_index.device_jpeg import decode_deferred
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import SceneDecodeError, decode_scene, is_tiff
 from dahash_index.scene_chips import (
@@ -40,9 +40,8 @@ from dahash_index.shards import (
 )
 from dahash_index.store import IndexWriter, ModelIdentity
 from dahash_index.store.staging import StagedResult, write_result
-from dahash_index.streaming import batches, scene_name
+from dahash_index.streaming import Decoded, batches, scene_name
 
-Decoded = tuple[dict, np.ndarray | None, str | None]  # what streaming.decode_for_index returns
 ERROR_KEYS = ("url", "shard", "member", "reason")
 
 
@@ -68,6 +67,7 @@ class ShardResult:
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     chips_skipped: int = 0  # chips of large scenes left out as mostly invalid (nodata)
+    precision: str = "fp32"  # the arithmetic the backbone ran in (``precision``)
 
 
 def plan_shards(
@@ -186,13 +186,15 @@ def encode_scenes(
 ) -> tuple[np.ndarray, list[dict]]:
     """Encode decoded scenes in batches of ``batch_size`` -> (codes uint8 (n, K/8), n rows).
 
-    decoded: ``decode_for_index`` results in scene order; the ones that failed go to
-    ``on_error`` (ERRORS_SCHEMA dicts). on_batch(n): after each batch of n encoded scenes.
+    decoded: ``decode_for_index`` results in scene order; the ones that failed (there, or
+    on the device for deferred JPEGs) go to ``on_error`` (ERRORS_SCHEMA dicts).
+    on_batch(n): after each batch of n encoded scenes.
     """
     rows: list[dict] = []
     codes: list[np.ndarray] = [np.zeros((0, encoder.bits // 8), np.uint8)]
-    for batch_rows, inputs in batches(iter(decoded), batch_size, on_error):
-        codes.append(encoder.encode(torch.from_numpy(inputs)))
+    batched = decode_deferred(batches(decoded, batch_size, on_error), encoder.device, on_error)
+    for batch_rows, batch_codes in encoder.encode_batches(batched):
+        codes.append(batch_codes)
         rows.extend(batch_rows)
         on_batch(len(batch_rows))
     return np.concatenate(codes), rows
@@ -223,7 +225,7 @@ def index_shard(
 
     codes, rows = encode_scenes(decode(scene_errors(scenes, error, skipped.append)), encoder,
                                 batch_size, error, on_batch)
-    return ShardResult(codes, rows, errors, len(skipped))
+    return ShardResult(codes, rows, errors, len(skipped), encoder.precision)
 
 
 def write_shard_result(
@@ -233,4 +235,4 @@ def write_shard_result(
     shard's identity, for the committer to adopt."""
     shard = task.shard
     return write_result(staging, model, shard.name, shard.url, task.fingerprint, result.codes,
-                        result.rows, result.errors, result.chips_skipped)
+                        result.rows, result.errors, result.chips_skipped, result.precision)

@@ -60,6 +60,7 @@ class StagedResult:
     rows: int
     error_count: int
     chips_skipped: int = 0  # chips of large scenes left out as mostly nodata (not errors)
+    precision: str | None = None  # the backbone's arithmetic (``precision``); None: unrecorded
 
 
 def write_result(
@@ -72,12 +73,13 @@ def write_result(
     rows: pa.Table | Sequence[Mapping[str, Any]],
     errors: pa.Table | Sequence[Mapping[str, Any]],
     chips_skipped: int = 0,
+    precision: str | None = None,
 ) -> StagedResult:
     """Write one shard's result into ``staging`` whole or not at all; return it.
 
     codes: uint8 (n, K/8), row i of ``rows`` (METADATA_SCHEMA columns) goes with code i;
-    errors: ERRORS_SCHEMA rows. Checked here, so that a bad result fails in the worker that
-    made it, not in the committer.
+    errors: ERRORS_SCHEMA rows. precision: what the backbone ran in. Checked here, so that a
+    bad result fails in the worker that made it, not in the committer.
     """
     codes = check_codes(codes, model.bits // 8)
     scene = conform(rows, METADATA_SCHEMA, f"rows of shard {shard_name!r}")
@@ -91,7 +93,8 @@ def write_result(
     tmp = staging / f"{_TMP_PREFIX}{result_id}"
     tmp.mkdir()
     result = StagedResult(staging / f"{result_id}{_SUFFIX}", shard_name, shard_url, fingerprint,
-                          model.sha256, model.bits, scene.num_rows, errs.num_rows, chips_skipped)
+                          model.sha256, model.bits, scene.num_rows, errs.num_rows, chips_skipped,
+                          precision)
     try:
         atomic_write(tmp / "rows.parquet", lambda f: write_table(table, f))
         atomic_write(tmp / "errors.parquet", lambda f: write_table(errs, f))

@@ -136,6 +136,7 @@ class IndexWriter:
         errors: Sequence[Mapping[str, Any]],
         fingerprint: str | None = None,
         replace: bool = False,
+        precision: str | None = None,
     ) -> range:
         """Make one shard durable, whole or not at all; return the row ids its rows got.
 
@@ -147,6 +148,8 @@ class IndexWriter:
         with its errors. fingerprint: what the shard held when read (``ShardReader.fingerprint``).
         replace: the URL is committed already; its old rows are retired in this same commit, so
         readers see the old rows or the new ones, never both. Row ids are never reused.
+        precision: the arithmetic the backbone ran in ("fp32", "tf32", "bf16"), recorded in
+        the shard's manifest entry (codes of every precision are searched together).
         """
         self._check_open()
         if not shard_url:
@@ -183,6 +186,7 @@ class IndexWriter:
             "first_row": first,
             "rows": n,
             "error_count": errs.num_rows,
+            **({"precision": precision} if precision else {}),
         }
         writes = {
             "part": lambda f: write_table(part, f),
@@ -232,7 +236,8 @@ class IndexWriter:
         codes, rows, errors = read_rows(result)
         ids = self.commit_shard(result.shard_name, result.shard_url, codes, rows, errors,
                                 fingerprint=result.fingerprint,
-                                replace=result.shard_url in m["shards"])
+                                replace=result.shard_url in m["shards"],
+                                precision=result.precision)
         remove_result(result)  # committed: a crash before this leaves a stale copy, never a gap
         return ids
 
