@@ -1,11 +1,14 @@
 """Retrieval through the index equals the trainer's evaluation (same model, same split).
 
-    python benchmarks/index_vs_eval.py --model runs/ucmerced/model.pt [--data DIR]
+    python benchmarks/index_vs_eval.py --model runs/ucmerced/model.pt [--data DIR] \
+        [--precision fp32|tf32|bf16] [--query-precision P]
 
 Builds a flat index of the train part of the checkpoint's split (one shard per class),
 queries it through ``SceneIndex.query`` with every test scene's file, ranks the whole
 index, and computes mAP@all (ties in database order) from the API's table. Prints it beside
-the figure the evaluation computes for the same checkpoint from cached features.
+the figure the evaluation computes for the same checkpoint from cached features (fp32 on a
+CPU). --precision builds and queries in another arithmetic (on a CPU, TF32 is emulated:
+``dahash_index.precision``), --query-precision queries in yet another.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--data", type=Path, default=UCMERCED)
+    parser.add_argument("--precision", default="fp32", help="of the build [default: fp32]")
+    parser.add_argument("--query-precision", default=None,
+                        help="of the queries [default: --precision]")
     args = parser.parse_args()
     runtime.configure_threads(2)
 
     from dahash_index.api import SceneIndex
     from dahash_index.checkpoint import load_checkpoint
-    from dahash_index.indexer import build_index
+    from dahash_index.indexer import BuildOptions, build_index
     from dahash_index.orientations import ORIENTATIONS
     from trainer import metrics
     from trainer.data import split_per_class
@@ -50,8 +56,11 @@ def main() -> None:
             link = shards / data.paths[i]
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to((data.root / data.paths[i]).resolve())
-        build_index(str(shards), Path(tmp) / "index", args.model)
-        index = SceneIndex.open(Path(tmp) / "index", model=args.model)
+        query_precision = args.query_precision or args.precision
+        build_index(str(shards), Path(tmp) / "index", args.model,
+                    BuildOptions(precision=args.precision))
+        index = SceneIndex.open(Path(tmp) / "index", model=args.model,
+                                precision=query_precision)
         test_files = [str(data.root / data.paths[i]) for i in test_idx]
         table = index.query(test_files, top=len(train_idx))
     assert table["error"].null_count == table.num_rows, "a test scene failed to decode"
@@ -63,7 +72,8 @@ def main() -> None:
     print(f"machine: {machine()}; model {args.model} (K={checkpoint.net_config.bits}, split "
           f"seed {seed}); {len(test_idx)} test queries against {len(train_idx)} indexed scenes")
     print(f"{'evaluation (cached features)':<36} mAP@all {eval_scores['map@all']:.4f}")
-    print(f"{'SceneIndex.query over the index':<36} mAP@all {map_all:.4f}")
+    print(f"{'SceneIndex.query over the index':<36} mAP@all {map_all:.4f} (built in "
+          f"{args.precision}, queried in {query_precision})")
 
 
 if __name__ == "__main__":
