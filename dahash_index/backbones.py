@@ -11,6 +11,9 @@ bf16, channels-last:
   block pools with max instead of average. Input range [-1, 1].
 - ``torchvision``: torchvision's ``IMAGENET1K_V1`` weights, from a file path or the torch
   hub cache (never downloaded here). Input normalised with ImageNet mean/std.
+- ``random``: TF's graph with seeded random weights, for speed benchmarks on machines the
+  real weights cannot travel to (``benchmarks/gpu_build.py --random-weights``): the same
+  arithmetic, meaningless codes.
 
 Resizing to 299x299 and normalisation are part of the backbone: callers hand in uint8 RGB.
 """
@@ -39,7 +42,7 @@ from dahash_index.inception import (
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
-BACKBONES = ("tf2015", "torchvision")
+BACKBONES = ("tf2015", "torchvision", "random")
 # torchvision's Inception_V3_Weights.IMAGENET1K_V1, as the torch hub cache names it
 TORCHVISION_WEIGHTS_FILE = "inception_v3_google-0cc3c7bd.pth"
 
@@ -232,10 +235,26 @@ def torchvision_inception_v3(weights_path: str | os.PathLike | None = None) -> I
     return InceptionBackbone(net, spec)
 
 
+def random_inception_v3(seed: int = 0) -> InceptionBackbone:
+    """TF's 2015 graph with random weights drawn from ``seed`` (for speed only)."""
+    generator = torch.Generator().manual_seed(seed)
+    net = tf2015_inception_v3_features()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator)
+                                    * (2.0 / fan_in) ** 0.5)
+    digest = hashlib.sha256(f"random-inception-v3-seed-{seed}".encode()).hexdigest()
+    return InceptionBackbone(net, BackboneSpec("random", digest, (0.5,) * 3, (0.5,) * 3))
+
+
 def load_backbone(name: str = "tf2015", weights_path: str | None = None) -> InceptionBackbone:
     """The backbone called ``name`` (one of ``BACKBONES``)."""
     if name == "tf2015":
         return tf2015_inception_v3(weights_path)
     if name == "torchvision":
         return torchvision_inception_v3(weights_path)
+    if name == "random":
+        return random_inception_v3()
     raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
