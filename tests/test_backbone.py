@@ -132,3 +132,13 @@ def test_mapped_weights_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch)
     cached.write_bytes(b"not a torch file")  # a damaged cache is only slower
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert tf2015_inception_v3(weights).spec == first.spec
+
+
+def test_random_backbone_is_seeded_and_named_for_what_it_is():
+    from dahash_index.backbones import BACKBONES
+
+    assert "random" in BACKBONES
+    a, b = load_backbone("random"), load_backbone("random")
+    assert a.spec.name == "random" and a.spec.weights_sha256 == b.spec.weights_sha256
+    x = torch.rand(1, 3, 299, 299) * 255
+    assert torch.equal(a(x), b(x)) and a(x).shape == (1, 2048)
