@@ -197,9 +197,10 @@ class _KindOption(click.Option):
               help="Where the network runs: cpu, cuda, cuda:1, ... [default: the GPU when "
                    "there is one]. On a GPU, JPEGs are decoded there too (nvJPEG).")
 @click.option("--precision", default=None, type=LazyChoice(_precisions),
-              help="The backbone's arithmetic [default: fp32 on a CPU, bf16 on a GPU: its codes "
-                   "agree with fp32's within 0.1 % of bits, see the README]. Recorded per shard; "
-                   "codes of every precision are searched together.")
+              help="The backbone's arithmetic [default: fp32 on a CPU, tf32 on a GPU: its codes "
+                   "agree with fp32's within 0.1 % of bits, bf16's do not; see the README]. "
+                   "Recorded per shard; codes of every precision are searched together. On a "
+                   "CPU, tf32 is emulated (slower than fp32).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip shards already committed to INDEX and unchanged (always safe). "
                    "--no-resume refuses to add to an existing index.")
