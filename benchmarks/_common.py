@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+DATASETS = Path(os.environ.get("DAHASH_INDEX_DATASETS") or REPO.parent / "shared" / "datasets")
 UCMERCED = DATASETS / "ucmerced"
 
 
@@ -35,3 +35,17 @@ def subset_shards(root: Path, classes: int, per_class: int, out: Path) -> Path:
             if not link.exists():
                 link.symlink_to(scene)
     return out
+
+
+def untrained_model(path: Path, backbone: str = "random", seed: int = 0) -> Path:
+    """A checkpoint of an untrained 64-bit hash network on ``backbone`` (``random``: TF's
+    graph with seeded random weights, for machines the real weights cannot travel to)."""
+    import torch
+
+    from dahash_index.backbones import load_backbone
+    from dahash_index.checkpoint import save_checkpoint
+    from dahash_index.network import dahash_net
+
+    torch.manual_seed(seed)
+    save_checkpoint(path, dahash_net(64), load_backbone(backbone).spec, [], 0, {})
+    return path

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import UCMERCED, machine
+from _common import UCMERCED, machine, untrained_model
 
 from dahash_index import runtime
 
@@ -109,21 +109,15 @@ def main() -> None:
     import torch
 
     from dahash_index.api import SceneIndex
-    from dahash_index.backbones import load_backbone
-    from dahash_index.checkpoint import save_checkpoint
     from dahash_index.encoder import SceneEncoder
     from dahash_index.indexer import BuildOptions, build_index
-    from dahash_index.network import dahash_net
 
     work = Path(tempfile.mkdtemp(dir=args.work))
     try:
         jpegs, tiffs, files = make_archive(args.data, work / "archive", args.scenes,
                                            args.shards, args.tiff_scenes, args.tiff_shards)
-        torch.manual_seed(0)
-        backbone = load_backbone("random" if args.random_weights else "tf2015")
-        model = work / "model.pt"
-        save_checkpoint(model, dahash_net(64), backbone.spec, [], 0, {})
-        del backbone
+        model = untrained_model(work / "model.pt",
+                                "random" if args.random_weights else "tf2015")
 
         encoder = SceneEncoder.from_path(model, args.device, args.precision)
         batch_size = args.batch_size or encoder.batch_size

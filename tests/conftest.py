@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-# The datasets live beside the repository (../shared/datasets), wherever it is cloned.
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# The datasets live beside the repository (../shared/datasets), wherever it is cloned;
+# DAHASH_INDEX_DATASETS points elsewhere (a GPU machine that ../shared does not travel to).
+DATASETS = Path(os.environ.get("DAHASH_INDEX_DATASETS")
+                or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 UCMERCED = DATASETS / "ucmerced"
 UCMERCED_TIF = DATASETS / "ucmerced-tif-sample"
 
@@ -165,6 +167,20 @@ def identity(checkpoint: Path):
 def quick_checkpoint(tmp_path_factory, tf2015_spec) -> Path:
     """An untrained 64-bit network on the real tf2015 backbone: valid codes, made in seconds."""
     return _untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "quick.pt", tf2015_spec, 0)
+
+
+@pytest.fixture(scope="session")
+def arithmetic_checkpoint(tmp_path_factory) -> Path:
+    """An untrained 64-bit network on the tf2015 backbone, or on the ``random`` one (the same
+    graph) where tf2015's weights are not installed: a GPU machine they cannot travel to.
+    For tests of the encoding's arithmetic (devices, precisions), never of retrieval."""
+    from dahash_index.backbones import BackboneError, load_backbone
+
+    try:
+        spec = load_backbone("tf2015").spec
+    except BackboneError:
+        spec = load_backbone("random").spec
+    return _untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "arith.pt", spec, 0)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,10 @@ TorchScript network it comes from, on real scenes; our Inception3 layers are tor
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import UCMERCED
 from PIL import Image
 from torch import nn
 from torchvision.models import inception as tv_inception
@@ -27,7 +26,6 @@ from dahash_index.inception import (
     torchvision_inception_v3_features,
 )
 
-UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
 needs_ucmerced = pytest.mark.skipif(
     not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"
 )

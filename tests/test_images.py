@@ -6,11 +6,11 @@ import io
 import struct
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from affine import Affine
+from conftest import DATASETS
 from PIL import Image, ImageFile
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
@@ -26,7 +26,6 @@ from dahash_index.images import (
     stretch_to_uint8,
 )
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 UTM33 = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)  # 10 m pixels, north-up
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import UCMERCED
 
 from dahash_index.backbones import BackboneSpec
 from dahash_index.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
@@ -279,7 +280,6 @@ def test_centre_codes_saved_in_the_checkpoint(tmp_path: Path):
 
 # --- the orientation feature cache (real backbone, real scenes) -----------------------------
 
-UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
 
 
 @pytest.mark.realdata

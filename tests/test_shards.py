@@ -6,14 +6,13 @@ import io
 import os
 import tarfile
 import uuid
-from pathlib import Path
 
 import fsspec
 import pytest
+from conftest import DATASETS
 
 from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MEM = fsspec.filesystem("memory")  # one process-wide store: every test uses its own root
 
 # A layout exercising every rule: two dir shards (one nested), root loose files, a tar

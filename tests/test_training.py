@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import UCMERCED
 
 from dahash_index.backbones import BackboneSpec
 from dahash_index.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -17,7 +18,6 @@ from trainer.data import split_per_class
 from trainer.evaluate import VARIANTS, score_codes
 from trainer.workflow import train_command
 
-UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
 needs_ucmerced = pytest.mark.skipif(
     not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"
 )
