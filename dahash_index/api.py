@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import faiss
@@ -35,7 +35,7 @@ from dahash_index.arrow_arrays import int_array, string_array
 from dahash_index.checkpoint import load_checkpoint
 from dahash_index.checks import check_int
 from dahash_index.chips import Tiling, Window
-from dahash_index.device_jpeg import decode_deferred
+from dahash_index.device_jpeg import decode_batch
 from dahash_index.encoder import SceneEncoder
 from dahash_index.images import DEFAULT_MAX_PIXELS
 from dahash_index.query_inputs import load_query
@@ -173,25 +173,29 @@ class SceneIndex:
         errors: list[str | None] = []
         owners: list[int] = []
         codes = [np.zeros((0, self.bits // 8), np.uint8)]
-        for start in range(0, len(queries), size):
-            inputs, input_owners = [], []
-            for i, query in enumerate(queries[start:start + size], start):
-                loaded = load_query(query, i, bands, self.storage_options, max_pixels, window,
-                                    tiling, defer)
-                names.append(loaded.name)
-                errors.append(loaded.error)
-                inputs += loaded.inputs
-                input_owners += [i] * len(loaded.inputs)
-            if not inputs:
-                continue
 
-            def failed(row: dict) -> None:  # a JPEG neither nvJPEG nor the CPU could decode
-                errors[row["owner"]] = row["reason"]
+        def failed(row: dict) -> None:  # a JPEG neither nvJPEG nor the CPU could decode
+            errors[row["owner"]] = row["reason"]
 
-            batch = [([{"owner": i} for i in input_owners], inputs)]
-            for rows, images in decode_deferred(batch, encoder.device, failed):
-                codes.append(encoder.encode(images, size))
-                owners += [row["owner"] for row in rows]
+        def loaded() -> Iterator[tuple[list[int], list]]:
+            """(owners, images) batches: the next one is read while the device encodes."""
+            for start in range(0, len(queries), size):
+                inputs, input_owners = [], []
+                for i, query in enumerate(queries[start:start + size], start):
+                    query_input = load_query(query, i, bands, self.storage_options, max_pixels,
+                                             window, tiling, defer)
+                    names.append(query_input.name)
+                    errors.append(query_input.error)
+                    inputs += query_input.inputs
+                    input_owners += [i] * len(query_input.inputs)
+                rows, images = decode_batch([{"owner": i} for i in input_owners], inputs,
+                                            encoder.device, failed)
+                for at in range(0, len(rows), size):  # a large query may give many chips
+                    yield [row["owner"] for row in rows[at:at + size]], images[at:at + size]
+
+        for batch_owners, batch_codes in encoder.encode_batches(loaded()):
+            codes.append(batch_codes)
+            owners += batch_owners
         return np.concatenate(codes), np.array(owners, np.int64), names, errors
 
     def query(self, queries: Sequence[QueryInput], top: int | None = None,

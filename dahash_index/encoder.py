@@ -8,6 +8,7 @@ extraction): (H, W, 3) uint8 images are uploaded to the device in one copy, resi
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -134,14 +135,27 @@ class SceneEncoder:
 
     def encode_batches(self, batches: Iterable[tuple[T, Sequence[Image]]]
                        ) -> Iterator[tuple[T, np.ndarray]]:
-        """(tag, images) batches -> (tag, codes (n, K/8) uint8), in order. On a GPU the next
-        batch is uploaded and launched before a batch's codes are read back, so the device
-        never waits for the host between batches; at most two batches are on it."""
-        pending: tuple[T, torch.Tensor] | None = None
+        """(tag, images) batches -> (tag, codes (n, K/8) uint8), in order. A batch of no
+        images comes back as (tag, no codes) in its place without touching the device: a
+        caller's marker (the end of a shard, say) keeps its place among the batches.
+
+        A batch's codes are read back only once the next batch is launched behind it, so on
+        a GPU the device never waits for the host between batches; at most two batches are
+        on it at a time."""
+        queued: deque[tuple[T, torch.Tensor | None]] = deque()
+        on_device = 0
         for tag, images in batches:
-            launched = (tag, self._launch(images))
-            if pending is not None:
-                yield pending[0], hash_codes(pending[1])
-            pending = launched
-        if pending is not None:
-            yield pending[0], hash_codes(pending[1])
+            queued.append((tag, self._launch(images) if len(images) else None))
+            on_device += len(images) > 0
+            while queued and (queued[0][1] is None or on_device > 1):
+                head, outputs = queued.popleft()
+                on_device -= outputs is not None
+                yield head, self._codes(outputs)
+        while queued:
+            head, outputs = queued.popleft()
+            yield head, self._codes(outputs)
+
+    def _codes(self, outputs: torch.Tensor | None) -> np.ndarray:
+        if outputs is None:
+            return np.zeros((0, self.bits // 8), dtype=np.uint8)
+        return hash_codes(outputs)

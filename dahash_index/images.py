@@ -229,9 +229,17 @@ def _pillow_dtype(mode: str) -> str:
     return "bool" if mode == "1" else "uint8"
 
 
-def exif_datetime(img: Image.Image) -> str | None:
+def exif_datetime(source: Image.Image | bytes | None) -> str | None:
+    """The capture time in an image's EXIF, ISO 8601; source: a Pillow image, or a JPEG's
+    EXIF APP1 payload (``b"Exif\\0\\0"...``, what Pillow keeps as ``info["exif"]``)."""
+    if source is None:
+        return None
     try:
-        exif = img.getexif()
+        if isinstance(source, bytes):
+            exif = Image.Exif()
+            exif.load(source)
+        else:
+            exif = source.getexif()
         # DateTimeOriginal (in the Exif sub-IFD) is the capture time; DateTime is the fallback.
         value = exif.get_ifd(0x8769).get(36867) or exif.get(306)
     except Exception:  # broken EXIF is common and never worth losing the pixels over

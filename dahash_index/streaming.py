@@ -1,10 +1,10 @@
 """The streaming parts of a build: scene bytes read ahead in a thread, decoded in worker
-processes (or in line), grouped into batches for the network, in bounded memory.
+processes (or in line), in order, in bounded memory.
 
 Decoders hand over (H, W, 3) uint8 images at their own size, ``CHUNK`` scenes per task,
 through shared memory (``shared_images``); the resize to 299 px happens where the network
 runs. For a GPU, JPEGs are not decoded here at all: their bytes go on, and nvJPEG decodes a
-batch at a time (``device_jpeg``, ``decode_deferred``). TIFFs are always decoded here.
+batch at a time (``device_jpeg.decode_batch``). TIFFs are always decoded here.
 
 Decoders must never share the cores the backbone uses on a CPU (see ``default_workers``); on a
 GPU they keep it fed. A decode process that dies breaks the pool: ``DecodePool.restart``
@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from functools import partial
 from itertools import islice
@@ -70,25 +70,44 @@ def decode_for_index(
     A chip comes decoded already (``scene_chips``): its row adds its window. With
     ``defer_jpegs``, a JPEG that nvJPEG can take is not decoded: its image is a
     ``device_jpeg.JpegData`` (its bytes), decoded later on the network's device."""
-    row = {"url": scene.url, "shard": scene.shard, "member": scene.member, "label": scene.label}
     if isinstance(scene, SceneChip):
         col, top, width, height = scene.window
-        row.update(scene_columns(scene.info), col_off=col, row_off=top, window_width=width,
-                   window_height=height)
-        return row, scene.image, None
-    name = scene.member or scene.url
+        return (_row(scene) | scene_columns(scene.info) | dict(
+            col_off=col, row_off=top, window_width=width, window_height=height),
+            scene.image, None)
+    deferred = defer_for_device(scene, max_pixels) if defer_jpegs else None
+    if deferred is not None:
+        return deferred
+    row = _row(scene)
     try:
-        deferred = (defer_jpeg(scene.data, name, max_pixels)
-                    if defer_jpegs and name.lower().endswith(JPEG_SUFFIXES) else None)
-        if deferred is not None:
-            jpeg, info = deferred
-            row.update(scene_columns(info))
-            return row, jpeg, None
-        image, info = decode_scene(scene.data, name, bands, max_pixels)
+        image, info = decode_scene(scene.data, scene.member or scene.url, bands, max_pixels)
     except SceneDecodeError as err:
         return row, None, str(err)
-    row.update(scene_columns(info))
-    return row, image, None
+    return row | scene_columns(info), image, None
+
+
+def defer_for_device(scene: SceneBytes | SceneChip, max_pixels: int) -> Decoded | None:
+    """A JPEG that the network's device will decode, as ``decode_for_index`` gives it: its row
+    from its header alone (microseconds: cheaper here than handed to a decode process) and
+    its bytes. None for any other scene, and for a JPEG the device cannot take."""
+    if isinstance(scene, SceneChip):
+        return None
+    name = scene.member or scene.url
+    if not name.lower().endswith(JPEG_SUFFIXES):
+        return None
+    try:
+        deferred = defer_jpeg(scene.data, name, max_pixels)
+    except SceneDecodeError as err:  # above max_pixels, from its header
+        return _row(scene), None, str(err)
+    if deferred is None:
+        return None
+    jpeg, info = deferred
+    return _row(scene) | scene_columns(info), jpeg, None
+
+
+def _row(scene: SceneBytes | SceneChip) -> dict:
+    return {"url": scene.url, "shard": scene.shard, "member": scene.member,
+            "label": scene.label}
 
 
 def scene_columns(info: SceneInfo) -> dict:
@@ -162,24 +181,21 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
 
 
 def ordered_map(
-    executor: Executor | None,
-    fn: Callable,
+    submit: Callable[[object], Future],
     items: Iterable,
     window: int,
     result: Callable[[Future], object] = Future.result,
     discard: Callable[[object], None] | None = None,
 ) -> Iterator:
-    """fn over items, in order, with at most ``window`` in flight (bounded memory).
+    """submit(item) for each item -> their futures' results, in order, with at most
+    ``window`` in flight (bounded memory).
     result: how to wait for one future (``DecodePool.result`` notices dead workers).
     discard: what to do with the results nobody will take when the consumer stops early
     (their futures are cancelled, or discarded as they finish)."""
-    if executor is None:
-        yield from map(fn, items)
-        return
     pending: deque[Future] = deque()
     try:
         for item in items:
-            pending.append(executor.submit(fn, item))
+            pending.append(submit(item))
             if len(pending) >= window:
                 yield result(pending.popleft())
         while pending:
@@ -221,25 +237,6 @@ def unshare(result: tuple[list[Decoded], SharedImages]) -> list[Decoded]:
             for row, image, error in rows]
 
 
-def batches(results: Iterable[Decoded], size: int, on_error: Callable[[dict], None]
-            ) -> Iterator[tuple[list[dict], list]]:
-    """Group decoded scenes into (rows, images) batches of ``size``; errors go to on_error.
-    images: (H, W, 3) uint8 arrays, or JpegData for the device to decode."""
-    rows: list[dict] = []
-    images: list = []
-    for row, image, reason in results:
-        if image is None:
-            on_error(row | {"reason": reason})
-            continue
-        rows.append(row)
-        images.append(image)
-        if len(rows) == size:
-            yield rows, images
-            rows, images = [], []
-    if rows:
-        yield rows, images
-
-
 class DecodePool:
     """The decode processes (none when ``workers`` is 0), restartable after one died."""
 
@@ -258,18 +255,33 @@ class DecodePool:
                 initargs=(os.getpid(),),
             )
 
-    def map(self, decode_one: Callable[[T], Decoded], items: Iterable[T], window: int
-            ) -> Iterator[Decoded]:
+    def map(self, decode_one: Callable[[T], Decoded], items: Iterable[T], window: int,
+            in_line: Callable[[T], Decoded | None] | None = None) -> Iterator[Decoded]:
         """decode_one over items in order, in the decode processes (in line without any),
         ``CHUNK`` items per task, at most ``window`` items in flight. The decoded images come
-        back through shared memory (``shared_images``)."""
+        back through shared memory (``shared_images``).
+
+        in_line(item): what decode_one would give, when it can be had here for less than a
+        decode process costs to hand the item to (``defer_for_device``); None otherwise."""
         if self.executor is None:
             yield from map(decode_one, items)
             return
-        for chunk in ordered_map(self.executor, partial(decode_shared, decode_one),
-                                 chunks(items, CHUNK), max(1, window // CHUNK), self.result,
-                                 lambda result: discard_images(result[1])):
-            yield from unshare(chunk)
+        done_here: deque[list[Decoded | None]] = deque()  # each chunk's, in submit order
+
+        def submit(chunk: list[T]) -> Future:
+            done = [in_line(item) for item in chunk] if in_line else [None] * len(chunk)
+            done_here.append(done)
+            rest = [item for item, d in zip(chunk, done, strict=True) if d is None]
+            if rest:
+                return self.executor.submit(decode_shared, decode_one, rest)
+            future: Future = Future()
+            future.set_result(([], SharedImages(None, ())))
+            return future
+
+        for result in ordered_map(submit, chunks(items, CHUNK), max(1, window // CHUNK),
+                                  self.result, lambda result: discard_images(result[1])):
+            decoded = iter(unshare(result))
+            yield from [d if d is not None else next(decoded) for d in done_here.popleft()]
 
     def result(self, future: Future) -> object:
         """``future.result()``, raising BrokenProcessPool if a decode process died.

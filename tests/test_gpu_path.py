@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import UCMERCED
+from conftest import UCMERCED_TIF as TIF_SAMPLE
 from PIL import Image
 
 from dahash_index.backbones import image_to_tensor
 from dahash_index.device_jpeg import (
-    decode_deferred,
+    JpegHeader,
+    decode_batch,
     decode_jpegs,
     defer_jpeg,
     device_decodable,
-    jpeg_frame,
+    jpeg_header,
 )
 from dahash_index.encoder import check_device, default_batch_size
 from dahash_index.images import SceneDecodeError, decode_scene
@@ -32,10 +35,8 @@ from dahash_index.precision import (
 )
 from dahash_index.shards import SceneBytes
 from dahash_index.shared_images import discard_images, receive_images, share_images
-from dahash_index.streaming import DecodePool, decode_for_index
+from dahash_index.streaming import DecodePool, decode_for_index, defer_for_device
 
-UCMERCED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucmerced"
-TIF_SAMPLE = UCMERCED.parent / "ucmerced-tif-sample"
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device on this machine")
@@ -54,6 +55,18 @@ def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
 def _smooth(height: int, width: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width]
     return np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1).astype(np.uint8)
+
+
+def _corrupt_jpeg() -> bytes:
+    """A JPEG whose markers are sound (it goes to the device decoder) but whose first
+    Huffman table is garbage: Pillow refuses it ("broken data stream")."""
+    data = bytearray(_jpeg(_noise(64, 80), quality=90))
+    pos = 2
+    while data[pos + 1] != 0xC4:  # the first DHT segment
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    length = int.from_bytes(data[pos + 2:pos + 4], "big")
+    data[pos + 5:pos + 2 + length] = b"\xff" * (length - 3)
+    return bytes(data)
 
 
 def _scene(name: str, data: bytes) -> SceneBytes:
@@ -126,6 +139,40 @@ def test_decode_processes_hand_over_the_same_pixels_as_in_line(tmp_path):
     assert _leftover_blocks() <= before
 
 
+def test_jpeg_headers_for_the_device_are_read_in_line_in_order():
+    """With in_line (what a GPU build does), JPEGs left to the device never go to a decode
+    process; every scene still comes out in order, as decode_for_index gives it."""
+    png = io.BytesIO()
+    Image.fromarray(_noise(12, 16)).save(png, "PNG")
+    jpeg = _jpeg(_smooth(40, 30))
+    cmyk = io.BytesIO()
+    Image.fromarray(_smooth(24, 32)).convert("CMYK").save(cmyk, "JPEG")
+    scenes = [_scene(f"{i}.jpg", jpeg) for i in range(40)]  # whole chunks of JPEGs
+    scenes[3] = _scene("3.png", png.getvalue())
+    scenes[5] = _scene("cmyk.jpg", cmyk.getvalue())  # a JPEG the device cannot take
+    scenes[33] = _scene("huge.jpg", _jpeg(_noise(300, 400)))  # above max_pixels
+    decode = partial(decode_for_index, bands=None, max_pixels=100_000, defer_jpegs=True)
+    in_line = partial(defer_for_device, max_pixels=100_000)
+    expected = [decode(scene) for scene in scenes]
+    handled_here = [in_line(scene) is not None for scene in scenes]
+    assert handled_here.count(False) == 2  # the PNG and the CMYK JPEG
+    pool = DecodePool(2)
+    try:
+        got = list(pool.map(decode, scenes, 64, in_line))
+    finally:
+        pool.shutdown()
+    assert len(got) == len(expected)
+    for (row_a, image_a, error_a), (row_b, image_b, error_b) in zip(expected, got,
+                                                                    strict=True):
+        assert row_a == row_b and error_a == error_b
+        if isinstance(image_a, np.ndarray):
+            np.testing.assert_array_equal(image_a, image_b)
+        else:
+            assert image_a == image_b
+    assert "above the limit" in got[33][2]
+    assert isinstance(got[5][1], np.ndarray)  # decoded by a decode process
+
+
 def test_a_consumer_that_stops_early_leaves_no_shared_block():
     png = io.BytesIO()
     Image.fromarray(_noise(64, 64)).save(png, "PNG")
@@ -196,7 +243,7 @@ def test_cmyk_jpeg_is_left_to_the_cpu_and_decoded_correctly():
     cmyk = io.BytesIO()
     Image.fromarray(rgb).convert("CMYK").save(cmyk, "JPEG", quality=95)
     data = cmyk.getvalue()
-    assert jpeg_frame(data)[2] == 4 and not device_decodable(data)
+    assert jpeg_header(data).components == 4 and not device_decodable(data)
     row, image, error = decode_for_index(_scene("c.jpg", data), None, 10**8, defer_jpegs=True)
     assert error is None and isinstance(image, np.ndarray)  # decoded here, not deferred
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -205,22 +252,65 @@ def test_cmyk_jpeg_is_left_to_the_cpu_and_decoded_correctly():
     assert np.abs(image.astype(int) - rgb).mean() < 8  # really the picture, not inverted
 
 
-def test_jpeg_frame_header_parsing():
-    data = _jpeg(_noise(8, 8))
-    assert jpeg_frame(data) == (0xC0, 8, 3)
-    assert jpeg_frame(_jpeg(_noise(8, 8), progressive=True)) == (0xC2, 8, 3)
-    # SOI, an APP0 of 16 bytes, a 12-bit extended frame of 1 component
+def test_jpeg_header_parsing():
+    data = _jpeg(_noise(8, 12))
+    assert jpeg_header(data) == JpegHeader(0xC0, 8, 8, 12, 3, None)
+    assert jpeg_header(_jpeg(_noise(8, 8), progressive=True)).sof == 0xC2
+    # SOI, an APP0 of 16 bytes, a 12-bit extended frame of 1 component, 8 x 8
     app0 = b"\xff\xe0\x00\x10" + b"JFIF\x00" + bytes(9)
     sof1 = b"\xff\xc1\x00\x0b\x0c\x00\x08\x00\x08\x01\x01\x11\x00"
-    assert jpeg_frame(b"\xff\xd8" + app0 + sof1 + b"\xff\xd9") == (0xC1, 12, 1)
-    assert not device_decodable(b"\xff\xd8" + app0 + sof1 + b"\xff\xd9")  # 12-bit
-    assert jpeg_frame(b"\x89PNG\r\n") is None and jpeg_frame(b"\xff\xd8\x00") is None
+    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    assert jpeg_header(b"\xff\xd8" + app0 + sof1 + sos + b"\xff\xd9") == JpegHeader(
+        0xC1, 12, 8, 8, 1, None)
+    assert not device_decodable(b"\xff\xd8" + app0 + sof1 + sos + b"\xff\xd9")  # 12-bit
+    # A frame whose height a DNL marker gives later: not for the device.
+    sof0_dnl = b"\xff\xc0\x00\x0b\x08\x00\x00\x00\x08\x01\x01\x11\x00"
+    assert jpeg_header(b"\xff\xd8" + sof0_dnl + sos + b"\xff\xd9").height == 0
+    assert not device_decodable(b"\xff\xd8" + sof0_dnl + sos + b"\xff\xd9")
+    assert jpeg_header(b"\x89PNG\r\n") is None and jpeg_header(b"\xff\xd8\x00") is None
+    assert jpeg_header(b"\xff\xd8" + app0[:10]) is None  # a segment cut short
     assert not device_decodable(data[:-2])  # no end-of-image marker: truncated
+
+
+def _with_exif(image: np.ndarray, tags: dict[int, str], original: str | None = None) -> bytes:
+    exif = Image.Exif()
+    exif.update(tags)
+    if original is not None:
+        exif.get_ifd(0x8769)[36867] = original
+    return _jpeg(image, exif=exif.tobytes())
+
+
+def test_header_metadata_is_the_cpu_decodes():
+    """defer_jpeg reads the header alone; its SceneInfo must be what decode_scene gives."""
+    cases = {
+        "plain": _jpeg(_smooth(33, 47)),
+        "grey": _jpeg(_smooth(20, 30)[:, :, 0]),
+        "progressive": _jpeg(_noise(40, 24), progressive=True),
+        "datetime": _with_exif(_smooth(16, 16), {306: "2021:05:04 10:11:12"}),
+        "original": _with_exif(_smooth(16, 16), {306: "2021:05:04 10:11:12"},
+                               "2019:01:02 03:04:05"),
+        "blank date": _with_exif(_smooth(16, 16), {306: "    "}),
+        "no date": _with_exif(_smooth(16, 16), {271: "camera"}),
+    }
+    for name, data in cases.items():
+        jpeg, info = defer_jpeg(data, "x.jpg", 10**8)
+        expected = decode_scene(data, "x.jpg")[1]
+        assert info == expected, name
+        assert (jpeg.width, jpeg.height) == (expected.width, expected.height)
+    assert defer_jpeg(cases["original"], "x.jpg", 10**8)[1].datetime.startswith("2019-01-02")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
+def test_header_metadata_of_real_scenes_is_the_cpu_decodes():
+    for path in sorted(UCMERCED.glob("*/*.jpg"))[::25]:
+        data = path.read_bytes()
+        assert defer_jpeg(data, path.name, 10**8)[1] == decode_scene(data, path.name)[1], path
 
 
 def test_corrupt_jpeg_falls_back_and_is_reported():
     good = _jpeg(_noise(64, 80), quality=90)
-    corrupt = good[:400] + b"\x00" * 300 + good[700:]
+    corrupt = _corrupt_jpeg()
     assert device_decodable(corrupt)  # its header is fine: only decoding finds out
     items = [defer_jpeg(d, n, 10**8)[0] for d, n in ((good, "a.jpg"), (corrupt, "b.jpg"))]
     decoded = decode_jpegs(items, CPU)
@@ -233,7 +323,7 @@ def test_corrupt_jpeg_falls_back_and_is_reported():
     errors: list[dict] = []
     rows = [{"url": "a.jpg"}, {"url": "b.jpg"}, {"url": "c.png"}]
     images = [items[0], items[1], _noise(4, 4)]
-    (kept_rows, kept_images), = decode_deferred([(rows, images)], CPU, errors.append)
+    kept_rows, kept_images = decode_batch(rows, images, CPU, errors.append)
     assert [r["url"] for r in kept_rows] == ["a.jpg", "c.png"]
     assert len(kept_images) == 2 and errors == [{"url": "b.jpg", "reason": str(cpu.value)}]
     assert "\n" not in errors[0]["reason"]  # one line
@@ -304,14 +394,12 @@ def _jpeg_shard(root: Path) -> Path:
     shard.mkdir(parents=True)
     for i in range(5):
         (shard / f"{i}.jpg").write_bytes(_jpeg(np.roll(_smooth(120, 140), 9 * i, axis=1)))
-    good = _jpeg(_noise(64, 80), quality=90)
-    (shard / "corrupt.jpg").write_bytes(good[:400] + b"\x00" * 300 + good[700:])
+    (shard / "corrupt.jpg").write_bytes(_corrupt_jpeg())
     return root / "shards"
 
 
-def test_device_jpeg_build_equals_the_cpu_build_and_records_precision(tmp_path,
-                                                                      quick_checkpoint,
-                                                                      run_cli):
+def test_device_jpeg_build_equals_the_cpu_build_and_records_precision(
+        tmp_path, arithmetic_checkpoint, run_cli):
     from dahash_index.api import SceneIndex
     from dahash_index.indexer import BuildOptions, build_index
     from dahash_index.store import IndexReader
@@ -322,8 +410,8 @@ def test_device_jpeg_build_equals_the_cpu_build_and_records_precision(tmp_path,
                           ("deferred", BuildOptions(device="cpu", device_jpegs=True,
                                                     workers=1, batch_size=4)),
                           ("tf32", BuildOptions(device="cpu", precision="tf32"))):
-        reports[name] = build_index(str(shards), tmp_path / name, quick_checkpoint, options,
-                                    progress=False)
+        reports[name] = build_index(str(shards), tmp_path / name, arithmetic_checkpoint,
+                                    options, progress=False)
         assert (reports[name].scenes, reports[name].errors) == (5, 1), name
     readers = {name: IndexReader.open(tmp_path / name) for name in reports}
     codes = {name: r.codes() for name, r in readers.items()}
@@ -366,12 +454,12 @@ def test_nvjpeg_stays_within_the_documented_tolerance():
 @needs_cuda
 @pytest.mark.realdata
 @pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
-def test_gpu_codes_agree_with_the_cpus(quick_checkpoint):
+def test_gpu_codes_agree_with_the_cpus(arithmetic_checkpoint):
     from dahash_index.encoder import SceneEncoder
 
     files = sorted(UCMERCED.glob("*/*.jpg"))[::20]
     images = [decode_scene(p.read_bytes(), p.name)[0] for p in files]
-    cpu = SceneEncoder.from_path(quick_checkpoint, "cpu").encode(images)
+    cpu = SceneEncoder.from_path(arithmetic_checkpoint, "cpu").encode(images)
     for precision in ("fp32", "tf32"):
-        gpu = SceneEncoder.from_path(quick_checkpoint, "cuda", precision).encode(images)
+        gpu = SceneEncoder.from_path(arithmetic_checkpoint, "cuda", precision).encode(images)
         assert np.unpackbits(cpu ^ gpu).mean() <= 0.001, precision

@@ -21,19 +21,18 @@ from test_store import _full, shard_codes, shard_errors, shard_rows
 from dahash_index.indexer import BuildReport, _adopt_leftovers
 from dahash_index.network_input import network_input, upload
 from dahash_index.pipeline.runner import BuildJob, get_runner, skipped_line
+from dahash_index.pipeline.shard_stream import index_shard, stream_shards
 from dahash_index.pipeline.stages import (
     ShardResult,
     ShardTask,
-    encode_scenes,
-    index_shard,
     plan_shards,
-    scene_errors,
     write_shard_result,
 )
-from dahash_index.shards import SceneBytes, SceneError, Shard
+from dahash_index.scene_chips import SkippedChip
+from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReadError
 from dahash_index.store import IndexReader, IndexWriter, ModelMismatchError
 from dahash_index.store.staging import list_results, read_rows, write_result
-from dahash_index.streaming import decode_for_index
+from dahash_index.streaming import DecodePool, decode_for_index
 
 
 class FakeEncoder:
@@ -52,9 +51,9 @@ class FakeEncoder:
         level = (inputs.mean(dim=(1, 2, 3)) * 1000).round().to(torch.int64).numpy()
         return np.stack([level % 256, level // 256 % 256], axis=1).astype(np.uint8)
 
-    def encode_batches(self, batches):
+    def encode_batches(self, batches):  # as SceneEncoder's: a batch of no images is a marker
         for tag, images in batches:
-            yield tag, self.encode(images)
+            yield tag, self.encode(images) if images else np.zeros((0, 2), np.uint8)
 
 
 def _png(value: int) -> bytes:
@@ -67,7 +66,7 @@ def _scene(name: str, data: bytes) -> SceneBytes:
     return SceneBytes(url=f"/s/a/{name}", shard="a", member=None, data=data, label="a")
 
 
-DECODE = partial(map, partial(decode_for_index, bands=None, max_pixels=10**8))
+DECODE = partial(decode_for_index, bands=None, max_pixels=10**8)
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -104,16 +103,70 @@ def test_a_shard_of_errors_only_has_no_codes():
     assert result.rows == [] and len(result.errors) == 1
 
 
-def test_scene_errors_passes_scenes_and_reports_errors():
-    errors: list[dict] = []
-    items = [_scene("1.png", b""), SceneError("/u", "a", "m", "bad tar member")]
-    assert [s.url for s in scene_errors(items, errors.append)] == ["/s/a/1.png"]
-    assert errors == [{"url": "/u", "shard": "a", "member": "m", "reason": "bad tar member"}]
+def test_a_shard_of_nothing_has_no_codes():
+    result = index_shard([], DECODE, FakeEncoder(), 3)
+    assert result.codes.shape == (0, 2) and result.rows == [] and result.errors == []
 
 
-def test_encode_scenes_of_nothing():
-    codes, rows = encode_scenes([], FakeEncoder(), 3, lambda e: None)
-    assert codes.shape == (0, 2) and rows == []
+def _task(name: str) -> ShardTask:
+    return ShardTask(Shard(name, f"/s/{name}", "dir"), "fp", False)
+
+
+def _shard_scenes(name: str, values: list[int], fail_after: int | None = None):
+    """The scenes of shard ``name`` (PNGs of those grey values); the storage fails after
+    ``fail_after`` of them."""
+    for i, v in enumerate(values):
+        if i == fail_after:
+            raise ShardReadError(f"shard /s/{name}: connection lost")
+        yield SceneBytes(url=f"/s/{name}/{v}.png", shard=name, member=None, data=_png(v),
+                         label=name)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_shards_gives_each_shard_alone_in_order(workers):
+    """Batches never mix shards; a shard the storage fails on part way gives its reason and
+    the stream goes on; errors, skipped chips and empty shards each land in their shard."""
+    tasks = [_task(n) for n in "abcdef"]
+    reads = {
+        "a": lambda: _shard_scenes("a", [10, 20, 30]),
+        "b": lambda: iter([SceneError("/s/b/x.tar", "b", "m", "bad member"),
+                           *_shard_scenes("b", [40]),
+                           SceneBytes(url="/s/b/bad.png", shard="b", member=None, data=b"nope",
+                                      label="b"),
+                           SkippedChip("/s/b/big.tif", (0, 0, 8, 8))]),
+        "c": lambda: _shard_scenes("c", [50, 60, 70], fail_after=2),
+        "d": lambda: iter([]),
+        "e": lambda: _shard_scenes("e", [80], fail_after=0),
+        "f": lambda: _shard_scenes("f", [90, 100, 110, 120, 130]),
+    }
+    encoder, errors, encoded = FakeEncoder(), [], []
+    pool = DecodePool(workers)
+    try:
+        out = list(stream_shards(tasks, lambda t: reads[t.shard.name](), DECODE, pool, encoder,
+                                 2, errors.append, encoded.append))
+    finally:
+        pool.shutdown()
+    assert [task.shard.name for task, _ in out] == list("abcdef")
+    results = {task.shard.name: result for task, result in out}
+    assert results["c"] == "shard /s/c: connection lost"
+    assert results["e"] == "shard /s/e: connection lost"
+    for name, values in (("a", [10, 20, 30]), ("b", [40]), ("d", []),
+                         ("f", [90, 100, 110, 120, 130])):
+        result = results[name]
+        assert [r["url"] for r in result.rows] == [f"/s/{name}/{v}.png" for v in values]
+        expected = FakeEncoder().encode([np.full((12, 16, 3), v, np.uint8) for v in values]
+                                        ) if values else np.zeros((0, 2), np.uint8)
+        np.testing.assert_array_equal(result.codes, expected)
+    assert [e["url"] for e in results["b"].errors] == ["/s/b/x.tar", "/s/b/bad.png"]
+    assert results["b"].chips_skipped == 1 and results["a"].errors == []
+    assert errors == results["b"].errors
+    # a: 2 + 1, b: 1, c: 2 (encoded, then dropped with the shard), f: 2 + 2 + 1
+    assert encoder.batches == [2, 1, 1, 2, 2, 2, 1] == encoded
+
+
+def test_index_shard_raises_when_the_storage_fails():
+    with pytest.raises(ShardReadError, match="connection lost"):
+        index_shard(_shard_scenes("c", [1, 2], fail_after=1), DECODE, FakeEncoder(), 4)
 
 
 class FakeReader:

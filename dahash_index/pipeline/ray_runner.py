@@ -4,9 +4,9 @@ there are GPUs. The committer runs on the driver.
     driver: plan ──> read task (scene bytes) ──> encoder actor: decode, encode, stage ──┐
             adopt <── StagedResult (a path and counts) <────────────────────────────────┘
 
-Each actor holds one ``SceneEncoder`` and runs ``stages.index_shard`` on a whole shard, so a
-shard is batched exactly as the local engine batches it and gets bit-identical codes (the
-backbone's CPU kernels give the same floats for any thread count; checked by
+Each actor holds one ``SceneEncoder`` and runs ``shard_stream.index_shard`` on a whole
+shard, so a shard is batched exactly as the local engine batches it and gets bit-identical
+codes (the backbone's CPU kernels give the same floats for any thread count; checked by
 tests/test_ray_engine.py). The actor writes the result into the index's staging area, which
 its workers must reach (a shared filesystem on a cluster), and returns only its description.
 
@@ -28,7 +28,6 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +158,8 @@ class ShardEncoder:
     ) -> tuple[StagedResult, list[dict]] | str:
         """Index one shard in line (decode, encode) and stage it -> (its staged result, its
         scene errors), or the read task's one-line reason."""
-        from dahash_index.pipeline.stages import index_shard, write_shard_result
+        from dahash_index.pipeline.shard_stream import index_shard
+        from dahash_index.pipeline.stages import write_shard_result
         from dahash_index.scene_chips import tile_scenes
 
         if isinstance(scenes, str):
@@ -167,13 +167,13 @@ class ShardEncoder:
         encoder = self.setup(job_ref)
         job = self.job
         self.shards += 1
-        decode = partial(map, job.decode_one(encoder))
         items = iter(scenes)
         if job.tiling is not None:  # chips are read as they are encoded, not all at once
             items = tile_scenes(items, job.tiling, job.bands, job.storage_options or None)
         die = self.kill is not None and self.kill.due(self.shards)  # fault injection
         try:
-            result = index_shard(items, decode, encoder, job.batch_size_for(encoder),
+            result = index_shard(items, job.decode_one(encoder), encoder,
+                                 job.batch_size_for(encoder),
                                  **({"on_batch": self._die} if die else {}))
         except ShardReadError as err:
             return str(err)

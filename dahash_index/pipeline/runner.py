@@ -12,6 +12,7 @@ needing the ``[ray]`` extra).
 from __future__ import annotations
 
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -24,20 +25,15 @@ from tqdm import tqdm
 from dahash_index.checkpoint import Checkpoint
 from dahash_index.chips import Tiling
 from dahash_index.encoder import SceneEncoder
-from dahash_index.pipeline.stages import (
-    ShardResult,
-    ShardTask,
-    index_shard,
-    read_scenes,
-    write_shard_result,
-)
-from dahash_index.shards import Shard, ShardReader, ShardReadError
+from dahash_index.pipeline.shard_stream import stream_shards
+from dahash_index.pipeline.stages import ShardTask, read_scenes, write_shard_result
+from dahash_index.shards import Shard, ShardReader
 from dahash_index.store.staging import StagedResult
 from dahash_index.streaming import (
     DecodePool,
     decode_for_index,
     default_workers,
-    prefetch,
+    defer_for_device,
     scene_name,
 )
 
@@ -72,10 +68,18 @@ class BuildJob:
     def decode_one(self, encoder: SceneEncoder) -> Callable:
         """streaming.decode_for_index with this job's bands and pixel limit, JPEGs left to
         the encoder's device when it is a GPU (or as ``device_jpegs`` says)."""
-        defer = (encoder.device.type == "cuda" if self.device_jpegs is None
-                 else self.device_jpegs)
         return partial(decode_for_index, bands=self.bands, max_pixels=self.max_pixels,
-                       defer_jpegs=defer)
+                       defer_jpegs=self._defers_jpegs(encoder))
+
+    def in_line(self, encoder: SceneEncoder) -> Callable | None:
+        """What the build process does itself rather than hand to a decode process
+        (``DecodePool.map``): reading the headers of JPEGs left to the device."""
+        if not self._defers_jpegs(encoder):
+            return None
+        return partial(defer_for_device, max_pixels=self.max_pixels)
+
+    def _defers_jpegs(self, encoder: SceneEncoder) -> bool:
+        return encoder.device.type == "cuda" if self.device_jpegs is None else self.device_jpegs
 
     def batch_size_for(self, encoder: SceneEncoder) -> int:
         return self.batch_size or encoder.batch_size
@@ -102,8 +106,9 @@ def skipped_line(error: dict) -> str:
 
 
 class LocalRunner:
-    """This process indexes the shards one after another: a thread reads ahead, scenes are
-    decoded in line (CPU) or in decode processes (GPU), and the network encodes batches."""
+    """This process indexes the shards as one stream (``shard_stream``): a thread reads
+    ahead, scenes are decoded in line (CPU) or in decode processes (GPU), the network encodes
+    batches, and each shard is staged as soon as its last codes are back."""
 
     def run(self, job: BuildJob, tasks: Sequence[ShardTask], events: BuildEvents) -> None:
         if not tasks:
@@ -113,52 +118,44 @@ class LocalRunner:
         pool = DecodePool(workers)
         reader = job.reader()
         model = job.checkpoint.identity
+        todo = deque(tasks)
+        alone = False  # after a decode process died: the first shard left, on its own
+
+        def on_error(error: dict) -> None:
+            tqdm.write(skipped_line(error), file=sys.stderr)
+            events.scenes(0, 1)
+
         try:
-            for task in tasks:
-                result = _index_with_retry(job, reader, task, encoder, pool, events)
-                if isinstance(result, str):
-                    events.failed(task, result)
-                else:
-                    events.staged(task, write_shard_result(job.staging, model, task, result))
+            while todo:
+                try:
+                    for task, result in stream_shards(
+                            [todo[0]] if alone else list(todo),
+                            lambda task: job.read(reader, task.shard), job.decode_one(encoder),
+                            pool, encoder, job.batch_size_for(encoder), on_error,
+                            lambda n: events.scenes(n, 0), job.in_line(encoder)):
+                        todo.popleft()
+                        if isinstance(result, str):
+                            events.failed(task, result)
+                        else:
+                            events.staged(task, write_shard_result(job.staging, model, task,
+                                                                   result))
+                    alone = False
+                except BrokenProcessPool:
+                    # The stream reaches past the first shard left, so which shard's scene
+                    # killed it is not known: that shard goes again on its own. Dying
+                    # there, it is the culprit; if not, the stream goes on as before.
+                    pool.restart()
+                    if alone:
+                        task = todo.popleft()
+                        events.failed(task, f"shard {task.shard.url}: a decode process died "
+                                            "twice while reading it; not indexed (run build "
+                                            "again to retry)")
+                    else:
+                        tqdm.write(f"Warning: a decode process died; reading shard "
+                                   f"{todo[0].shard.url} again", file=sys.stderr)
+                    alone = not alone
         finally:
             pool.shutdown()
-
-
-def _index_with_retry(
-    job: BuildJob,
-    reader: ShardReader,
-    task: ShardTask,
-    encoder: SceneEncoder,
-    pool: DecodePool,
-    events: BuildEvents,
-) -> ShardResult | str:
-    """The shard's result; once more on a fresh decode pool if a decode process died; a
-    one-line reason instead when the shard cannot be indexed this time."""
-    decode_one = job.decode_one(encoder)
-    batch_size = job.batch_size_for(encoder)
-    window = max(2, pool.workers) * batch_size
-
-    def on_error(error: dict) -> None:
-        tqdm.write(skipped_line(error), file=sys.stderr)
-        events.scenes(0, 1)
-
-    shard = task.shard
-    for attempt in (1, 2):
-        try:
-            scenes = prefetch(job.read(reader, shard), 2 * batch_size)
-            return index_shard(scenes, lambda items: pool.map(decode_one, items, window),
-                               encoder, batch_size, on_error,
-                               lambda n: events.scenes(n, 0))
-        except ShardReadError as err:
-            return str(err)
-        except BrokenProcessPool:
-            pool.restart()
-            if attempt == 2:
-                return (f"shard {shard.url}: a decode process died twice while reading it; "
-                        "not indexed (run build again to retry)")
-            tqdm.write(f"Warning: a decode process died during shard {shard.url}; "
-                       "reading it again", file=sys.stderr)
-    raise AssertionError("unreachable")
 
 
 def _ray_runner(**kwargs: object) -> Runner:

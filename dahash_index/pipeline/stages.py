@@ -4,15 +4,16 @@
 
 ``ShardReader.list_shards`` lists, ``plan_shards`` decides what to index, ``read_scenes``
 reads a shard's scene bytes, ``streaming.decode_for_index`` decodes one scene,
-``encode_scenes`` turns decoded scenes into codes, metadata rows and error rows,
-``write_shard_result`` puts them in the index's staging area, and ``IndexWriter.adopt``
-commits them. A runner (``pipeline.local``, ``pipeline.ray_runner``) wires them; nothing here
-knows which runner, process or machine it runs in.
+``shard_stream.stream_shards`` (or ``index_shard`` for one shard) turns the scenes of shards
+into codes, metadata rows and error rows, ``write_shard_result`` puts each shard's in the
+index's staging area, and ``IndexWriter.adopt`` commits them. A runner (``pipeline.runner``,
+``pipeline.ray_runner``) wires them; nothing here knows which runner, process or machine it
+runs in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -20,8 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from dahash_index.chips import Tiling
-from dahash_index.device_jpeg import decode_deferred
-from dahash_index.encoder import SceneEncoder
 from dahash_index.images import SceneDecodeError, decode_scene, is_tiff
 from dahash_index.scene_chips import (
     SceneChip,
@@ -40,13 +39,9 @@ from dahash_index.shards import (
 )
 from dahash_index.store import IndexWriter, ModelIdentity
 from dahash_index.store.staging import StagedResult, write_result
-from dahash_index.streaming import Decoded, batches, scene_name
+from dahash_index.streaming import scene_name
 
 ERROR_KEYS = ("url", "shard", "member", "reason")
-
-
-def _ignore(*args: object) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -158,74 +153,6 @@ def read_scenes(
         return reader.iter_scenes(shard)
     return tile_scenes(reader.iter_scenes(shard, defer=is_tiff), tiling, bands,
                        reader.storage_options)
-
-
-def scene_errors(
-    items: Iterable[SceneBytes | SceneChip | SkippedChip | SceneError],
-    on_error: Callable[[dict], None],
-    on_skipped_chip: Callable[[SkippedChip], None] = _ignore,
-) -> Iterator[SceneBytes | SceneChip]:
-    """The scenes and chips of ``items``; read errors go to ``on_error`` as ERRORS_SCHEMA
-    dicts, chips skipped as mostly invalid to ``on_skipped_chip``."""
-    for item in items:
-        if isinstance(item, SceneError):
-            on_error({"url": item.url, "shard": item.shard, "member": item.member,
-                      "reason": item.reason})
-        elif isinstance(item, SkippedChip):
-            on_skipped_chip(item)
-        else:
-            yield item
-
-
-def encode_scenes(
-    decoded: Iterable[Decoded],
-    encoder: SceneEncoder,
-    batch_size: int,
-    on_error: Callable[[dict], None],
-    on_batch: Callable[[int], None] = _ignore,
-) -> tuple[np.ndarray, list[dict]]:
-    """Encode decoded scenes in batches of ``batch_size`` -> (codes uint8 (n, K/8), n rows).
-
-    decoded: ``decode_for_index`` results in scene order; the ones that failed (there, or
-    on the device for deferred JPEGs) go to ``on_error`` (ERRORS_SCHEMA dicts).
-    on_batch(n): after each batch of n encoded scenes.
-    """
-    rows: list[dict] = []
-    codes: list[np.ndarray] = [np.zeros((0, encoder.bits // 8), np.uint8)]
-    batched = decode_deferred(batches(decoded, batch_size, on_error), encoder.device, on_error)
-    for batch_rows, batch_codes in encoder.encode_batches(batched):
-        codes.append(batch_codes)
-        rows.extend(batch_rows)
-        on_batch(len(batch_rows))
-    return np.concatenate(codes), rows
-
-
-def index_shard(
-    scenes: Iterable[SceneBytes | SceneError],
-    decode: Callable[[Iterator[SceneBytes]], Iterator[Decoded]],
-    encoder: SceneEncoder,
-    batch_size: int,
-    on_error: Callable[[dict], None] = _ignore,
-    on_batch: Callable[[int], None] = _ignore,
-) -> ShardResult:
-    """read -> decode -> encode for one shard.
-
-    scenes: what ``read_scenes`` yields (chips skipped as mostly invalid are counted in
-    ``ShardResult.chips_skipped``). decode: maps scenes to ``decode_for_index`` results
-    in the same order (in line: ``functools.partial(map, decode_one)``; in decode processes:
-    ``DecodePool.map``). Every scene that cannot be read or decoded becomes an error row
-    (also passed to ``on_error`` as it happens).
-    """
-    errors: list[dict] = []
-    skipped: list[SkippedChip] = []
-
-    def error(row: dict) -> None:
-        errors.append({k: row.get(k) for k in ERROR_KEYS})
-        on_error(errors[-1])
-
-    codes, rows = encode_scenes(decode(scene_errors(scenes, error, skipped.append)), encoder,
-                                batch_size, error, on_batch)
-    return ShardResult(codes, rows, errors, len(skipped), encoder.precision)
 
 
 def write_shard_result(
