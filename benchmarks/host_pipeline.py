@@ -1,7 +1,7 @@
 """How close the build's host side lets a GPU come to its limit, measured without a GPU.
 
-    python benchmarks/host_pipeline.py [--data DIR] [--scenes 10000] [--shards 20] \
-        [--device-rate 5600] [--workers 0,1] [--batch-size 256]
+    python benchmarks/host_pipeline.py [--data DIR] [--format jpeg|tiff] [--scenes 10000] \
+        [--shards 20] [--device-rate 5600] [--workers 0,1] [--batch-size 256]
 
 The GPU JPEG build (``build_index`` with JPEGs left to the device, batches of 256) runs for
 real on the host: listing, reading, header parsing in decode processes, hand-over, batching,
@@ -14,6 +14,10 @@ the GPU's limit that the host side leaves: the issue's goal for the real build i
 
 Also printed: the main process's CPU time per scene (all its threads), which bounds the
 rate whatever the device: about 1 / that on one core's worth of GIL.
+
+``--format tiff`` builds uncompressed RGB TIFFs instead (decoded on the CPU, in decode
+processes, whatever the device): with as many workers as cores, the rate is about what the
+decoders of this machine give.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ def simulate(device: SimulatedDevice) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=UCMERCED)
+    parser.add_argument("--format", choices=("jpeg", "tiff"), default="jpeg")
     parser.add_argument("--scenes", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=20)
     parser.add_argument("--device-rate", type=float, default=5600.0)
@@ -115,9 +120,13 @@ def main() -> None:
     simulate(device)
     work = Path(tempfile.mkdtemp())
     try:
-        jpegs, _, _ = make_archive(args.data, work / "archive", args.scenes, args.shards, 0, 1)
+        if args.format == "jpeg":
+            root, _, _ = make_archive(args.data, work / "archive", args.scenes, args.shards, 0, 1)
+        else:
+            _, root, _ = make_archive(args.data, work / "archive", 0, 1, args.scenes, args.shards)
         model = untrained_model(work / "model.pt", "random")
-        print(f"machine: {machine()}; {args.scenes} JPEG scenes in {args.shards} shards, "
+        print(f"machine: {machine()}; {args.scenes} {args.format.upper()} scenes in "
+              f"{args.shards} shards, "
               f"batch {args.batch_size}; simulated device {args.device_rate:.0f} scenes/s; "
               f"best of {args.rounds}")
         print("build: end to end less the model load (timed apart; the backbone is random here)")
@@ -131,7 +140,7 @@ def main() -> None:
                                        batch_size=args.batch_size)
                 device.model_load = device.model_load_cpu = 0.0
                 start, cpu = time.perf_counter(), _cpu_seconds()
-                report = build_index(str(jpegs), index, model, options, progress=False)
+                report = build_index(str(root), index, model, options, progress=False)
                 seconds = time.perf_counter() - start - device.model_load
                 cpu = _cpu_seconds() - cpu - device.model_load_cpu
                 assert report.scenes == args.scenes and report.errors == 0, report
