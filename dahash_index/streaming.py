@@ -261,10 +261,12 @@ class DecodePool:
         ``CHUNK`` items per task, at most ``window`` items in flight. The decoded images come
         back through shared memory (``shared_images``).
 
-        in_line(item): what decode_one would give, when it can be had here for less than a
-        decode process costs to hand the item to (``defer_for_device``); None otherwise."""
+        in_line(item): the item's result when it needs no decode process, had here for less
+        than handing it to one costs (``defer_for_device``); None otherwise."""
         if self.executor is None:
-            yield from map(decode_one, items)
+            for item in items:
+                done = in_line(item) if in_line else None
+                yield done if done is not None else decode_one(item)
             return
         done_here: deque[list[Decoded | None]] = deque()  # each chunk's, in submit order
 

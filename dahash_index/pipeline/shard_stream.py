@@ -10,9 +10,9 @@ mixes two shards, and each shard's result comes out as soon as its last codes ar
 
 The stream carries markers in scene order: ``_ShardEnd`` after a shard's last scene, and
 ``_ShardFailed`` when the storage fails part way through one (its scenes so far are dropped,
-the stream goes on with the next shard). Markers wait beside the decode processes for the
-scenes before them, and pass through the encoder as batches of no images
-(``SceneEncoder.encode_batches``), so each keeps its place.
+the stream goes on with the next shard). Markers never go to a decode process (they take
+their place among its results, ``DecodePool.map``'s in_line) and pass through the encoder
+as batches of no images (``SceneEncoder.encode_batches``), so each keeps its place.
 
 ``index_shard`` is the stream of one shard, decoded in line: what a Ray actor runs.
 """
@@ -154,21 +154,22 @@ def index_shard(
 def _decoded_in_order(pool: DecodePool, decode_one: Callable, in_line: Callable | None,
                       entries: Iterator[tuple[int, object]], window: int
                       ) -> Iterator[tuple[int, Decoded | _Marker]]:
-    """(n, scene or marker) -> (n, decode_one(scene) or the marker), in order. Only scenes go
-    to the decode processes; each marker is kept here until the scenes before it are back."""
-    queue: deque[tuple[int, object]] = deque()
+    """(n, scene or marker) -> (n, decode_one(scene) or the marker), in order. Markers, like
+    what ``in_line`` takes, stay in this process (``DecodePool.map``'s in_line)."""
+    tags: deque[int] = deque()
 
-    def scenes() -> Iterator:
-        for entry in entries:
-            queue.append(entry)
-            if not isinstance(entry[1], _Marker):
-                yield entry[1]
+    def items() -> Iterator:
+        for n, item in entries:
+            tags.append(n)
+            yield item
 
-    for decoded in pool.map(decode_one, scenes(), window, in_line):
-        while isinstance(queue[0][1], _Marker):
-            yield queue.popleft()
-        yield queue.popleft()[0], decoded
-    yield from queue
+    def here(item: object) -> object:
+        if isinstance(item, _Marker):
+            return item
+        return in_line(item) if in_line else None
+
+    for decoded in pool.map(decode_one, items(), window, here):
+        yield tags.popleft(), decoded
 
 
 def _batches(decoded: Iterator[tuple[int, object]], size: int, encoder: SceneEncoder,
