@@ -8,7 +8,7 @@
 #
 # The GPU machine has torch, torchvision, pyarrow, pillow, click and fsspec, but no faiss or
 # rasterio, no ../shared and no Inception weights, and at most 64 MiB travel. So `pack` brings
-# faiss-cpu (the project's FAISS calls are CPU indexes; faiss-gpu's wheel is 135 MB) and
+# faiss-cpu (the project's FAISS calls are CPU indexes; faiss-gpu's wheel is too large) and
 # rasterio as Python 3.12 wheels, and 3 scenes of each UC Merced class plus 6 of the original
 # TIFFs; `run` uses the `random` backbone (TF's graph, seeded random weights: the same speed
 # and arithmetic). `run` on a machine without CUDA does the same checks at toy sizes, which
