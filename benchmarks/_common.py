@@ -42,9 +42,9 @@ def untrained_model(path: Path, backbone: str = "random", seed: int = 0) -> Path
     graph with seeded random weights, for machines the real weights cannot travel to)."""
     import torch
 
-    from dahash_index.backbones import load_backbone
-    from dahash_index.checkpoint import save_checkpoint
-    from dahash_index.network import dahash_net
+    from dahash_index.model.backbones import load_backbone
+    from dahash_index.model.checkpoint import save_checkpoint
+    from dahash_index.model.network import dahash_net
 
     torch.manual_seed(seed)
     save_checkpoint(path, dahash_net(64), load_backbone(backbone).spec, [], 0, {})

@@ -23,7 +23,8 @@ CHILD = r"""
 import json, resource, sys, time
 from dahash_index import runtime
 runtime.configure_threads(2)
-from dahash_index.indexer import BuildOptions, build_index
+from dahash_index.build.indexer import build_index
+from dahash_index.build.job import BuildOptions
 start = time.perf_counter()
 report = build_index(sys.argv[1], sys.argv[2], sys.argv[3], BuildOptions(), progress=False)
 print(json.dumps({"rows": report.row_count, "seconds": time.perf_counter() - start,
@@ -48,9 +49,9 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=8)
     args = parser.parse_args()
 
-    from dahash_index.backbones import load_backbone
-    from dahash_index.checkpoint import save_checkpoint
-    from dahash_index.network import dahash_net
+    from dahash_index.model.backbones import load_backbone
+    from dahash_index.model.checkpoint import save_checkpoint
+    from dahash_index.model.network import dahash_net
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

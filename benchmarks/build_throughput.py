@@ -3,7 +3,7 @@
     python benchmarks/build_throughput.py [--classes 8] [--per-class 64] [--rounds 2] [--workers N]
 
 Baseline: the backbone's forward alone over the scenes pre-decoded into batches of 32.
-Project: ``dahash_index.indexer.build_index`` on the same scenes as shards (one per class),
+Project: ``dahash_index.build.indexer.build_index`` on the same scenes as shards (one per class),
 into a fresh flat index with the default options, timed from the call to the committed,
 finalized index: model load, reading, decoding, encoding, commits. Goal: at least 90 % of
 the baseline's scenes/s. The two are timed in turn, ``--rounds`` times, and the best round
@@ -36,12 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
-    from dahash_index.backbones import image_to_tensor, load_backbone
-    from dahash_index.checkpoint import save_checkpoint
-    from dahash_index.encoder import SceneEncoder
-    from dahash_index.images import decode_scene
-    from dahash_index.indexer import BuildOptions, build_index
-    from dahash_index.network import dahash_net
+    from dahash_index.build.indexer import build_index
+    from dahash_index.build.job import BuildOptions
+    from dahash_index.model.backbones import image_to_tensor, load_backbone
+    from dahash_index.model.checkpoint import save_checkpoint
+    from dahash_index.model.encoder import SceneEncoder
+    from dahash_index.model.network import dahash_net
+    from dahash_index.scenes.decode import decode_scene
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -36,8 +36,8 @@ import json, sys, time
 t = [time.perf_counter()]
 import torch  # noqa: F401  (the largest import, timed on its own)
 t.append(time.perf_counter())
-import dahash_index.cli  # what `dahash-index` imports before it runs a command
-from dahash_index.api import SceneIndex
+import dahash_index.cli.main  # what `dahash-index` imports before it runs a command
+from dahash_index.query.scene_index import SceneIndex
 t.append(time.perf_counter())
 index = SceneIndex.open(sys.argv[1])
 t.append(time.perf_counter())
@@ -107,7 +107,7 @@ def main() -> None:
         print(f"{what:<56}{best:>7.2f} /{median:>5.2f} s   <= {GOALS[goal]:g} s "
               f"{'met' if best <= GOALS[goal] else 'NOT met'}")
     print("where a new process's time goes (median):")
-    names = ("import torch", "other imports (dahash_index.cli, api)", "SceneIndex.open",
+    names = ("import torch", "other imports (dahash_index.cli.main, api)", "SceneIndex.open",
              "model load (cached mapped backbone weights)",
              "first encode (decode + forward)", "search + metadata")
     for name, seconds in zip(names, np.median(phases, axis=0), strict=True):

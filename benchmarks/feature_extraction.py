@@ -26,10 +26,10 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
-    from dahash_index.backbones import image_to_tensor, load_backbone
-    from dahash_index.images import decode_scene
-    from trainer.data import scan_image_folder
-    from trainer.features import extract_features
+    from dahash_index.model.backbones import image_to_tensor, load_backbone
+    from dahash_index.scenes.decode import decode_scene
+    from dahash_index.train.data import scan_image_folder
+    from dahash_index.train.features import extract_features
 
     data = scan_image_folder(UCMERCED)
     step = max(1, len(data.paths) // args.scenes)

@@ -108,9 +108,10 @@ def main() -> None:
 
     import torch
 
-    from dahash_index.api import SceneIndex
-    from dahash_index.encoder import SceneEncoder
-    from dahash_index.indexer import BuildOptions, build_index
+    from dahash_index.build.indexer import build_index
+    from dahash_index.build.job import BuildOptions
+    from dahash_index.model.encoder import SceneEncoder
+    from dahash_index.query.scene_index import SceneIndex
 
     work = Path(tempfile.mkdtemp(dir=args.work))
     try:

@@ -114,7 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads()
 
-    from dahash_index.indexer import BuildOptions, build_index
+    from dahash_index.build.indexer import build_index
+    from dahash_index.build.job import BuildOptions
 
     device = SimulatedDevice(args.device_rate)
     simulate(device)

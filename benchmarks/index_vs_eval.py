@@ -8,7 +8,7 @@ queries it through ``SceneIndex.query`` with every test scene's file, ranks the 
 index, and computes mAP@all (ties in database order) from the API's table. Prints it beside
 the figure the evaluation computes for the same checkpoint from cached features (fp32 on a
 CPU). --precision builds and queries in another arithmetic (on a CPU, TF32 is emulated:
-``dahash_index.precision``), --query-precision queries in yet another.
+``dahash_index.model.precision``), --query-precision queries in yet another.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads(2)
 
-    from dahash_index.api import SceneIndex
-    from dahash_index.checkpoint import load_checkpoint
-    from dahash_index.indexer import BuildOptions, build_index
-    from dahash_index.orientations import ORIENTATIONS
-    from trainer import metrics
-    from trainer.data import split_per_class
-    from trainer.workflow import labelled_features, oriented_features, split_scores
+    from dahash_index.build.indexer import build_index
+    from dahash_index.build.job import BuildOptions
+    from dahash_index.model.checkpoint import load_checkpoint
+    from dahash_index.model.orientations import ORIENTATIONS
+    from dahash_index.query.scene_index import SceneIndex
+    from dahash_index.train import metrics
+    from dahash_index.train.data import split_per_class
+    from dahash_index.train.workflow import labelled_features, oriented_features, split_scores
 
     checkpoint = load_checkpoint(args.model)
     seed = checkpoint.split_seed or 0

@@ -70,8 +70,14 @@ def main() -> None:
 
     import faiss
 
-    from indexes import add_codes, default_nlist, faiss_threads, hamming_topk, new_index
-    from indexes.ivf import TRAIN_POINTS_PER_LIST, default_nprobe, train_ivf
+    from dahash_index.indexes import (
+        add_codes,
+        default_nlist,
+        faiss_threads,
+        hamming_topk,
+        new_index,
+    )
+    from dahash_index.indexes.ivf import TRAIN_POINTS_PER_LIST, default_nprobe, train_ivf
 
     faiss_threads(args.threads)
     per_list = args.train_per_list or TRAIN_POINTS_PER_LIST

@@ -62,7 +62,7 @@ def window_bytes(cog: Path, windows: list[tuple[int, int, int, int]]) -> list[tu
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from dahash_index.scene_chips import ReadStats, open_scene, read_window
+    from dahash_index.sources.windows import ReadStats, open_scene, read_window
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -51,10 +51,10 @@ def main() -> None:
 
     import torch
 
-    from dahash_index.device_jpeg import decode_jpegs, defer_jpeg
-    from dahash_index.encoder import check_device
-    from dahash_index.images import decode_scene
-    from dahash_index.precision import default_precision
+    from dahash_index.model.encoder import check_device
+    from dahash_index.model.precision import default_precision
+    from dahash_index.scenes.decode import decode_scene
+    from dahash_index.scenes.device_jpeg import decode_jpegs, defer_jpeg
 
     device = check_device(args.device)
     files = sorted(args.data.glob("*/*.jpg"))
@@ -108,8 +108,8 @@ def _codes_and_features(model: Path, device, precision: str, images: list):
     """-> (codes (N, K/8) uint8, backbone features (N, 2048) on the CPU, scenes/s)."""
     import torch
 
-    from dahash_index.codes import hash_codes
-    from dahash_index.encoder import SceneEncoder
+    from dahash_index.model.codes import hash_codes
+    from dahash_index.model.encoder import SceneEncoder
 
     encoder = SceneEncoder.from_path(model, str(device), precision)
     size = encoder.batch_size

@@ -35,7 +35,8 @@ def codes_by_scene(index: Path) -> dict[tuple[str, str | None], bytes]:
 
 
 def timed_build(shards: Path, index: Path, model: Path, engine: str, batch_size: int) -> float:
-    from dahash_index.indexer import BuildOptions, build_index
+    from dahash_index.build.indexer import build_index
+    from dahash_index.build.job import BuildOptions
 
     shutil.rmtree(index, ignore_errors=True)
     start = time.perf_counter()
@@ -59,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads()  # as the CLI does: passive OpenMP waits
 
-    from dahash_index.pipeline import ray_runner
+    from dahash_index.build import ray_runner
 
     if args.ray_threads:
         ray_runner.CPU_THREADS = args.ray_threads
@@ -70,9 +71,9 @@ def main() -> None:
         scenes = sum(1 for p in shards.rglob("*") if p.is_file())
         model, model_name = args.model, str(args.model)
         if not model.is_file():
-            from dahash_index.backbones import load_backbone
-            from dahash_index.checkpoint import save_checkpoint
-            from dahash_index.network import dahash_net
+            from dahash_index.model.backbones import load_backbone
+            from dahash_index.model.checkpoint import save_checkpoint
+            from dahash_index.model.network import dahash_net
 
             model, model_name = tmp / "model.pt", "untrained 64-bit (no trained model found)"
             save_checkpoint(model, dahash_net(64), load_backbone().spec, [], 0, {})

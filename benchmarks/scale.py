@@ -63,7 +63,7 @@ TOP = 50
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
 def child_build(args: argparse.Namespace) -> None:
     """Commit every shard of one store and finalize it; print a JSON line of timings."""
-    from dahash_index.checkpoint import load_checkpoint
+    from dahash_index.model.checkpoint import load_checkpoint
     from dahash_index.store import IndexWriter, parts
 
     params = json.loads(Path(args.params).read_text())
@@ -98,7 +98,7 @@ def child_build(args: argparse.Namespace) -> None:
 def child_open(args: argparse.Namespace) -> None:
     """Time SceneIndex.open(mmap=True) + one query in this fresh process; print JSON."""
     t0 = time.perf_counter()
-    from dahash_index.api import SceneIndex
+    from dahash_index.query.scene_index import SceneIndex
 
     t1 = time.perf_counter()
     index = SceneIndex.open(args.index, mmap=True)
@@ -220,8 +220,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, root: Path) -> None:
-    import indexes
-    from dahash_index.api import SceneIndex
+    from dahash_index import indexes
+    from dahash_index.query.scene_index import SceneIndex
     from dahash_index.store import IndexReader
 
     lines: list[str] = []
@@ -239,9 +239,9 @@ def run(args: argparse.Namespace, root: Path) -> None:
     synth = distance_stats(as_words(sample), sample_cls, model.centres)
     queries, _ = model.draw(args.queries, 20_000)
 
-    from dahash_index.backbones import BackboneSpec
-    from dahash_index.checkpoint import save_checkpoint
-    from dahash_index.network import dahash_net
+    from dahash_index.model.backbones import BackboneSpec
+    from dahash_index.model.checkpoint import save_checkpoint
+    from dahash_index.model.network import dahash_net
 
     ckpt = root / "model.pt"
     if not ckpt.is_file():

@@ -47,10 +47,10 @@ def main() -> None:
 
     import faiss
 
-    from dahash_index.api import SceneIndex
-    from dahash_index.backbones import BackboneSpec
-    from dahash_index.checkpoint import load_checkpoint, save_checkpoint
-    from dahash_index.network import dahash_net
+    from dahash_index.model.backbones import BackboneSpec
+    from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
+    from dahash_index.model.network import dahash_net
+    from dahash_index.query.scene_index import SceneIndex
     from dahash_index.store import IndexWriter
 
     rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 from _common import REPO, UCMERCED, machine
 
-from dahash_index.api import SceneIndex
+from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader
 
 

@@ -32,11 +32,11 @@ def as_words(codes: np.ndarray) -> np.ndarray:
 
 def ucmerced_codes(model: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
     """The trained model's codes of every UC Merced scene: uint8 (N, 8), labels int (N,)."""
-    from dahash_index.checkpoint import load_checkpoint
-    from dahash_index.codes import hash_codes
-    from dahash_index.orientations import ORIENTATIONS
-    from trainer.evaluate import scene_outputs
-    from trainer.workflow import labelled_features, oriented_features
+    from dahash_index.model.checkpoint import load_checkpoint
+    from dahash_index.model.codes import hash_codes
+    from dahash_index.model.orientations import ORIENTATIONS
+    from dahash_index.train.evaluate import scene_outputs
+    from dahash_index.train.workflow import labelled_features, oriented_features
 
     checkpoint = load_checkpoint(model)
     if checkpoint.net_config.bits != BITS:

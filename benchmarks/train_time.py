@@ -26,10 +26,10 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
-    from trainer.data import split_per_class
-    from trainer.evaluate import needed_orientations, training_features
-    from trainer.train import preset, train_hash_net
-    from trainer.workflow import labelled_features, oriented_features
+    from dahash_index.train.data import split_per_class
+    from dahash_index.train.evaluate import needed_orientations, training_features
+    from dahash_index.train.train import preset, train_hash_net
+    from dahash_index.train.workflow import labelled_features, oriented_features
 
     backbone, data, features = labelled_features(UCMERCED, "tf2015", None, None)
     train_idx, _ = split_per_class(data.labels, args.seed)

@@ -1,4 +1,4 @@
-"""Durable local files: the one atomic-write helper, directory fsync, checksums, one-line errors."""
+"""Durable local files: the one atomic-write helper, directory fsync, checksums."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (its type name when the message is empty)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -115,7 +115,7 @@ def running_service(index: Path, env: dict[str, str], timeout: float = 120) -> I
 @pytest.fixture(scope="session")
 def tf2015_spec():
     """The spec of the real tf2015 backbone (loading it takes a couple of seconds)."""
-    from dahash_index.backbones import load_backbone
+    from dahash_index.model.backbones import load_backbone
 
     return load_backbone("tf2015").spec
 
@@ -123,8 +123,8 @@ def tf2015_spec():
 def _untrained_checkpoint(path: Path, spec, seed: int) -> Path:
     import torch
 
-    from dahash_index.checkpoint import save_checkpoint
-    from dahash_index.network import dahash_net
+    from dahash_index.model.checkpoint import save_checkpoint
+    from dahash_index.model.network import dahash_net
 
     torch.manual_seed(seed)
     save_checkpoint(path, dahash_net(64), spec, ["a", "b"], 0, {})
@@ -135,9 +135,9 @@ def _tiny_checkpoint(path: Path, bits: int, seed: int) -> Path:
     """A checkpoint on a stand-in backbone spec: for the store, never for encoding scenes."""
     import torch
 
-    from dahash_index.backbones import BackboneSpec
-    from dahash_index.checkpoint import save_checkpoint
-    from dahash_index.network import dahash_net
+    from dahash_index.model.backbones import BackboneSpec
+    from dahash_index.model.checkpoint import save_checkpoint
+    from dahash_index.model.network import dahash_net
 
     torch.manual_seed(seed)
     spec = BackboneSpec("tf2015", "0" * 64, (0.5,) * 3, (0.5,) * 3)
@@ -158,7 +158,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 def identity(checkpoint: Path):
     """The ModelIdentity of a checkpoint file, as the store receives it."""
-    from dahash_index.checkpoint import load_checkpoint
+    from dahash_index.model.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint).identity
 
@@ -174,7 +174,7 @@ def arithmetic_checkpoint(tmp_path_factory) -> Path:
     """An untrained 64-bit network on the tf2015 backbone, or on the ``random`` one (the same
     graph) where tf2015's weights are not installed: a GPU machine they cannot travel to.
     For tests of the encoding's arithmetic (devices, precisions), never of retrieval."""
-    from dahash_index.backbones import BackboneError, load_backbone
+    from dahash_index.model.backbones import BackboneError, load_backbone
 
     try:
         spec = load_backbone("tf2015").spec

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from dahash_index.backbones import (
+from dahash_index.model.backbones import (
     BackboneError,
     fid_helper_weights_path,
     image_to_tensor,
@@ -19,7 +19,7 @@ from dahash_index.backbones import (
     load_tf2015_state_dict,
     tf2015_inception_v3,
 )
-from dahash_index.inception import (
+from dahash_index.model.inception import (
     BasicConv2d,
     InceptionV3Features,
     tf2015_inception_v3_features,
@@ -80,7 +80,7 @@ def test_bad_image_array_refused():
 
 
 def test_unknown_backbone_and_missing_torchvision_weights(tmp_path):
-    with pytest.raises(BackboneError, match="unknown backbone"):
+    with pytest.raises(BackboneError, match="backbone must be one of tf2015, torchvision, random"):
         load_backbone("resnet")
     with pytest.raises(BackboneError, match="not found locally"):
         load_backbone("torchvision", str(tmp_path / "missing.pth"))
@@ -133,7 +133,7 @@ def test_mapped_weights_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch)
 
 
 def test_random_backbone_is_seeded_and_named_for_what_it_is():
-    from dahash_index.backbones import BACKBONES
+    from dahash_index.model.backbones import BACKBONES
 
     assert "random" in BACKBONES
     a, b = load_backbone("random"), load_backbone("random")

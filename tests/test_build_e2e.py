@@ -40,7 +40,7 @@ import pytest
 from conftest import UCMERCED, UCMERCED_TIF, cli_command, needs_ucmerced
 from PIL import Image
 
-from dahash_index.api import SceneIndex
+from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader, ModelMismatchError
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ from mosaic import ORIGIN, scene_pixels, write_mosaic
 from rasterio.transform import from_origin
 from test_build_e2e import assert_one_line_failure, save_scene
 
-from dahash_index.api import SceneIndex
-from dahash_index.chips import Tiling, parse_window, window_bounds
 from dahash_index.files import sha256_file
-from dahash_index.images import is_tiff
-from dahash_index.scene_chips import (
+from dahash_index.query.scene_index import SceneIndex
+from dahash_index.scenes.chips import Tiling, parse_window, window_bounds
+from dahash_index.scenes.scene import is_tiff
+from dahash_index.sources.shards import ShardReader
+from dahash_index.sources.windows import (
     ReadStats,
     SceneChip,
     SkippedChip,
@@ -29,7 +30,6 @@ from dahash_index.scene_chips import (
     read_window,
     tile_scenes,
 )
-from dahash_index.shards import ShardReader
 from dahash_index.store.layout import WINDOW_COLUMNS
 from dahash_index.store.lookup import LOOKUP_BATCH_ROWS
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dahash_index.codes import binarize, check_bits, hash_codes, pack_codes, unpack_codes
+from dahash_index.errors import check_bits
+from dahash_index.model.codes import binarize, hash_codes, pack_codes, unpack_codes
 
 
 @pytest.mark.parametrize("bits", [8, 16, 32, 48, 64])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data import DatasetError, scan_image_folder, split_per_class
+from dahash_index.train.data import DatasetError, scan_image_folder, split_per_class
 
 
 def _png(path: Path) -> None:

@@ -15,8 +15,19 @@ from conftest import UCMERCED
 from conftest import UCMERCED_TIF as TIF_SAMPLE
 from PIL import Image
 
-from dahash_index.backbones import image_to_tensor
-from dahash_index.device_jpeg import (
+from dahash_index.build.decode_pool import DecodePool, decode_for_index, defer_for_device
+from dahash_index.build.shared_images import discard_images, receive_images, share_images
+from dahash_index.model.backbones import image_to_tensor
+from dahash_index.model.encoder import check_device, default_batch_size
+from dahash_index.model.network_input import network_input, upload
+from dahash_index.model.precision import (
+    check_precision,
+    default_precision,
+    precision_scope,
+    round_to_tf32,
+)
+from dahash_index.scenes.decode import decode_scene
+from dahash_index.scenes.device_jpeg import (
     JpegHeader,
     decode_batch,
     decode_jpegs,
@@ -24,18 +35,8 @@ from dahash_index.device_jpeg import (
     device_decodable,
     jpeg_header,
 )
-from dahash_index.encoder import check_device, default_batch_size
-from dahash_index.images import SceneDecodeError, decode_scene
-from dahash_index.network_input import network_input, upload
-from dahash_index.precision import (
-    check_precision,
-    default_precision,
-    precision_scope,
-    round_to_tf32,
-)
-from dahash_index.shards import SceneBytes
-from dahash_index.shared_images import discard_images, receive_images, share_images
-from dahash_index.streaming import DecodePool, decode_for_index, defer_for_device
+from dahash_index.scenes.scene import SceneDecodeError
+from dahash_index.sources.shards import SceneBytes
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -400,8 +401,9 @@ def _jpeg_shard(root: Path) -> Path:
 
 def test_device_jpeg_build_equals_the_cpu_build_and_records_precision(
         tmp_path, arithmetic_checkpoint, run_cli):
-    from dahash_index.api import SceneIndex
-    from dahash_index.indexer import BuildOptions, build_index
+    from dahash_index.build.indexer import build_index
+    from dahash_index.build.job import BuildOptions
+    from dahash_index.query.scene_index import SceneIndex
     from dahash_index.store import IndexReader
 
     shards = _jpeg_shard(tmp_path)
@@ -455,7 +457,7 @@ def test_nvjpeg_stays_within_the_documented_tolerance():
 @pytest.mark.realdata
 @pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_gpu_codes_agree_with_the_cpus(arithmetic_checkpoint):
-    from dahash_index.encoder import SceneEncoder
+    from dahash_index.model.encoder import SceneEncoder
 
     files = sorted(UCMERCED.glob("*/*.jpg"))[::20]
     images = [decode_scene(p.read_bytes(), p.name)[0] for p in files]

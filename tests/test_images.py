@@ -1,4 +1,4 @@
-"""Tests for dahash_index.images: decoding scenes to RGB uint8 and their SceneInfo."""
+"""Tests for dahash_index.scenes.decode: decoding scenes to RGB uint8 and their SceneInfo."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
 
-from dahash_index.images import (
+from dahash_index.scenes.decode import decode_scene
+from dahash_index.scenes.scene import (
     DEFAULT_MAX_PIXELS,
     SCENE_SUFFIXES,
     SceneDecodeError,
     SceneInfo,
-    decode_scene,
     parse_bands,
     stretch_to_uint8,
 )

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from dahash_index.streaming import default_workers, prefetch
+from dahash_index.build.decode_pool import default_workers, prefetch
 
 
 def test_prefetch_keeps_order_and_reads_ahead():

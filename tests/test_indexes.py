@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dahash_index import files
-from indexes import (
+from dahash_index.indexes import (
     add_codes,
     default_nlist,
     default_nprobe,

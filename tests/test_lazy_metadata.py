@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dahash_index.backbones import BackboneSpec
-from dahash_index.checkpoint import load_checkpoint, save_checkpoint
-from dahash_index.network import dahash_net
+from dahash_index.model.backbones import BackboneSpec
+from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
+from dahash_index.model.network import dahash_net
 from dahash_index.store import IndexReader, IndexStoreError, IndexWriter, metadata_schema, parts
 from dahash_index.store import reader as reader_module
 

@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import (
+from dahash_index.train.losses import (
     BinaryBalanceLoss,
     DAHashLoss,
     IsometricQuantizationLoss,

@@ -17,16 +17,16 @@ from click.testing import CliRunner
 from conftest import UCMERCED, identity, needs_ucmerced
 
 from dahash_index import store
-from dahash_index.api import SceneIndex
-from dahash_index.merge import MergeReport, SceneKeys, merge_indexes, scene_digests
-from dahash_index.merge_cli import merge
+from dahash_index.cli.merge import merge
+from dahash_index.indexes import hamming_topk
+from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import (
     IndexReader,
     IndexStoreError,
     IndexWriter,
     ModelMismatchError,
 )
-from indexes import hamming_topk
+from dahash_index.store.merge import MergeReport, SceneKeys, merge_indexes, scene_digests
 
 # Interleaved between the halves: a merge in URL order would not reproduce the whole.
 NAMES = {"agricultural": 7, "airplane": 5, "baseball": 0, "beach": 9, "buildings": 6,

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from trainer.metrics import (
+from dahash_index.train.metrics import (
     average_precision,
     mean_average_precision,
     plot_pr_curves,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from dahash_index.network import (
+from dahash_index.model.network import (
     ChannelAttention,
     HashNet,
     NetConfig,

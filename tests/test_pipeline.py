@@ -18,21 +18,22 @@ from conftest import identity
 from PIL import Image
 from test_store import _full, shard_codes, shard_errors, shard_rows
 
-from dahash_index.indexer import BuildReport, _adopt_leftovers
-from dahash_index.network_input import network_input, upload
-from dahash_index.pipeline.runner import BuildJob, get_runner, skipped_line
-from dahash_index.pipeline.shard_stream import index_shard, stream_shards
-from dahash_index.pipeline.stages import (
+from dahash_index.build.decode_pool import DecodePool, decode_for_index
+from dahash_index.build.engines import get_runner
+from dahash_index.build.indexer import BuildReport, _adopt_leftovers
+from dahash_index.build.job import BuildEvents, BuildJob, BuildOptions
+from dahash_index.build.shard_stream import index_shard, stream_shards
+from dahash_index.build.stages import (
     ShardResult,
     ShardTask,
     plan_shards,
-    write_shard_result,
 )
-from dahash_index.scene_chips import SkippedChip
-from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReadError
+from dahash_index.build.worker import skipped_line
+from dahash_index.model.network_input import network_input, upload
+from dahash_index.sources.shards import SceneBytes, SceneError, Shard, ShardReadError
+from dahash_index.sources.windows import SkippedChip
 from dahash_index.store import IndexReader, IndexWriter, ModelMismatchError
 from dahash_index.store.staging import list_results, read_rows, write_result
-from dahash_index.streaming import DecodePool, decode_for_index
 
 
 class FakeEncoder:
@@ -174,7 +175,7 @@ class FakeReader:
         self.prints = prints
 
     def fingerprint(self, shard: Shard) -> str:
-        from dahash_index.shards import ShardReadError
+        from dahash_index.sources.shards import ShardReadError
 
         if self.prints[shard.name] == "unreachable":
             raise ShardReadError(f"shard {shard.url}: endpoint unreachable")
@@ -223,11 +224,13 @@ def _stage(writer: IndexWriter, shard: str, n: int, model=None, fingerprint: str
     first = 1000  # staged results carry no row ids: any codes will do
     task = ShardTask(Shard(shard, f"s3://bucket/{shard}", "dir"), fingerprint, False)
     result = ShardResult(shard_codes(first, n), shard_rows(shard, n), shard_errors(shard, 1))
-    return write_shard_result(writer.staging, model or writer_model(writer), task, result)
+    return write_result(writer.staging, model or writer_model(writer), task.shard.name,
+                        task.shard.url, task.fingerprint, result.codes, result.rows,
+                        result.errors)
 
 
 def writer_model(writer: IndexWriter):
-    from dahash_index.store import ModelIdentity
+    from dahash_index.model.identity import ModelIdentity
 
     return ModelIdentity.of_manifest(writer.manifest)
 
@@ -345,8 +348,8 @@ def test_a_kill_between_writing_and_adopting_leaves_nothing_visible(tmp_path, ck
 
 def test_the_local_runner_stages_every_shard(tmp_path, quick_checkpoint):
     """The local engine through the runner interface: scenes of two shards, one bad file."""
-    from dahash_index.checkpoint import load_checkpoint
-    from dahash_index.pipeline.runner import BuildEvents
+    from dahash_index.model.checkpoint import load_checkpoint
+    from dahash_index.sources.shards import ShardReader
 
     root = tmp_path / "shards"
     for shard, values in (("a", (10, 200)), ("b", (90,))):
@@ -355,7 +358,8 @@ def test_the_local_runner_stages_every_shard(tmp_path, quick_checkpoint):
             (root / shard / f"{v}.png").write_bytes(_png(v))
     (root / "b" / "broken.png").write_bytes(b"nope")
     checkpoint = load_checkpoint(quick_checkpoint)
-    job = BuildJob(checkpoint, str(root), tmp_path / "staging", workers=0, max_pixels=10**8)
+    job = BuildJob(BuildOptions(workers=0, max_pixels=10**8), checkpoint, ShardReader(str(root)),
+                   tmp_path / "staging")
     tasks = [ShardTask(Shard(s, str(root / s), "dir"), "fp", False) for s in ("a", "b")]
     staged, progress = [], []
     events = BuildEvents(lambda task, result: staged.append((task.shard.name, result)),

@@ -12,22 +12,22 @@ import pytest
 import torch
 from conftest import UCMERCED
 
-from dahash_index.backbones import BackboneSpec
-from dahash_index.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from dahash_index.codes import hash_codes
-from dahash_index.network import HashNet, NetConfig, dahash_net
-from dahash_index.orientations import orient
-from trainer.centres import (
+from dahash_index.model.backbones import BackboneSpec
+from dahash_index.model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from dahash_index.model.codes import hash_codes
+from dahash_index.model.network import HashNet, NetConfig, dahash_net
+from dahash_index.model.orientations import orient
+from dahash_index.train.centres import (
     CentreCodeError,
     balanced_random_codes,
     centre_codes,
     hadamard,
     min_pairwise_distance,
 )
-from trainer.data import novel_class_split
-from trainer.evaluate import distinct_codes_per_class, protocol_parts
-from trainer.losses import CentreLoss
-from trainer.train import TrainConfig, hash_outputs, preset, train_hash_net
+from dahash_index.train.data import novel_class_split
+from dahash_index.train.evaluate import distinct_codes_per_class, protocol_parts
+from dahash_index.train.losses import CentreLoss
+from dahash_index.train.train import TrainConfig, hash_outputs, preset, train_hash_net
 
 SPEC = BackboneSpec("tf2015", "0" * 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -285,10 +285,10 @@ def test_centre_codes_saved_in_the_checkpoint(tmp_path: Path):
 @pytest.mark.realdata
 @pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, capsys):
-    from dahash_index.backbones import image_to_tensor, load_backbone
-    from dahash_index.images import decode_scene
-    from trainer.data import scan_image_folder
-    from trainer.features import cached_features
+    from dahash_index.model.backbones import image_to_tensor, load_backbone
+    from dahash_index.scenes.decode import decode_scene
+    from dahash_index.train.data import scan_image_folder
+    from dahash_index.train.features import cached_features
 
     for name in ("beach", "forest"):
         (tmp_path / "data" / name).mkdir(parents=True)
@@ -316,7 +316,7 @@ def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, c
 
 
 def test_milan_variant_trains_for_its_published_length():
-    from trainer.evaluate import VARIANTS
+    from dahash_index.train.evaluate import VARIANTS
 
     milan = VARIANTS["MiLAN"](preset("dahash", steps=20, bits=32))
     assert milan.steps == 10_000 and milan.bits == 32 and milan.head == "milan"
@@ -326,7 +326,7 @@ def test_milan_variant_trains_for_its_published_length():
 def test_report_merge_keeps_earlier_runs(tmp_path):
     import json
 
-    from trainer.report import merge_previous
+    from dahash_index.train.report import merge_previous
 
     base = preset("dahash")
     run = {"map@20": 0.5}
@@ -355,10 +355,10 @@ def test_report_merge_keeps_earlier_runs(tmp_path):
 def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
     """Standardisation (and orientation averaging) in the SceneEncoder, the path of build and
     query, give the codes the trainer's evaluation computes from backbone features."""
-    from dahash_index.backbones import image_to_tensor
-    from dahash_index.encoder import SceneEncoder
-    from dahash_index.images import decode_scene
-    from trainer.evaluate import scene_outputs
+    from dahash_index.model.backbones import image_to_tensor
+    from dahash_index.model.encoder import SceneEncoder
+    from dahash_index.scenes.decode import decode_scene
+    from dahash_index.train.evaluate import scene_outputs
 
     paths = [sorted((UCMERCED / c).iterdir())[0] for c in ("beach", "forest", "harbor")]
     decoded = [decode_scene(p.read_bytes(), p.name)[0] for p in paths]
@@ -378,8 +378,8 @@ def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
 
 
 def test_presets_are_listed_from_the_shipped_files():
-    from dahash_index.cli import train
-    from trainer.train import list_presets
+    from dahash_index.cli.main import train
+    from dahash_index.train.train import list_presets
 
     assert list_presets() == ["dahash", "dahash-d4", "milan"]
     choices = next(p for p in train.params if p.name == "preset_name").type.choices
@@ -392,7 +392,7 @@ def test_presets_are_listed_from_the_shipped_files():
 
 
 def test_only_the_needed_orientations_are_extracted():
-    from trainer.evaluate import needed_orientations
+    from dahash_index.train.evaluate import needed_orientations
 
     base = TrainConfig()
     assert needed_orientations([base]) == ()

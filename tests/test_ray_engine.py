@@ -7,7 +7,7 @@
 - ``realdata``: UC Merced (2100 scenes, 21 class shards) built by both engines through the
   CLI: exactly the same (url, member) -> code mapping. Then 4 of its classes built through
   the Python API on a Ray started by the test (127.0.0.1, 2 CPUs, no dashboard) while an
-  encoder actor is killed in the middle of a shard (``DAHASH_INDEX_RAY_KILL_AFTER``): the
+  encoder actor is killed in the middle of a shard (an ``on_batch`` hook, ``ExitOnce``): the
   build completes with the same codes, no shard lost or doubled. The local reference is built
   once per module (minutes: the real backbone on 2100 scenes).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ import pytest
 from conftest import UCMERCED, needs_ucmerced
 from PIL import Image
 
-from dahash_index.indexer import BuildOptions, build_index
+from dahash_index.build.indexer import build_index
+from dahash_index.build.job import BuildOptions
 from dahash_index.store import IndexReader
 
 SceneKey = tuple[str, str | None]
@@ -34,6 +36,27 @@ SceneKey = tuple[str, str | None]
 @pytest.fixture(scope="module")
 def ray_module():
     return pytest.importorskip("ray", reason="ray not installed: pip install 'dahash-index[ray]'")
+
+
+class ExitOnce:
+    """An ``on_batch`` hook (it runs in the Ray actors): the first actor process to finish
+    its ``after``-th batch exits on the spot, once per marker file (of every actor and every
+    restart, the one that creates the marker wins), so a restarted actor does not die again."""
+
+    def __init__(self, after: int, marker: Path) -> None:
+        self.after = after
+        self.marker = marker
+        self.batches = 0
+
+    def __call__(self, scenes: int) -> None:
+        self.batches += 1
+        if self.batches != self.after:
+            return
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(1)
 
 
 def codes_by_scene(index: Path) -> dict[SceneKey, bytes]:
@@ -154,7 +177,9 @@ def ray_here(ray_module):
 @pytest.mark.realdata
 @needs_ucmerced
 def test_killed_encoder_loses_and_doubles_nothing(ray_here, local_reference, tmp_path,
-                                                  quick_checkpoint, monkeypatch):
+                                                  quick_checkpoint):
+    from ray import cloudpickle
+
     classes = sorted(p.name for p in UCMERCED.iterdir() if p.is_dir())[:4]
     shards = tmp_path / "shards"
     for name in classes:  # whole classes: the same batches as in the reference build
@@ -162,11 +187,12 @@ def test_killed_encoder_loses_and_doubles_nothing(ray_here, local_reference, tmp
         for scene in (UCMERCED / name).iterdir():
             (shards / name / scene.name).symlink_to(scene)
     marker = tmp_path / "killed"
-    # The first actor to start its 2nd shard exits after that shard's first batch.
-    monkeypatch.setenv("DAHASH_INDEX_RAY_KILL_AFTER", f"2:{marker}")
-
+    # Shards of 100 scenes in batches of 32 (4 batches): the first actor to finish its 5th
+    # batch, the first of its 2nd shard, exits in the middle of that shard.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
     report = build_index(str(shards), tmp_path / "I", quick_checkpoint,
-                         BuildOptions(engine="ray"), progress=False)
+                         BuildOptions(engine="ray", on_batch=ExitOnce(5, marker)),
+                         progress=False)
 
     assert marker.exists(), "no encoder was killed"
     assert report.failed == [] and report.shards_indexed == 4, report

@@ -26,8 +26,8 @@ import pytest
 from conftest import UCMERCED, UCMERCED_TIF, cli_command, needs_ucmerced
 from test_build_e2e import assert_one_line_failure, free_port, messages
 
-from dahash_index.api import SceneIndex
-from dahash_index.checkpoint import load_checkpoint
+from dahash_index.model.checkpoint import load_checkpoint
+from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader, IndexWriter, check_index
 
 pytestmark = needs_ucmerced
@@ -298,7 +298,7 @@ def test_a_second_build_waits_or_fails_with_a_hint(tmp_path, run_cli, quick_chec
 
 
 def test_reload_auto_sees_new_shards(tmp_path, run_cli, quick_checkpoint, monkeypatch):
-    import dahash_index.api as api
+    import dahash_index.query.scene_index as api
 
     shards, index = tmp_path / "shards", tmp_path / "I"
     copy_scenes(shards / "a", "beach", 2)
@@ -454,7 +454,7 @@ def test_enospc_while_committing(tmp_path, quick_checkpoint, monkeypatch):
     from click.testing import CliRunner
 
     import dahash_index.store.writer as writer_module
-    from dahash_index.cli import main
+    from dahash_index.cli.main import main
 
     shards, index = tmp_path / "shards", tmp_path / "I"
     for label in CLASSES:
@@ -500,7 +500,7 @@ def replace(src, dst):
     real_replace(src, dst)
 
 files.os.replace = replace
-from dahash_index.cli import main
+from dahash_index.cli.main import main
 sys.argv = ["dahash-index", *sys.argv[1:]]
 main()
 """
@@ -564,7 +564,7 @@ def test_decode_worker_dying(tmp_path, quick_checkpoint, cli_env):
 def test_reload_auto_keeps_answering_when_a_new_state_is_damaged(tmp_path, run_cli,
                                                                quick_checkpoint, monkeypatch,
                                                                caplog):
-    import dahash_index.api as api
+    import dahash_index.query.scene_index as api
 
     shards, index = tmp_path / "shards", tmp_path / "I"
     copy_scenes(shards / "a", "beach", 2)

@@ -1,4 +1,4 @@
-"""dahash_index.remote: one-line errors for local paths and fsspec URLs (offline: a local moto
+"""sources.remote: one-line errors for local paths and fsspec URLs (offline: a local moto
 S3 server, a port with nothing listening, hand-made exceptions)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from dahash_index.remote import (
+from dahash_index.sources.remote import (
     RemoteError,
     describe,
     is_transient,
@@ -155,7 +155,7 @@ def test_nothing_multiline_reaches_stderr(cli_env):
     script = textwrap.dedent(
         f"""
         import os
-        from dahash_index.remote import RemoteError, read_url
+        from dahash_index.sources.remote import RemoteError, read_url
         for url, creds in (("s3://b/a.jpg", True), ("s3://c/a.jpg", False)):
             if not creds:
                 del os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]

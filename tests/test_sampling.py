@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.sampling import (
+from dahash_index.train.sampling import (
     ClassBalancedSampler,
     RandomTripletSampler,
     batch_all_triplets,

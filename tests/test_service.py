@@ -19,13 +19,13 @@ from PIL import Image
 from starlette.testclient import TestClient
 from test_build_e2e import assert_one_line_failure, encoded, free_port, save_scene
 
-from dahash_index.api import SceneIndex
-from dahash_index.remote import RemoteError
-from dahash_index.service import thumbnails as thumbnails_module
-from dahash_index.service.app import ServiceSettings, create_app
-from dahash_index.service.batching import EncodeBatcher
-from dahash_index.service.scenes import COLUMNS, scene_json
-from dahash_index.shards import read_scene
+from dahash_index.query.scene_index import SceneIndex
+from dahash_index.serve import thumbnails as thumbnails_module
+from dahash_index.serve.app import ServiceSettings, create_app
+from dahash_index.serve.batching import EncodeBatcher
+from dahash_index.serve.scenes import COLUMNS, scene_json
+from dahash_index.sources.remote import RemoteError
+from dahash_index.sources.shards import read_scene
 
 SCENES = {"a/s0.jpg": 0, "a/s1.jpg": 1, "a/s2.png": 2, "b/t0.jpg": 3, "b/t1.jpg": 4}
 
@@ -421,7 +421,8 @@ def test_client_columns_are_the_metadata_schema():
 
 
 def test_query_server_imports_neither_torch_nor_faiss_nor_pyarrow():
-    code = ("import sys, dahash_index.cli, dahash_index.service.client, dahash_index.remote; "
+    code = ("import sys, dahash_index.cli.main, dahash_index.serve.client, "
+            "dahash_index.sources.remote; "
             "print(sorted(m for m in ('torch', 'faiss', 'pyarrow', 'rasterio') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -433,8 +434,9 @@ def test_a_local_jpeg_query_imports_no_torchvision_pandas_or_rasterio(built):
     """A new process's query pays for no import it does not need (the cold query's time):
     torchvision pulls in torch._dynamo, pyarrow's pa.array imports pandas, and rasterio is
     for TIFFs only."""
-    code = ("import sys; from dahash_index.cli import main; from dahash_index.api import "
-            f"SceneIndex; t = SceneIndex.open({str(built['index'])!r}).query("
+    code = ("import sys; from dahash_index.cli.main import main; "
+            "from dahash_index.query.scene_index import SceneIndex; "
+            f" t = SceneIndex.open({str(built['index'])!r}).query("
             f"[{str(built['shards'] / 'a' / 's0.jpg')!r}], top=3); assert t.num_rows == 3; "
             "t.to_pylist(); print(sorted(m for m in ('torchvision', 'pandas', 'rasterio') "
             "if m in sys.modules))")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dahash_index import files
-from indexes import (
+from dahash_index.indexes import (
     RowRanges,
     ShardedIndex,
     add_codes,

@@ -1,4 +1,4 @@
-"""Tests for dahash_index.shards: listing shards and streaming their scene bytes."""
+"""Tests for dahash_index.sources.shards: listing shards and streaming their scene bytes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import fsspec
 import pytest
 from conftest import DATASETS
 
-from dahash_index.shards import SceneBytes, SceneError, Shard, ShardReader
+from dahash_index.sources.shards import SceneBytes, SceneError, Shard, ShardReader
 
 MEM = fsspec.filesystem("memory")  # one process-wide store: every test uses its own root
 

@@ -20,7 +20,16 @@ import pytest
 from conftest import identity
 
 from dahash_index import files
-from dahash_index.backbones import sha256_file
+from dahash_index.indexes import (
+    add_codes,
+    hamming_topk,
+    is_mapped,
+    new_index,
+    nlist_of,
+    write_index,
+)
+from dahash_index.indexes.binary import as_ivf
+from dahash_index.model.backbones import sha256_file
 from dahash_index.store import (
     ERRORS_SCHEMA,
     FORMAT,
@@ -36,8 +45,6 @@ from dahash_index.store import (
     repair_index,
 )
 from dahash_index.store.layout import shard_files
-from indexes import add_codes, hamming_topk, is_mapped, new_index, nlist_of, write_index
-from indexes.binary import as_ivf
 
 # Distinct 16-bit codes, one per row id: search results then have exactly one row at distance 0.
 _POOL = np.random.default_rng(0).permutation(1 << 16).astype(">u2").view(np.uint8).reshape(-1, 2)

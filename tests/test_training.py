@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import UCMERCED
 
-from dahash_index.backbones import BackboneSpec
-from dahash_index.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dahash_index.cli import main
-from dahash_index.network import dahash_net
-from trainer.data import split_per_class
-from trainer.evaluate import VARIANTS, score_codes
-from trainer.workflow import train_command
+from dahash_index.cli.main import main
+from dahash_index.model.backbones import BackboneSpec
+from dahash_index.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dahash_index.model.network import dahash_net
+from dahash_index.train.data import split_per_class
+from dahash_index.train.evaluate import VARIANTS, score_codes
+from dahash_index.train.workflow import train_command
 
 needs_ucmerced = pytest.mark.skipif(
     not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"

@@ -51,7 +51,6 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     MODEL,
     IndexStoreError,
-    ModelIdentity,
     ModelMismatchError,
     metadata_schema,
 )
@@ -70,7 +69,6 @@ __all__ = [
     "IndexReader",
     "IndexStoreError",
     "IndexWriter",
-    "ModelIdentity",
     "ModelMismatchError",
     "check_index",
     "metadata_schema",

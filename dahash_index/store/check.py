@@ -19,7 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dahash_index.files import one_line, sha256_file
+from dahash_index.errors import one_line
+from dahash_index.files import sha256_file
+from dahash_index.indexes import load_index
+from dahash_index.indexes.binary import as_ivf
 from dahash_index.store.faiss_file import check_segment
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
@@ -35,8 +38,6 @@ from dahash_index.store.layout import (
 from dahash_index.store.lookup import LookupFile
 from dahash_index.store.parts import read_parquet, read_part
 from dahash_index.store.writer import IndexWriter
-from indexes import load_index
-from indexes.binary import as_ivf
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,7 @@ import faiss
 import numpy as np
 
 from dahash_index.files import atomic_write, fsync_dir
-from dahash_index.store.layout import (
-    MANIFEST,
-    SEGMENT_DIR,
-    IndexStoreError,
-    index_segments,
-    unreadable,
-)
-from dahash_index.store.parts import codes_from_arrow, read_part
-from indexes import (
+from dahash_index.indexes import (
     RowRanges,
     ShardedIndex,
     add_codes,
@@ -48,9 +40,17 @@ from indexes import (
     train_ivf,
     write_index,
 )
-from indexes.binary import as_ivf
-from indexes.ivf import MIN_POINTS_PER_CENTROID, TRAIN_POINTS_PER_LIST
-from indexes.sharded import Part
+from dahash_index.indexes.binary import as_ivf
+from dahash_index.indexes.ivf import MIN_POINTS_PER_CENTROID, TRAIN_POINTS_PER_LIST
+from dahash_index.indexes.sharded import Part
+from dahash_index.store.layout import (
+    MANIFEST,
+    SEGMENT_DIR,
+    IndexStoreError,
+    index_segments,
+    unreadable,
+)
+from dahash_index.store.parts import codes_from_arrow, read_part
 
 # Codes per segment file: 128 MiB (16.8 M rows at K = 64). Bounds the memory finalize needs
 # (about twice this), and gives a 100 M-row index 6 segments, which a query scans in parallel.

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 
-from dahash_index.files import one_line
-from indexes.binary import check_bits
-from indexes.registry import list_kinds
+from dahash_index.errors import check_bits, one_line
+from dahash_index.indexes.registry import list_kinds
+from dahash_index.model.identity import ModelIdentity, missing_model
 
 FORMAT = "dahash-index/3"
 # Read and upgraded in memory; written back as FORMAT. Format 2 lacks WINDOW_COLUMNS: its
@@ -72,27 +71,6 @@ def metadata_schema(bits: int) -> pa.Schema:
     )
 
 
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What the store needs to know of a model: its file's SHA-256, K and backbone.
-
-    ``path`` is the checkpoint file, read only to copy it into a new index (the copy is
-    checked against ``sha256``). ``Checkpoint.identity`` makes one from a loaded checkpoint,
-    ``ModelIdentity.of_manifest`` from an index.
-    """
-
-    sha256: str
-    bits: int
-    backbone: str
-    backbone_sha256: str
-    path: Path | None = None
-
-    @classmethod
-    def of_manifest(cls, manifest: Mapping, path: Path | None = None) -> ModelIdentity:
-        return cls(manifest["model_sha256"], manifest["bits"], manifest["backbone"],
-                   manifest["backbone_sha256"], path)
-
-
 class IndexStoreError(ValueError):
     """An index directory cannot be created, opened or read; the one-line message names it."""
 
@@ -110,13 +88,6 @@ def unreadable(directory: Path, rel: str, err: BaseException) -> IndexStoreError
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def missing_model(checkpoint_path: object) -> str:
-    return (
-        f"{checkpoint_path}: model checkpoint not found (train one with "
-        f"`dahash-index train --data DIR --out {checkpoint_path}`)"
-    )
 
 
 def model_sha256(checkpoint_path: str | os.PathLike) -> str:

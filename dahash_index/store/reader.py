@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from dahash_index.arrow_arrays import int_array
+from dahash_index.indexes import ShardedIndex
 from dahash_index.lru import BytesLru
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
@@ -33,7 +34,6 @@ from dahash_index.store.parts import (
     read_parquet,
     read_row_groups,
 )
-from indexes import ShardedIndex
 
 # Decoded row groups a reader keeps (shared with the readers ``reopen`` makes): hits looked up
 # again (a result page shown twice, a scene's thumbnail after its row) read nothing. Bounded
@@ -162,8 +162,8 @@ class IndexReader:
         A ``ShardedIndex`` (see ``store.faiss_file.faiss_index``): the finalized segments,
         memory-mapped when the reader was opened with ``mmap=True`` (a segment that lost
         retired rows is loaded instead), plus the shards committed since, indexed in memory
-        from their parts. ``indexes.nlist_of(index)`` is the IVF's nlist, None when nprobe does
-        not apply. After ``reopen``, segments and in-memory parts still valid are reused.
+        from their parts. ``indexes.nlist_of(index)`` is the IVF's nlist, None when nprobe
+        does not apply. After ``reopen``, segments and in-memory parts still valid are reused.
         """
         if self._index is None:
             self._index, _ = faiss_index(self.path, self._manifest, self._mmap, base=self._base)

@@ -30,7 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dahash_index.files import atomic_write, fsync_dir, one_line
+from dahash_index.errors import one_line
+from dahash_index.files import atomic_write, fsync_dir
+from dahash_index.indexes.binary import check_codes
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     METADATA_SCHEMA,
@@ -39,7 +41,6 @@ from dahash_index.store.layout import (
     with_window_columns,
 )
 from dahash_index.store.parts import codes_from_arrow, codes_to_arrow, conform, write_table
-from indexes.binary import check_codes
 
 STAGING = "staging"
 RESULT_FORMAT = "dahash-index-shard-result/1"

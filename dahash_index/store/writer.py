@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
+from dahash_index.indexes.binary import check_codes
 from dahash_index.store.directory import create_index_dir, lock_index_dir, remove_leftovers
 from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
 from dahash_index.store.layout import (
@@ -41,7 +42,6 @@ from dahash_index.store.staging import (
     read_rows,
     remove_result,
 )
-from indexes.binary import check_codes
 
 
 class IndexWriter:

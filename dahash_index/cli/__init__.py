@@ -1,0 +1,7 @@
+"""The ``dahash-index`` command line: ``main`` is the group; each module holds the commands of
+one job (``main``: train, eval, build, info, check; ``query``, ``merge``, ``serve``), and
+``options`` what they share."""
+
+from dahash_index.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,3 @@
+from dahash_index.cli import main
+
+main()

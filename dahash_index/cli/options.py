@@ -1,0 +1,75 @@
+"""What the commands of several modules share (``cli``, ``query_cli``, ``service.cli``):
+default locations, the one way to fail, and options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+HOME_HELP = "$DAHASH_INDEX_HOME (default ~/.dahash-index)"
+
+
+def home() -> Path:
+    return Path(os.environ.get("DAHASH_INDEX_HOME", Path.home() / ".dahash-index"))
+
+
+def default_model() -> Path:
+    return home() / "model.pt"
+
+
+def default_index() -> Path:
+    return home() / "index"
+
+
+def fail(err: Exception) -> None:
+    """The one way a command reports a failure: 'Error: <one line>' on stderr, exit 1."""
+    raise click.ClickException(" ".join(str(err).split()) or type(err).__name__) from err
+
+
+class LazyChoice(click.Choice):
+    """A choice among names that a registry gives, read at first use: the registries import
+    torch or FAISS, which a command that does not need them (``query --server``) must not
+    pay for, and FAISS must load after ``runtime.configure_threads``."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+def store_kinds() -> tuple[str, ...]:
+    """The kinds an index can be built as (``indexes.registry``, via the store's KINDS)."""
+    from dahash_index.store.layout import KINDS
+
+    return tuple(KINDS)
+
+
+def storage_options(pairs: tuple[str, ...], endpoint_url: str | None) -> dict:
+    """--storage-option pairs and --endpoint-url as fsspec storage options."""
+    from dahash_index.sources.remote import parse_storage_options
+
+    try:
+        return parse_storage_options(pairs, endpoint_url)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--storage-option") from None
+
+
+def storage_flags(command):
+    """--endpoint-url and --storage-option, shared by every command that reads URLs."""
+    command = click.option(
+        "--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE",
+        help="fsspec option for remote URLs, e.g. anon=true or requester_pays=true "
+             "(values are JSON when they parse).")(command)
+    return click.option(
+        "--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
+        help="S3-compatible endpoint for s3:// URLs (or $AWS_ENDPOINT_URL).")(command)

@@ -1,0 +1,180 @@
+"""The ``dahash-index query`` command (registered by ``dahash_index.cli.main``): a local query,
+or one through a running service (``--server``), printed the same way."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from dahash_index.cli.options import (
+    HOME_HELP,
+    default_index,
+    fail,
+    storage_flags,
+    storage_options,
+)
+
+
+@click.command(short_help="Find the scenes nearest to query images.")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help=f"Index directory [default: {HOME_HELP}/index].")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Refuse to answer unless the index was built with this checkpoint.")
+@click.option("--top", default=None, type=click.IntRange(min=1),
+              help="Hits per query [default: 50].")
+@click.option("--radius", type=click.IntRange(min=0), default=None,
+              help="Instead of --top: every hit within this Hamming distance.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists to visit (IVF indexes).")
+@click.option("--bands", default=None, metavar="R,G,B", help="Bands of multi-band queries.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit (JSON lines).")
+@click.option("--mmap", is_flag=True,
+              help="Map the index's codes from disk instead of reading them into memory "
+                   "(large indexes; processes on one machine share the pages).")
+@click.option("--server", default=None, metavar="URL",
+              help="Ask a running `dahash-index serve` at URL instead of opening the index "
+                   "(images are read here and uploaded; token from DAHASH_INDEX_TOKEN).")
+@click.option("--window", default=None, metavar="COL,ROW,W,H",
+              help="Query with this pixel window of each image only (a large TIFF is read "
+                   "window by window, by byte ranges when remote).")
+@click.option("--group-by", type=click.Choice(["scene"]), default=None,
+              help="Keep the best hit (chip) of each scene.")
+@storage_flags
+def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
+          window, group_by, endpoint_url, storage_pairs):
+    """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
+
+    Prints, per query, rank, Hamming distance, row id, scene URL and metadata; for a chip of
+    a large scene, its pixel window (window=COL,ROW,W,H) and WGS84 footprint. When the index
+    was built with --tile, a query image larger than its chips is cut the same way and its
+    chips are searched together (a hit's distance is that of the nearest chip).
+    """
+    if top is not None and radius is not None:
+        raise click.UsageError("give --top or --radius, not both")
+    if server is not None and (index_dir or model or mmap):
+        raise click.UsageError("--server answers from the service's index: no --index, "
+                               "--model or --mmap")
+    storage = storage_options(storage_pairs, endpoint_url)
+    try:
+        if server is not None:  # the service parses --bands: nothing heavy imported here
+            rows = _query_service(server, images, top, radius, nprobe, bands, storage, window,
+                                  group_by)
+        else:
+            from dahash_index.scenes.chips import parse_window
+            from dahash_index.scenes.scene import parse_bands
+
+            rows = _query_index(index_dir or default_index(), model, images, top, radius,
+                                nprobe, parse_bands(bands) if bands else None, mmap, storage,
+                                parse_window(window) if window else None, group_by)
+    except (ValueError, OSError, RuntimeError) as err:
+        fail(err)
+    failed = _print_hits(rows, images, as_json)
+    if server is None:
+        _exit_now(1 if failed else 0)
+    if failed:
+        sys.exit(1)
+
+
+def _exit_now(code: int) -> None:
+    """End a read-only command at once: a process that imported torch spends about half a
+    second tearing it down at exit (benchmarks/cold_query.py), for a query that is done.
+    Only for commands that hold nothing to write or close: the output is flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, storage,
+                 window=None, group_by=None) -> list[dict]:
+    from dahash_index.query.scene_index import SceneIndex
+
+    index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap,
+                            storage_options=storage)
+    if index.row_count == 0:
+        click.echo(f"Warning: {index_dir} holds no rows yet (dahash-index build --shards "
+                   f"DIR --index {index_dir})", err=True)
+    table = index.query(list(images), top=top, radius=radius, bands=bands, window=window,
+                        group_by=group_by)
+    return table.drop_columns(["code"]).to_pylist() if "code" in table.column_names \
+        else table.to_pylist()
+
+
+def _query_service(server, images, top, radius, nprobe, bands, storage, window, group_by
+                   ) -> list[dict]:
+    from dahash_index.serve.client import query_service
+    from dahash_index.sources.remote import RemoteError, read_url
+
+    uploads = []
+    for name in images:
+        try:
+            data = read_url(name, storage) if window is None else _window_png(
+                name, window, bands, storage)
+            uploads.append((name, data, None))
+        except (RemoteError, ValueError, OSError) as err:
+            uploads.append((name, None, str(err)))
+    # A window is cut here, by byte ranges for a TIFF, and uploaded as a PNG of the pixels the
+    # query reads: the service then has no need of the (maybe huge) whole file, nor its bands.
+    params = {"top": top, "radius": radius, "nprobe": nprobe,
+              "bands": bands if window is None else None, "group_by": group_by}
+    return query_service(server, uploads, params, os.environ.get("DAHASH_INDEX_TOKEN"))
+
+
+def _window_png(name: str, window: str, bands: str | None, storage: dict) -> bytes:
+    """The PNG of ``window`` of the image ``name`` as a local query reads it."""
+    import io
+
+    from PIL import Image
+
+    from dahash_index.query.inputs import window_pixels
+    from dahash_index.scenes.chips import parse_window
+    from dahash_index.scenes.scene import parse_bands
+
+    pixels = window_pixels(name, parse_window(window), parse_bands(bands) if bands else None,
+                           storage)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+WINDOW_KEYS = ("col_off", "row_off", "window_width", "window_height")
+
+
+def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
+    """Print the hits (or JSON lines) of query rows, and their errors on stderr; True when a
+    query failed."""
+    import json
+
+    failed = False
+    answered = set()
+    for row in rows:
+        answered.add(row["query"])
+        if row["error"] is not None:
+            failed = True
+            error = row["error"]
+            if not error.startswith(row["query_name"]):
+                error = f"{row['query_name']}: {error}"
+            click.echo(f"Error: {error}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps({k: v for k, v in row.items() if k != "error"}))
+            continue
+        if row["rank"] == 1:
+            click.echo(f"# {row['query_name']}")
+        name = f"{row['url']}[{row['member']}]" if row["member"] else row["url"]
+        extra = " ".join(f"{k}={row[k]}" for k in ("label", "width", "height", "crs")
+                         if row.get(k) is not None)
+        if row.get("col_off") is not None:
+            extra += " window=" + ",".join(str(row[k]) for k in WINDOW_KEYS)
+        if row.get("west") is not None:
+            extra += " wgs84=" + ",".join(f"{row[k]:.6f}" for k in ("west", "south", "east",
+                                                                    "north"))
+        click.echo(f"{row['rank']:>4} {row['distance']:>3} {row['row_id']:>8} {name} {extra}")
+    for number, name in enumerate(images):
+        if number not in answered and not as_json:
+            click.echo(f"# {name}: no hits")
+    return failed

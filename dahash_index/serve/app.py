@@ -1,0 +1,393 @@
+"""The service's ASGI app: JSON routes over one open ``SceneIndex``.
+
+Routes (every one behind the bearer token when one is set; the page alone also takes it as
+``/?token=...``, and sends it as a header from then on):
+
+    GET  /                     the search page (static HTML and JS, no build step)
+    GET  /docs                 the API (HTML rendered from /openapi.json, no script)
+    GET  /openapi.json         the API as OpenAPI 3.1 (``openapi.py``)
+    GET  /healthz              {"ok": true, "rows": N, "generation": G}
+    GET  /info                 the manifest's summary
+    GET  /scenes/{row_id}      one scene's metadata (404 for a row the index does not hold)
+    GET  /scenes/{row_id}/thumbnail?size=256
+                               a JPEG of that scene as the index saw it (bands, stretch),
+                               read from its own url; cached. 502 when it cannot be read
+    POST /query?top=50         images as multipart form field ``image`` (repeatable;
+         /query?radius=R       bands=R,G,B for multi-band ones; window=COL,ROW,W,H for a
+                               part of each; group_by=scene for the best chip a scene),
+                               or JSON {"codes": ["<hex of K/8 bytes>", ...]} or
+                               {"row_ids": [ROW_ID, ...]} (more like these) or, only
+                               with --allow-url-queries, {"urls": [URL, ...]} (fetched
+                               by the service); answers {"queries":
+                               [{"query": NAME, "hits": [HIT, ...]}, ...]}, each HIT rank,
+                               distance and the scene's metadata
+
+Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 403 (URL queries
+are off), 404, 413 (upload bytes or pixels above the limits), 422 (bad input: the message
+names the upload), 500 and 502 (never a traceback). No route reads a path or URL given by
+the request, except ``{"urls"}`` queries when the service was started to allow them:
+thumbnails come from row ids, and their files from the index's metadata.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import urllib.parse
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dahash_index.errors import is_int, one_line
+from dahash_index.query.scene_index import SceneIndex
+from dahash_index.scenes.chips import parse_window
+from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
+from dahash_index.serve.batching import EncodeBatcher
+from dahash_index.serve.openapi import docs_html, openapi_schema
+from dahash_index.serve.scenes import hit_json, scene_json
+from dahash_index.serve.thumbnails import SIZES, Thumbnails
+from dahash_index.sources.remote import describe, url_filesystem
+from dahash_index.store import IndexStoreError
+
+# A SceneDecodeError for an image above the pixel limit (images.check_pixels, _pillow_bomb).
+_TOO_MANY_PIXELS = re.compile(r"pixels, above the limit of \d+$")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """token: required as ``Authorization: Bearer <token>`` on every route when set.
+    max_upload_bytes: a request body above this gets 413. max_pixels: an image whose header
+    says more pixels gets 413 before it is decoded. max_images: images in one request.
+    max_hits: the largest ``top``. batch_window_s: how long an upload waits for those of
+    concurrent requests, to be encoded with them (``batching``). allow_url_queries: whether
+    ``POST /query`` fetches ``{"urls": [...]}`` itself (any path or URL the service can read,
+    with the index's storage options; at most max_upload_bytes each)."""
+
+    token: str | None = None
+    max_upload_bytes: int = 32 << 20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_images: int = 64
+    max_hits: int = 1000
+    batch_window_s: float = 0.005
+    allow_url_queries: bool = False
+
+
+class ServiceError(Exception):
+    """Answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> Starlette:
+    """The app answering from ``index`` (open it with ``reload="auto"`` to see new commits)."""
+    settings = settings or ServiceSettings()
+
+    async def healthz(request: Request) -> JSONResponse:
+        reader = index.reader
+        return JSONResponse({"ok": True, "rows": reader.row_count,
+                             "generation": reader.generation})
+
+    async def info(request: Request) -> JSONResponse:
+        m = index.reader.manifest
+        return JSONResponse({
+            "index": str(index.reader.path), "rows": m["row_count"], "shards": len(m["shards"]),
+            "errors": sum(e["error_count"] for e in m["shards"].values()),
+            "bits": m["bits"], "kind": m["kind"], "nlist": m["nlist"],
+            "generation": m["generation"], "model_sha256": m["model_sha256"],
+            "backbone": m["backbone"], "bands": m["extra"].get("bands"),
+            "updated": m["updated"],
+        })
+
+    batcher = EncodeBatcher(index, settings.batch_window_s, settings.max_images)
+    bands = index.reader.manifest["extra"].get("bands")
+    thumbnails = Thumbnails(tuple(bands) if bands else None, index.storage_options)
+
+    async def scene(request: Request) -> JSONResponse:
+        return JSONResponse(scene_json(_row(index, request.path_params["row_id"])))
+
+    async def thumbnail(request: Request) -> Response:
+        row = _row(index, request.path_params["row_id"])
+        size = _int_param(request, "size")
+        size = 256 if size is None else size
+        if not SIZES[0] <= size <= SIZES[1]:
+            raise ServiceError(422, f"size must be {SIZES[0]} .. {SIZES[1]}, got {size}")
+        try:
+            jpeg = await run_in_threadpool(thumbnails.get, row, size)
+        except (OSError, SceneDecodeError) as err:
+            raise ServiceError(502, f"scene {row['row_id']} cannot be shown: {one_line(err)}"
+                               ) from None
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
+    async def encode(images: list[bytes], names: list[str], bands, window
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        codes, owners, errors = await run_in_threadpool(batcher.encode, images, names, bands,
+                                                        settings.max_pixels, window)
+        if any(errors):
+            failed = [e for e in errors if e is not None]
+            status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
+            raise ServiceError(status, "; ".join(failed))
+        return codes, owners
+
+    async def query(request: Request) -> JSONResponse:
+        top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
+        if top is not None and radius is not None:
+            raise ServiceError(422, "give top or radius, not both")
+        if top is not None and not 1 <= top <= settings.max_hits:
+            raise ServiceError(422, f"top must be 1 .. {settings.max_hits}, got {top}")
+        bands, window = request.query_params.get("bands"), request.query_params.get("window")
+        group_by = request.query_params.get("group_by")
+        if group_by not in (None, "scene"):
+            raise ServiceError(422, f"group_by must be 'scene', got {group_by!r}")
+        try:
+            bands = parse_bands(bands) if bands is not None else None
+            window = parse_window(window) if window is not None else None
+        except ValueError as err:
+            raise ServiceError(422, one_line(err)) from None
+        owners = None
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            body = await _json_body(request)
+            if isinstance(body, dict) and "urls" in body:
+                if not settings.allow_url_queries:
+                    raise ServiceError(403, "URL queries are off: this service was started "
+                                            "without --allow-url-queries")
+                names = _urls_of(body["urls"], settings.max_images)
+                images = await run_in_threadpool(
+                    _fetch_all, names, index.storage_options, settings.max_upload_bytes)
+                codes, owners = await encode(images, names, bands, window)
+            else:
+                codes, names = _codes_of(body, index)
+        elif kind == "multipart/form-data":
+            images, names = await _uploads_of(request, settings.max_images)
+            codes, owners = await encode(images, names, bands, window)
+        else:
+            raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
+                                    "codes as application/json ({\"codes\": [hex, ...]})")
+        search = partial(index.query_codes, codes, top, radius, nprobe, names, owners, group_by)
+        try:
+            table = await run_in_threadpool(search)
+        except IndexStoreError:
+            raise
+        except ValueError as err:  # the search arguments (radius, nprobe)
+            raise ServiceError(422, one_line(err)) from None
+        rows = table.to_pylist()
+        answers = [{"query": name, "hits": []} for name in names]
+        for row in rows:
+            if row["rank"] is not None:
+                answers[row["query"]]["hits"].append(hit_json(row))
+        return JSONResponse({"queries": answers})
+
+    page = (Path(__file__).parent / "static" / "index.html").read_bytes()
+
+    async def home(request: Request) -> Response:
+        return Response(page, media_type="text/html")
+
+    schema = openapi_schema(settings.max_hits, settings.allow_url_queries)
+
+    async def docs(request: Request) -> HTMLResponse:
+        return HTMLResponse(docs_html(schema))
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(schema)
+
+    routes = [
+        Route("/", home),
+        Route("/docs", docs),
+        Route("/openapi.json", openapi),
+        Route("/healthz", healthz),
+        Route("/info", info),
+        Route("/scenes/{row_id}", scene),
+        Route("/scenes/{row_id}/thumbnail", thumbnail),
+        Route("/query", query, methods=["POST"]),
+    ]
+    handlers = {
+        ServiceError: _service_error,
+        HTTPException: _http_error,
+        IndexStoreError: _store_error,
+        Exception: _internal_error,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.add_middleware(_Guard, token=settings.token, max_bytes=settings.max_upload_bytes)
+    return app
+
+
+def _row(index: SceneIndex, text: str) -> dict:
+    """The metadata row of the row id ``text`` (a path parameter): 422 unless an integer,
+    404 unless a row the index holds."""
+    if not text.isdigit() or len(text) > 19:
+        raise ServiceError(422, f"row id {text!r} is not a non-negative integer")
+    try:
+        table = index.reader.metadata(np.array([int(text)], dtype=np.int64))
+    except ValueError as err:
+        if isinstance(err, IndexStoreError):
+            raise
+        raise ServiceError(404, f"row id {text} is not in this index") from None
+    return table.to_pylist()[0]
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if not re.fullmatch(r"-?\d{1,9}", text.strip()):
+        raise ServiceError(422, f"{name} must be an integer, got {text!r}")
+    return int(text)
+
+
+async def _json_body(request: Request) -> object:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ServiceError(422, "the body is not JSON") from None
+
+
+def _codes_of(body: object, index: SceneIndex) -> tuple[np.ndarray, list[str]]:
+    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i"); {"row_ids": [int, ...]}
+    -> the codes of those rows ("more like this"), names "scene ROW_ID"."""
+    if isinstance(body, dict) and "row_ids" in body:
+        return _codes_of_rows(index, body["row_ids"])
+    bits = index.bits
+    codes = body.get("codes") if isinstance(body, dict) else None
+    if not isinstance(codes, list) or not codes:
+        raise ServiceError(422, 'expected {"codes": [hex, ...]}, {"row_ids": [int, ...]} or '
+                                '{"urls": [url, ...]}, with at least one')
+    out = np.empty((len(codes), bits // 8), dtype=np.uint8)
+    for i, code in enumerate(codes):
+        if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
+            raise ServiceError(422, f"code {i} is not {bits // 4} hex digits ({bits} bits)")
+        out[i] = np.frombuffer(bytes.fromhex(code), dtype=np.uint8)
+    return out, [f"code {i}" for i in range(len(codes))]
+
+
+def _codes_of_rows(index: SceneIndex, row_ids: object) -> tuple[np.ndarray, list[str]]:
+    if not isinstance(row_ids, list) or not row_ids or not all(
+            is_int(r) and r >= 0 for r in row_ids):
+        raise ServiceError(422, "row_ids must be a list of at least one non-negative integer")
+    try:
+        table = index.reader.metadata(np.array(row_ids, dtype=np.int64), ["code"])
+    except ValueError as err:
+        if isinstance(err, IndexStoreError):
+            raise
+        raise ServiceError(404, one_line(err)) from None
+    codes = np.frombuffer(b"".join(table["code"].to_pylist()), dtype=np.uint8)
+    return codes.reshape(len(row_ids), index.bits // 8), [f"scene {r}" for r in row_ids]
+
+
+def _urls_of(urls: object, max_images: int) -> list[str]:
+    if not isinstance(urls, list) or not urls or not all(
+            isinstance(u, str) and u.strip() for u in urls):
+        raise ServiceError(422, "urls must be a list of at least one path or URL")
+    if len(urls) > max_images:
+        raise ServiceError(422, f"{len(urls)} urls, above the limit of {max_images}")
+    return urls
+
+
+def _fetch_all(urls: list[str], storage_options: dict | None, max_bytes: int) -> list[bytes]:
+    """The bytes at each of ``urls`` (``{"urls"}`` queries): 413 for one above ``max_bytes``,
+    422 naming the URL for one that cannot be read."""
+    images = []
+    for url in urls:
+        try:
+            fs, path = url_filesystem(url, storage_options)
+            with fs.open(path, "rb") as f:
+                data = f.read(max_bytes + 1)
+        except Exception as err:  # fsspec and object-store clients raise their own types
+            raise ServiceError(422, f"cannot read {describe(url, err)}") from None
+        if len(data) > max_bytes:
+            raise ServiceError(413, f"{url}: larger than the limit of {max_bytes} bytes")
+        images.append(data)
+    return images
+
+
+async def _uploads_of(request: Request, max_images: int) -> tuple[list[bytes], list[str]]:
+    """The form's ``image`` files -> (their bytes, their file names)."""
+    try:
+        form = await request.form(max_files=max_images, max_fields=max_images)
+    except HTTPException as err:  # Starlette's refusal of too many files or fields
+        raise ServiceError(422, err.detail) from None
+    files = [f for f in form.getlist("image") if not isinstance(f, str)]
+    if not files:
+        raise ServiceError(422, "no image: send one or more files in the form field 'image'")
+    images, names = [], []
+    for i, upload in enumerate(files):
+        images.append(await upload.read())
+        names.append(upload.filename or f"image {i}")
+    await form.close()
+    return images, names
+
+
+class _Guard:
+    """The bearer token (401 without it) and the body limit (413 from Content-Length, or as
+    soon as the bytes received pass it), before any route runs."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_bytes: int) -> None:
+        self.app, self.token, self.max_bytes = app, token, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is not None:
+            given = headers.get("authorization", "")
+            if scope["path"] == "/" and not given:  # a browser opening the page: ?token=
+                query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode()))
+                given = f"Bearer {query['token']}" if "token" in query else ""
+            expected = f"Bearer {self.token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                reason = "a bearer token is required" if not given else "wrong token"
+                response = JSONResponse({"error": reason}, 401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise ServiceError(413, _too_large_text(self.max_bytes))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large_text(max_bytes: int) -> str:
+    return f"the request is larger than the limit of {max_bytes} bytes"
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return JSONResponse({"error": _too_large_text(max_bytes)}, 413)
+
+
+async def _service_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, ServiceError)
+    return JSONResponse({"error": err.message}, err.status)
+
+
+async def _http_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, HTTPException)
+    return JSONResponse({"error": str(err.detail)}, err.status_code)
+
+
+async def _store_error(request: Request, err: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"the index cannot be read: {one_line(err)}"}, 500)
+
+
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"internal error: {one_line(err)}"}, 500)

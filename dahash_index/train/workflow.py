@@ -1,0 +1,192 @@
+"""What ``dahash-index train`` and ``dahash-index eval`` do, as plain functions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from dahash_index.errors import check_bits
+from dahash_index.model.backbones import load_backbone
+from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
+from dahash_index.model.codes import hash_codes
+from dahash_index.train.data import ImageFolder, scan_image_folder, split_per_class
+from dahash_index.train.evaluate import (
+    PROTOCOLS,
+    VARIANTS,
+    needed_orientations,
+    run_evaluation,
+    scene_outputs,
+    score_codes,
+    training_features,
+)
+from dahash_index.train.features import cached_features, dataset_fingerprint
+from dahash_index.train.report import merge_previous, write_report
+from dahash_index.train.train import TrainConfig, default_device, preset, train_hash_net
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['steps=3000', 'attention=single', 'margin=null'] -> typed dict (values parsed as JSON,
+    falling back to the raw string)."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def labelled_features(
+    data_dir: Path, backbone_name: str, backbone_weights: str | None, cache_dir: Path | None
+):
+    """(backbone, dataset restricted to readable scenes, features (N, 2048) float32)."""
+    data = scan_image_folder(data_dir)
+    # Extraction runs where the backbone is: the GPU when there is one.
+    backbone = load_backbone(backbone_name, backbone_weights).to(default_device())
+    features = cached_features(backbone, data, cache_dir)
+    if features.errors:
+        print(f"{len(features.errors)} unreadable scene(s) left out", flush=True)
+    readable = np.isin(np.asarray(data.paths), np.asarray(features.paths))
+    data = data.subset(readable)
+    if len(np.unique(data.labels)) < 2:
+        raise ValueError(f"{data_dir}: fewer than two classes have readable scenes")
+    return backbone, data, features.features
+
+
+def oriented_features(backbone, data: ImageFolder, cache_dir: Path | None,
+                      orientations: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """{k: features (N, C) float32} of every scene of ``data`` turned to orientation k, for k
+    in ``orientations`` (``dahash_index.model.orientations``); each orientation is cached on its
+    own and extracted only when its cache is missing."""
+    if not orientations:
+        return {}
+    fingerprint = dataset_fingerprint(data)
+    found = {}
+    for k in orientations:
+        result = cached_features(backbone, data, cache_dir, orientation=k,
+                                 fingerprint=fingerprint)
+        if result.paths != data.paths:
+            raise ValueError(f"{data.root}: orientation {k} could not read every scene "
+                             f"({len(result.errors)} failed)")
+        found[k] = result.features
+    return found
+
+
+def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int,
+                 oriented: dict | None = None) -> dict:
+    """mAP@20 / mAP@all (db order and tie-aware) of ``net`` on the seed's 60/40 split.
+
+    features (N, C); oriented: orientation -> (N, C), needed when the net codes the mean of 8
+    orientations.
+    """
+    train_idx, test_idx = split_per_class(data.labels, seed)
+    codes = hash_codes(scene_outputs(net, features, oriented, np.arange(len(features)),
+                                     net.config.average_orientations))
+    scores = score_codes(codes[train_idx], data.labels[train_idx], codes[test_idx],
+                         data.labels[test_idx])
+    return {k: scores[k] for k in ("map@20", "map@20_tie", "map@all", "map@all_tie")}
+
+
+def train_command(
+    data_dir: Path,
+    bits: int,
+    out: Path,
+    seed: int,
+    preset_name: str,
+    overrides: list[str],
+    backbone_name: str,
+    backbone_weights: str | None,
+    cache_dir: Path | None,
+) -> dict:
+    """Train on the train part of the seeded split, save the checkpoint, score the test part."""
+    config = preset(preset_name, bits=bits, **parse_overrides(overrides))
+    backbone, data, features = labelled_features(data_dir, backbone_name, backbone_weights,
+                                                 cache_dir)
+    train_idx, _ = split_per_class(data.labels, seed)
+    oriented = oriented_features(backbone, data, cache_dir, needed_orientations([config]))
+    train_features = training_features(features, oriented, train_idx, config)
+    trained = train_hash_net(train_features, data.labels[train_idx], config, seed)
+    scores = split_scores(trained.net, features, data, seed, oriented)
+    sha = save_checkpoint(out, trained.net, backbone.spec, data.classes, seed,
+                          config.to_dict() | {"preset": preset_name}, trained.centre_codes)
+    print(f"trained K={bits} in {trained.log[-1]['seconds']:.1f}s on {len(train_idx)} scenes "
+          f"({len(data.classes)} classes, weights of step {trained.best_step}); wrote {out} "
+          f"(sha256 {sha[:12]})")
+    print("test part: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return scores
+
+
+CORE_VARIANTS = ["full", "attention: none", "MiLAN"]
+
+
+def _variant_names(text: str) -> list[str]:
+    """'all', 'core' or comma-separated names of ``VARIANTS``."""
+    if text in ("all", "core"):
+        return list(VARIANTS) if text == "all" else CORE_VARIANTS
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    return names
+
+
+def eval_command(
+    data_dir: Path,
+    model: Path | None,
+    bits_list: list[int],
+    seeds: list[int],
+    variants: str,
+    out: Path,
+    cache_dir: Path | None,
+    command: str,
+    report: Path | None = None,
+    jobs: int = 1,
+    protocols: tuple[str, ...] = ("standard", "novel"),
+    novel_variants: str | None = None,
+    merge: bool = False,
+) -> Path:
+    """The full evaluation protocol; returns the report's path. With ``merge``, the results
+    already in ``out`` (same dataset, seeds and config) are kept and reported too."""
+    names = _variant_names(variants)
+    novel_names = _variant_names(novel_variants) if novel_variants else names
+    for bits in bits_list:  # before minutes of loading and training
+        check_bits(bits)
+    if not bits_list or not seeds:
+        raise ValueError("--bits and --seeds each need at least one value")
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise ValueError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
+    checkpoint = load_checkpoint(model) if model else None
+    if checkpoint:
+        config = dict(checkpoint.train_config)
+        config.pop("preset", None)
+        base = TrainConfig.from_dict(config)
+        backbone_name = checkpoint.backbone
+    else:
+        base, backbone_name = preset("dahash"), "tf2015"
+    backbone, data, features = labelled_features(data_dir, backbone_name, None, cache_dir)
+    configs = [VARIANTS[n](base) for n in set(names) | set(novel_names)]
+    if checkpoint and checkpoint.net_config.average_orientations:
+        configs.append(replace(base, average_orientations=True))
+    oriented = oriented_features(backbone, data, cache_dir, needed_orientations(configs))
+    extra = ""
+    if checkpoint:
+        checkpoint.check_backbone(backbone.spec)
+        scores = split_scores(checkpoint.build_net(), features, data,
+                              checkpoint.split_seed or 0, oriented)
+        extra = (f"The checkpoint `{model}` itself (K = {checkpoint.net_config.bits}, split "
+                 f"seed {checkpoint.split_seed}): "
+                 + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + ".")
+        print(extra)
+    results = run_evaluation(features, data.labels, base, bits_list, seeds, names, oriented,
+                             tuple(protocols), novel_names, jobs=jobs)
+    commands = [command]
+    if merge:
+        results, commands = merge_previous(results, out, command, data_dir.name, base, seeds)
+    return write_report(results, out, commands, data_dir.name, base, seeds, extra, report)
