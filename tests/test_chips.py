@@ -17,6 +17,7 @@ from mosaic import ORIGIN, scene_pixels, write_mosaic
 from rasterio.transform import from_origin
 from test_build_e2e import assert_one_line_failure, save_scene
 
+from dahash_index.columns import WINDOW_COLUMNS
 from dahash_index.files import sha256_file
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.scenes.chips import Tiling, parse_window, window_bounds
@@ -30,7 +31,6 @@ from dahash_index.sources.windows import (
     read_window,
     tile_scenes,
 )
-from dahash_index.store.layout import WINDOW_COLUMNS
 from dahash_index.store.lookup import LOOKUP_BATCH_ROWS
 
 # --- the grid and the footprints (hand-computed) -----------------------------------------------

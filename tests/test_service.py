@@ -19,11 +19,12 @@ from PIL import Image
 from starlette.testclient import TestClient
 from test_build_e2e import assert_one_line_failure, encoded, free_port, save_scene
 
+from dahash_index.columns import METADATA_COLUMNS
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.serve import thumbnails as thumbnails_module
 from dahash_index.serve.app import ServiceSettings, create_app
 from dahash_index.serve.batching import EncodeBatcher
-from dahash_index.serve.scenes import COLUMNS, scene_json
+from dahash_index.serve.scenes import scene_json
 from dahash_index.sources.remote import RemoteError
 from dahash_index.sources.shards import read_scene
 
@@ -417,7 +418,7 @@ def test_concurrent_uploads_are_encoded_together():
 def test_client_columns_are_the_metadata_schema():
     from dahash_index.store import METADATA_SCHEMA
 
-    assert COLUMNS == tuple(METADATA_SCHEMA.names)
+    assert METADATA_COLUMNS == tuple(METADATA_SCHEMA.names)
 
 
 def test_query_server_imports_neither_torch_nor_faiss_nor_pyarrow():

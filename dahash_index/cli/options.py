@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from dahash_index.errors import one_line
+
 HOME_HELP = "$DAHASH_INDEX_HOME (default ~/.dahash-index)"
 
 
@@ -26,7 +28,7 @@ def default_index() -> Path:
 
 def fail(err: Exception) -> None:
     """The one way a command reports a failure: 'Error: <one line>' on stderr, exit 1."""
-    raise click.ClickException(" ".join(str(err).split()) or type(err).__name__) from err
+    raise click.ClickException(one_line(err)) from err
 
 
 class LazyChoice(click.Choice):
@@ -62,6 +64,14 @@ def storage_options(pairs: tuple[str, ...], endpoint_url: str | None) -> dict:
         return parse_storage_options(pairs, endpoint_url)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--storage-option") from None
+
+
+def mmap_flag(command):
+    """--mmap/--no-mmap, the same for every command that opens an index (None: not given)."""
+    return click.option(
+        "--mmap/--no-mmap", default=None,
+        help="Memory-map the index's FAISS segments instead of reading them into memory "
+             "(large indexes; processes on one machine share the pages) [default: on].")(command)
 
 
 def storage_flags(command):

@@ -14,9 +14,11 @@ from dahash_index.cli.options import (
     HOME_HELP,
     default_index,
     fail,
+    mmap_flag,
     storage_flags,
     storage_options,
 )
+from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
 
 
 @click.command(short_help="Find the scenes nearest to query images.")
@@ -33,9 +35,7 @@ from dahash_index.cli.options import (
               help="IVF lists to visit (IVF indexes).")
 @click.option("--bands", default=None, metavar="R,G,B", help="Bands of multi-band queries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit (JSON lines).")
-@click.option("--mmap", is_flag=True,
-              help="Map the index's codes from disk instead of reading them into memory "
-                   "(large indexes; processes on one machine share the pages).")
+@mmap_flag
 @click.option("--server", default=None, metavar="URL",
               help="Ask a running `dahash-index serve` at URL instead of opening the index "
                    "(images are read here and uploaded; token from DAHASH_INDEX_TOKEN).")
@@ -56,7 +56,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
     """
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
-    if server is not None and (index_dir or model or mmap):
+    if server is not None and (index_dir or model or mmap is not None):
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model or --mmap")
     storage = storage_options(storage_pairs, endpoint_url)
@@ -69,7 +69,8 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
             from dahash_index.scenes.scene import parse_bands
 
             rows = _query_index(index_dir or default_index(), model, images, top, radius,
-                                nprobe, parse_bands(bands) if bands else None, mmap, storage,
+                                nprobe, parse_bands(bands) if bands else None,
+                                mmap is not False, storage,
                                 parse_window(window) if window else None, group_by)
     except (ValueError, OSError, RuntimeError) as err:
         fail(err)
@@ -141,9 +142,6 @@ def _window_png(name: str, window: str, bands: str | None, storage: dict) -> byt
     return out.getvalue()
 
 
-WINDOW_KEYS = ("col_off", "row_off", "window_width", "window_height")
-
-
 def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
     """Print the hits (or JSON lines) of query rows, and their errors on stderr; True when a
     query failed."""
@@ -169,10 +167,9 @@ def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
         extra = " ".join(f"{k}={row[k]}" for k in ("label", "width", "height", "crs")
                          if row.get(k) is not None)
         if row.get("col_off") is not None:
-            extra += " window=" + ",".join(str(row[k]) for k in WINDOW_KEYS)
+            extra += " window=" + ",".join(str(row[k]) for k in WINDOW_COLUMNS)
         if row.get("west") is not None:
-            extra += " wgs84=" + ",".join(f"{row[k]:.6f}" for k in ("west", "south", "east",
-                                                                    "north"))
+            extra += " wgs84=" + ",".join(f"{row[k]:.6f}" for k in WGS84_COLUMNS)
         click.echo(f"{row['rank']:>4} {row['distance']:>3} {row['row_id']:>8} {name} {extra}")
     for number, name in enumerate(images):
         if number not in answered and not as_json:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dahash_index.cli.options import storage_flags, storage_options
+from dahash_index.cli.options import mmap_flag, storage_flags, storage_options
 from dahash_index.errors import one_line
 
 
@@ -28,8 +28,7 @@ from dahash_index.errors import one_line
                    "build's limit, 50 million].")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
               help="IVF lists searched per query [default: the index's default].")
-@click.option("--mmap/--no-mmap", default=True, show_default=True,
-              help="Memory-map the FAISS segments instead of loading them.")
+@mmap_flag
 @click.option("--allow-url-queries", is_flag=True,
               help='Let POST /query take {"urls": [...]}: the service then reads any path or '
                    "URL it can reach for whoever may query it. Off by default.")
@@ -61,7 +60,8 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
 
     index_dir = index_dir or default_index()
     try:
-        index = SceneIndex.open(index_dir, model=model, mmap=mmap, nprobe=nprobe, reload="auto",
+        index = SceneIndex.open(index_dir, model=model, mmap=mmap is not False, nprobe=nprobe,
+                                reload="auto",
                                 storage_options=storage_options(storage_pairs, endpoint_url))
     except (ValueError, OSError) as err:
         raise click.ClickException(one_line(err)) from err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from dahash_index.columns import BOUNDS_COLUMNS, WGS84_COLUMNS, WINDOW_COLUMNS
 from dahash_index.serve.thumbnails import SIZES
 
 _ERROR = {"description": "an error", "content": {"application/json": {
@@ -107,14 +108,14 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
         "bands": {"type": "integer"}, "dtype": {"type": "string"},
         "crs": {"type": ["string", "null"]}, "datetime": {"type": ["string", "null"]},
         "bounds": bounds | {"properties": {k: _NUMBER_OR_NULL for k in
-                                           ("left", "bottom", "right", "top")}},
+                                           BOUNDS_COLUMNS}},
         "wgs84": bounds | {"properties": {k: _NUMBER_OR_NULL for k in
-                                          ("west", "south", "east", "north")}},
+                                          WGS84_COLUMNS}},
         "pixel_size": {"type": ["array", "null"], "items": {"type": "number"}},
         "window": {"type": ["object", "null"], "description": "a chip's pixel window in its "
                    "scene (build --tile); null for a whole scene",
                    "properties": {k: {"type": "integer"} for k in
-                                  ("col_off", "row_off", "window_width", "window_height")}},
+                                  WINDOW_COLUMNS}},
     }}
     schemas = {
         "Error": {"type": "object", "required": ["error"],

@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# store.layout.METADATA_SCHEMA's names, in order (a test pins them): the client that prints
-# hits imports neither pyarrow nor FAISS.
-COLUMNS = ("url", "shard", "member", "width", "height", "bands", "dtype", "label", "crs",
-           "left", "bottom", "right", "top", "west", "south", "east", "north", "pixel_size_x",
-           "pixel_size_y", "datetime", "col_off", "row_off", "window_width", "window_height")
+from dahash_index.columns import (
+    BOUNDS_COLUMNS,
+    METADATA_COLUMNS,
+    WGS84_COLUMNS,
+    WINDOW_COLUMNS,
+)
+
 # Metadata columns as they appear in a scene object; bounds and pixel size are grouped below.
 _PLAIN = ("row_id", "url", "member", "shard", "label", "width", "height", "bands", "dtype",
           "crs", "datetime")
-_BOUNDS = ("left", "bottom", "right", "top")
-_WGS84 = ("west", "south", "east", "north")
-_WINDOW = ("col_off", "row_off", "window_width", "window_height")
 
 
 def scene_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -24,11 +23,11 @@ def scene_json(row: Mapping[str, Any]) -> dict[str, Any]:
     when unknown, ``pixel_size`` as [x, y] or null, ``window`` (a chip's pixel window in its
     scene: col_off, row_off, window_width, window_height) or null for a whole scene."""
     out = {key: row.get(key) for key in _PLAIN}
-    out["bounds"] = _group(row, _BOUNDS)
-    out["wgs84"] = _group(row, _WGS84)
+    out["bounds"] = _group(row, BOUNDS_COLUMNS)
+    out["wgs84"] = _group(row, WGS84_COLUMNS)
     size = (row.get("pixel_size_x"), row.get("pixel_size_y"))
     out["pixel_size"] = None if None in size else list(size)
-    out["window"] = _group(row, _WINDOW)
+    out["window"] = _group(row, WINDOW_COLUMNS)
     return out
 
 
@@ -44,11 +43,11 @@ def hit_row(hit: Mapping[str, Any]) -> dict[str, Any]:
     wgs84 = hit.get("wgs84") or {}
     size = hit.get("pixel_size") or (None, None)
     window = hit.get("window") or {}
-    flat = {**{k: hit.get(k) for k in _PLAIN}, **{k: bounds.get(k) for k in _BOUNDS},
-            **{k: wgs84.get(k) for k in _WGS84}, "pixel_size_x": size[0],
-            "pixel_size_y": size[1], **{k: window.get(k) for k in _WINDOW}}
+    flat = {**{k: hit.get(k) for k in _PLAIN}, **{k: bounds.get(k) for k in BOUNDS_COLUMNS},
+            **{k: wgs84.get(k) for k in WGS84_COLUMNS}, "pixel_size_x": size[0],
+            "pixel_size_y": size[1], **{k: window.get(k) for k in WINDOW_COLUMNS}}
     return {"rank": hit["rank"], "distance": hit["distance"], "row_id": hit["row_id"],
-            **{key: flat[key] for key in COLUMNS}}
+            **{key: flat[key] for key in METADATA_COLUMNS}}
 
 
 def _group(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:

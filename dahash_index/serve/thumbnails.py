@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dahash_index.columns import WINDOW_COLUMNS
 from dahash_index.lru import BytesLru
 from dahash_index.scenes.decode import decode_scene
 from dahash_index.sources.shards import read_scene
@@ -62,7 +63,7 @@ class Thumbnails:
     def _chip(self, row: Mapping[str, Any], size: int) -> bytes:
         source = (read_scene(row["url"], row["member"], self.storage_options)
                   if row["member"] else row["url"])
-        window = tuple(row[k] for k in ("col_off", "row_off", "window_width", "window_height"))
+        window = tuple(row[k] for k in WINDOW_COLUMNS)
         with open_scene(source, self.storage_options) as ds:
             image, _ = read_window(ds, window, None, self.bands)
         return _jpeg(image, size)

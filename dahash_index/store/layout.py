@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from dahash_index.columns import (
+    BOUNDS_COLUMNS,
+    WGS84_COLUMNS,
+    WINDOW_COLUMNS,
+)
 from dahash_index.errors import check_bits, one_line
 from dahash_index.indexes.registry import list_kinds
 from dahash_index.model.identity import ModelIdentity, missing_model
@@ -37,17 +42,14 @@ METADATA_SCHEMA = pa.schema(
         pa.field("label", pa.string()),
         pa.field("crs", pa.string()),
         # bounds in the CRS's units, then in WGS84 degrees; pixel size in CRS units
-        *(pa.field(name, pa.float64()) for name in ("left", "bottom", "right", "top")),
-        *(pa.field(name, pa.float64()) for name in ("west", "south", "east", "north")),
+        *(pa.field(name, pa.float64()) for name in BOUNDS_COLUMNS + WGS84_COLUMNS),
         pa.field("pixel_size_x", pa.float64()),
         pa.field("pixel_size_y", pa.float64()),
         pa.field("datetime", pa.string()),
         # a chip's pixel window in its scene (``chips``); null for a whole scene
-        *(pa.field(name, pa.int32()) for name in ("col_off", "row_off", "window_width",
-                                                  "window_height")),
+        *(pa.field(name, pa.int32()) for name in WINDOW_COLUMNS),
     ]
 )
-WINDOW_COLUMNS = ("col_off", "row_off", "window_width", "window_height")
 
 ERRORS_SCHEMA = pa.schema(
     [
