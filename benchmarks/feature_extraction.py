@@ -27,6 +27,7 @@ def main() -> None:
     runtime.configure_threads(args.threads)
 
     from dahash_index.model.backbones import image_to_tensor, load_backbone
+    from dahash_index.model.encoder import BackboneEncoder
     from dahash_index.scenes.decode import decode_scene
     from dahash_index.train.data import scan_image_folder
     from dahash_index.train.features import extract_features
@@ -46,7 +47,8 @@ def main() -> None:
     bare = len(paths) / (time.perf_counter() - start)
 
     start = time.perf_counter()
-    extract_features(backbone, data.root, paths, batch_size=args.batch_size, progress=False)
+    extract_features(BackboneEncoder(backbone, "cpu"), data.root, paths,
+                     batch_size=args.batch_size, progress=False)
     project = len(paths) / (time.perf_counter() - start)
 
     print(f"machine: {machine()}; torch threads {args.threads}; {len(paths)} UC Merced scenes, "

@@ -13,9 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,26 +60,67 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def run_cli(cli_env):
-    """run_cli(*args, timeout=..., env=...) -> CompletedProcess (text) of ``dahash-index``."""
+@dataclass
+class CliResult:
+    """What a ``dahash-index`` run left: exit status and the two streams (text)."""
 
-    def run(*args: str, timeout: float = 600, env: dict | None = None, check: bool = False):
-        result = subprocess.run(
-            [*cli_command(), *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env or cli_env,
-        )
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _in_process(args: list[str], env: dict[str, str]) -> CliResult:
+    """``dahash-index ARGS`` in this process (click's CliRunner) with exactly ``env`` as the
+    environment; an exception the command lets out exits 1 with its traceback on stderr, as
+    the console script would."""
+    from click.testing import CliRunner
+
+    from dahash_index.cli import main
+
+    unset = {k: None for k in os.environ if k not in env}
+    result = CliRunner().invoke(main, args, env={**unset, **env}, catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return CliResult(result.exit_code, result.stdout, stderr)
+
+
+def _in_subprocess(args: list[str], env: dict[str, str], timeout: float) -> CliResult:
+    done = subprocess.run([*cli_command(), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def _cli_runner(cli_env: dict[str, str], process: bool):
+    def run(*args: object, timeout: float = 600, env: dict | None = None,
+            check: bool = False) -> CliResult:
+        argv = [str(a) for a in args]
+        result = (_in_subprocess(argv, env or cli_env, timeout) if process
+                  else _in_process(argv, env or cli_env))
         if check and result.returncode != 0:
             raise AssertionError(
-                f"dahash-index {' '.join(map(str, args))} exited {result.returncode}\n"
+                f"dahash-index {' '.join(argv)} exited {result.returncode}\n"
                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
             )
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_cli(cli_env):
+    """run_cli(*args, env=..., check=...) -> CliResult of ``dahash-index ARGS``, run in this
+    process (click's CliRunner): what the command prints and its exit status, without a new
+    interpreter and torch import per call."""
+    return _cli_runner(cli_env, process=False)
+
+
+@pytest.fixture(scope="session")
+def run_cli_process(cli_env):
+    """run_cli_process(*args, timeout=..., env=..., check=...) -> CliResult of the
+    ``dahash-index`` console script in a process of its own: for what only a process shows
+    (its exit at once, signals, imports, a cold start, concurrent writers)."""
+    return _cli_runner(cli_env, process=True)
 
 
 @contextlib.contextmanager

@@ -286,6 +286,7 @@ def test_centre_codes_saved_in_the_checkpoint(tmp_path: Path):
 @pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, capsys):
     from dahash_index.model.backbones import image_to_tensor, load_backbone
+    from dahash_index.model.encoder import BackboneEncoder
     from dahash_index.scenes.decode import decode_scene
     from dahash_index.train.data import scan_image_folder
     from dahash_index.train.features import cached_features
@@ -296,11 +297,12 @@ def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, c
             (tmp_path / "data" / name / scene.name).symlink_to(scene)
     data = scan_image_folder(tmp_path / "data")
     backbone = load_backbone("tf2015")
+    extractor = BackboneEncoder(backbone, "cpu")
     images = torch.stack([image_to_tensor(decode_scene((data.root / p).read_bytes(), p)[0])
                           for p in data.paths])
     cache = tmp_path / "cache"
     for k in (0, 1, 5):
-        cached = cached_features(backbone, data, cache, progress=False, orientation=k)
+        cached = cached_features(extractor, data, cache, progress=False, orientation=k)
         assert torch.allclose(torch.from_numpy(cached.features), backbone(orient(images, k)),
                               atol=1e-4)
     files = sorted(p.name for p in cache.iterdir())
@@ -309,7 +311,7 @@ def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, c
     o1 = next(cache.glob("*-o1.npz"))
     o5 = next(cache.glob("*-o5.npz"))
     o1.replace(o5)
-    rebuilt = cached_features(backbone, data, cache, progress=True, orientation=5)
+    rebuilt = cached_features(extractor, data, cache, progress=True, orientation=5)
     assert "does not match; rebuilding" in capsys.readouterr().err
     assert torch.allclose(torch.from_numpy(rebuilt.features), backbone(orient(images, 5)),
                           atol=1e-4)

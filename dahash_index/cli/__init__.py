@@ -2,6 +2,6 @@
 one job (``main``: train, eval, build, info, check; ``query``, ``merge``, ``serve``), and
 ``options`` what they share."""
 
-from dahash_index.cli.main import main
+from dahash_index.cli.main import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

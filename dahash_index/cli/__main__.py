@@ -1,3 +1,3 @@
-from dahash_index.cli import main
+from dahash_index.cli import run
 
-main()
+run()

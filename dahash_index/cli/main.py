@@ -18,6 +18,7 @@ import click
 from dahash_index import runtime
 from dahash_index.cli.merge import merge
 from dahash_index.cli.options import (
+    EXIT_AT_ONCE,
     HOME_HELP,
     LazyChoice,
     default_index,
@@ -379,5 +380,9 @@ main.add_command(query)  # commands kept in modules of their own
 main.add_command(merge)
 main.add_command(serve)
 
-if __name__ == "__main__":
-    main()
+
+def run() -> None:
+    """The ``dahash-index`` console script: ``main`` in a process of its own, which a
+    read-only command may end at once (``options.exit_now``). Tests call ``main`` in-process
+    (click's CliRunner), where nothing ends the process."""
+    main(obj={EXIT_AT_ONCE: True})

@@ -4,6 +4,7 @@ default locations, the one way to fail, and options."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,22 @@ def default_model() -> Path:
 
 def default_index() -> Path:
     return home() / "index"
+
+
+EXIT_AT_ONCE = "exit_at_once"  # in the root context's obj: the command runs in its own process
+
+
+def exit_now(code: int) -> None:
+    """End a read-only command at once: a process that imported torch spends about half a
+    second tearing it down at exit (benchmarks/cold_query.py), for a query that is done.
+    Only for commands that hold nothing to write or close: the output is flushed here. In a
+    process that is not the command's own (``cli.main.run`` says), an ordinary exit."""
+    if (click.get_current_context().find_root().obj or {}).get(EXIT_AT_ONCE):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
 
 
 def fail(err: Exception) -> None:

@@ -13,6 +13,7 @@ import click
 from dahash_index.cli.options import (
     HOME_HELP,
     default_index,
+    exit_now,
     fail,
     mmap_flag,
     storage_flags,
@@ -76,18 +77,9 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
         fail(err)
     failed = _print_hits(rows, images, as_json)
     if server is None:
-        _exit_now(1 if failed else 0)
+        exit_now(1 if failed else 0)
     if failed:
         sys.exit(1)
-
-
-def _exit_now(code: int) -> None:
-    """End a read-only command at once: a process that imported torch spends about half a
-    second tearing it down at exit (benchmarks/cold_query.py), for a query that is done.
-    Only for commands that hold nothing to write or close: the output is flushed here."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, storage,

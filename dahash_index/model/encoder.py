@@ -73,31 +73,62 @@ def backbone_features(backbone: InceptionBackbone, x: torch.Tensor, precision: s
     return total / len(orientations) if len(orientations) > 1 else total
 
 
-class SceneEncoder:
-    """Batched encoding: ``encode(images)`` with images a sequence of (H, W, 3) uint8 arrays or
-    tensors (any size, any device) -> codes (N, K/8) uint8. The backbone is the one the
-    checkpoint was trained on (checked by weights checksum).
+class BackboneEncoder:
+    """(H, W, 3) uint8 scenes -> pooled backbone features, on a device in a precision: the
+    first half of every encoding (``SceneEncoder`` for build and query; ``train.features``
+    for train and eval). Images go up in one copy (on their own CUDA stream, overlapping
+    the batch before), are resized there and run through the frozen backbone.
 
     device: "cpu", "cuda", ... (default: a GPU when there is one). precision: "fp32", "tf32"
     or "bf16" (default: ``precision.default_precision`` of the device).
+    """
+
+    def __init__(self, backbone: InceptionBackbone, device: str | None = None,
+                 precision: str | None = None) -> None:
+        self.device = check_device(device)
+        self.precision = check_precision(precision or default_precision(self.device))
+        self.backbone = backbone.to(self.device)
+        self.spec = backbone.spec
+        # Uploads on their own stream overlap the previous batch's compute.
+        self._copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        # One forward at a time: torch modules are safe to share, but interleaving two large
+        # batches on a small machine only thrashes the caches.
+        self.lock = threading.Lock()
+
+    @property
+    def batch_size(self) -> int:
+        """The default batch size for this device (``default_batch_size``)."""
+        return default_batch_size(self.device)
+
+    @torch.no_grad()
+    def features(self, images: Sequence[Image], orientations: Sequence[int] = (0,)
+                 ) -> torch.Tensor:
+        """(H, W, 3) uint8 images -> (N, 2048) float32 features on the device: the mean over
+        ``orientations`` of each image (``orientations.orient``)."""
+        x = network_input(upload(images, self.device, self._copies))
+        with self.lock:
+            return backbone_features(self.backbone, x, self.precision, orientations)
+
+
+class SceneEncoder:
+    """Batched encoding: ``encode(images)`` with images a sequence of (H, W, 3) uint8 arrays or
+    tensors (any size, any device) -> codes (N, K/8) uint8. The backbone is the one the
+    checkpoint was trained on (checked by weights checksum), run by a ``BackboneEncoder``.
+
+    device, precision: as ``BackboneEncoder``'s.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | None = None,
                  precision: str | None = None) -> None:
         self.checkpoint = checkpoint
         self.bits = checkpoint.net_config.bits
-        self.device = check_device(device)
-        self.precision = check_precision(precision or default_precision(self.device))
-        self.backbone = load_backbone(checkpoint.backbone).to(self.device)
-        checkpoint.check_backbone(self.backbone.spec)
+        self.extractor = BackboneEncoder(load_backbone(checkpoint.backbone), device, precision)
+        checkpoint.check_backbone(self.extractor.spec)
+        self.device = self.extractor.device
+        self.precision = self.extractor.precision
         self.net = checkpoint.build_net().to(self.device)
         self.orientations = (ORIENTATIONS if checkpoint.net_config.average_orientations
                              else (0,))
-        # Uploads on their own stream overlap the previous batch's compute.
-        self._copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        # One forward at a time: torch modules are safe to share, but interleaving two large
-        # batches on a small machine only thrashes the caches.
-        self._lock = threading.Lock()
 
     @classmethod
     def from_path(cls, path: str | Path, device: str | None = None,
@@ -107,21 +138,22 @@ class SceneEncoder:
     @property
     def batch_size(self) -> int:
         """The default batch size for this encoder's device (``default_batch_size``)."""
-        return default_batch_size(self.device)
+        return self.extractor.batch_size
 
-    @torch.no_grad()
+    @property
+    def backbone(self) -> InceptionBackbone:
+        return self.extractor.backbone
+
     def features(self, images: Sequence[Image]) -> torch.Tensor:
         """(H, W, 3) uint8 images -> (N, 2048) float32 backbone features on the device; for a
         model that codes the mean of a scene's 8 orientations, that mean (8 passes)."""
-        x = network_input(upload(images, self.device, self._copies))
-        with self._lock:
-            return backbone_features(self.backbone, x, self.precision, self.orientations)
+        return self.extractor.features(images, self.orientations)
 
     @torch.no_grad()
     def _launch(self, images: Sequence[Image]) -> torch.Tensor:
         """The hash network's outputs (N, K) on the device; on a GPU, still being computed."""
         features = self.features(images)
-        with self._lock:
+        with self.extractor.lock:
             return self.net(features)
 
     def encode(self, images: Sequence[Image], batch_size: int | None = None) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 The backbone is frozen and the attention acts on pooled channels, so training and
 evaluation never need to run it again (METHOD.md section 1). Extraction takes the build's
-path (``dahash_index.model.encoder``): uint8 scenes uploaded to the backbone's device (the GPU
-when there is one), resized there, run in the device's default precision. A cache file
+path (``model.encoder.BackboneEncoder``): uint8 scenes uploaded to the backbone's device (the
+GPU when there is one), resized there, run in the device's default precision. A cache file
 records the fingerprint of the files it was built from, the backbone's weights checksum and
 the precision; a cache whose record does not match is rebuilt, never used.
 """
@@ -22,11 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dahash_index.files import atomic_write
-from dahash_index.model.backbones import FEATURE_DIM, InceptionBackbone
-from dahash_index.model.encoder import backbone_features
-from dahash_index.model.network_input import network_input, upload
+from dahash_index.model.backbones import FEATURE_DIM
+from dahash_index.model.encoder import BackboneEncoder
 from dahash_index.model.orientations import check_orientation
-from dahash_index.model.precision import check_precision, default_precision
 from dahash_index.scenes.decode import decode_scene
 from dahash_index.scenes.scene import SceneDecodeError
 from dahash_index.train.data import ImageFolder
@@ -89,25 +87,21 @@ class FeatureSet:
 
 
 def extract_features(
-    backbone: InceptionBackbone,
+    extractor: BackboneEncoder,
     root: Path,
     paths: list[str],
     batch_size: int = 32,
     workers: int = 1,
     progress: bool = True,
     orientation: int = 0,
-    precision: str | None = None,
 ) -> FeatureSet:
     """Run the backbone over ``root / p`` for p in ``paths``, each scene turned to
     ``orientation`` (``dahash_index.model.orientations``) -> FeatureSet (bad files skipped).
 
     Decoding happens in ``workers`` background processes so it overlaps the forward pass.
     A file that cannot be decoded is reported on stderr in one line and left out.
-    precision: the backbone's arithmetic (default: the device's, ``precision``).
     """
     check_orientation(orientation)
-    device = next(backbone.parameters()).device
-    precision = check_precision(precision or default_precision(device))
     loader = DataLoader(
         _SceneFiles(root, paths),
         batch_size=batch_size,
@@ -128,9 +122,8 @@ def extract_features(
                 tqdm.write(f"skipped {reason}", file=sys.stderr)
         if good:
             index = [i for i, _ in good]
-            x = network_input(upload([x for _, x in good], device))
-            features[index] = backbone_features(backbone, x, precision,
-                                                (orientation,)).cpu().numpy()
+            features[index] = extractor.features([x for _, x in good],
+                                                 (orientation,)).cpu().numpy()
             ok[index] = True
         bar.update(len(batch))
     bar.close()
@@ -139,32 +132,31 @@ def extract_features(
 
 
 def cached_features(
-    backbone: InceptionBackbone,
+    extractor: BackboneEncoder,
     data: ImageFolder,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     orientation: int = 0,
     fingerprint: str | None = None,
-    precision: str | None = None,
 ) -> FeatureSet:
     """Features for every scene of ``data`` in one orientation, from the cache when it
-    matches, else extracted. ``fingerprint`` (``dataset_fingerprint(data)``) saves re-hashing
-    the files when the caller asks for several orientations. precision: the backbone's
-    arithmetic (default: its device's, ``precision``).
+    matches, else extracted by ``extractor`` (its device and precision). ``fingerprint``
+    (``dataset_fingerprint(data)``) saves re-hashing the files when the caller asks for
+    several orientations.
 
     The cache file is named by backbone, dataset fingerprint, orientation and precision, and
     also stores all four, so a renamed or stale file is detected by its content, not its name.
     """
     orientation = check_orientation(orientation)
-    precision = check_precision(
-        precision or default_precision(next(backbone.parameters()).device))
+    precision = extractor.precision
+    backbone = extractor.spec
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     fingerprint = fingerprint or dataset_fingerprint(data)
-    sha = backbone.spec.weights_sha256
+    sha = backbone.weights_sha256
     # orientation 0 and fp32 keep the names of caches from before the options existed
     suffix = (f"-o{orientation}" if orientation else "") + \
         (f"-{precision}" if precision != "fp32" else "")
-    path = cache_dir / f"{backbone.spec.name}-{sha[:12]}-{fingerprint[:16]}{suffix}.npz"
+    path = cache_dir / f"{backbone.name}-{sha[:12]}-{fingerprint[:16]}{suffix}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             if (
@@ -179,8 +171,8 @@ def cached_features(
                 return FeatureSet(f["features"], f["paths"].tolist(), errors)
         if progress:
             print(f"feature cache {path} does not match; rebuilding", file=sys.stderr)
-    result = extract_features(backbone, data.root, data.paths, progress=progress,
-                              orientation=orientation, precision=precision)
+    result = extract_features(extractor, data.root, data.paths, progress=progress,
+                              orientation=orientation)
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = dict(
         version=CACHE_VERSION,

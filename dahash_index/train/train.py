@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from dahash_index.errors import check_bits
 from dahash_index.model.codes import hash_codes
+from dahash_index.model.encoder import check_device
 from dahash_index.model.network import HashNet, NetConfig
 from dahash_index.model.orientations import AUGMENTATION_SETS
 from dahash_index.train import metrics
@@ -193,8 +194,8 @@ def _validation_score(net: HashNet, x_fit, y_fit, x_val, y_val) -> float:
 
 
 def default_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when there is a GPU, else the CPU (the encoders' default too)."""
+    return check_device(None)
 
 
 def train_hash_net(

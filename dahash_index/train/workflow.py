@@ -12,6 +12,7 @@ from dahash_index.errors import check_bits
 from dahash_index.model.backbones import load_backbone
 from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.codes import hash_codes
+from dahash_index.model.encoder import BackboneEncoder
 from dahash_index.train.data import ImageFolder, scan_image_folder, split_per_class
 from dahash_index.train.evaluate import (
     PROTOCOLS,
@@ -24,7 +25,7 @@ from dahash_index.train.evaluate import (
 )
 from dahash_index.train.features import cached_features, dataset_fingerprint
 from dahash_index.train.report import merge_previous, write_report
-from dahash_index.train.train import TrainConfig, default_device, preset, train_hash_net
+from dahash_index.train.train import TrainConfig, preset, train_hash_net
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -45,10 +46,10 @@ def parse_overrides(pairs: list[str]) -> dict:
 def labelled_features(
     data_dir: Path, backbone_name: str, backbone_weights: str | None, cache_dir: Path | None
 ):
-    """(backbone, dataset restricted to readable scenes, features (N, 2048) float32)."""
+    """(the backbone's encoder, dataset restricted to readable scenes, features (N, 2048)
+    float32). Extraction runs on the GPU when there is one."""
     data = scan_image_folder(data_dir)
-    # Extraction runs where the backbone is: the GPU when there is one.
-    backbone = load_backbone(backbone_name, backbone_weights).to(default_device())
+    backbone = BackboneEncoder(load_backbone(backbone_name, backbone_weights))
     features = cached_features(backbone, data, cache_dir)
     if features.errors:
         print(f"{len(features.errors)} unreadable scene(s) left out", flush=True)
@@ -59,7 +60,7 @@ def labelled_features(
     return backbone, data, features.features
 
 
-def oriented_features(backbone, data: ImageFolder, cache_dir: Path | None,
+def oriented_features(backbone: BackboneEncoder, data: ImageFolder, cache_dir: Path | None,
                       orientations: tuple[int, ...]) -> dict[int, np.ndarray]:
     """{k: features (N, C) float32} of every scene of ``data`` turned to orientation k, for k
     in ``orientations`` (``dahash_index.model.orientations``); each orientation is cached on its
