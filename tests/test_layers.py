@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dahash_index"
 
-CORE = {"__init__", "errors", "registry", "files", "runtime", "arrow_arrays", "lru"}
+CORE = {"__init__", "errors", "registry", "files", "runtime", "arrow_arrays", "lru", "columns"}
 # layer -> the layers it may import (besides itself and the core modules).
 ALLOWED = {
     "core": set(),

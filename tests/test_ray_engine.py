@@ -119,7 +119,8 @@ def test_cli_ray_engine_matches_local_on_synthetic_scenes(ray_module, tmp_path, 
     assert not list((tmp_path / "R" / "staging").glob("*.result"))
 
 
-def test_missing_ray_is_one_line_with_the_pip_hint(tmp_path, quick_checkpoint, run_cli, cli_env):
+def test_missing_ray_is_one_line_with_the_pip_hint(tmp_path, quick_checkpoint, run_cli_process,
+                                                   cli_env):
     hidden = tmp_path / "no-ray" / "ray"
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
@@ -127,8 +128,9 @@ def test_missing_ray_is_one_line_with_the_pip_hint(tmp_path, quick_checkpoint, r
     env = {**cli_env, "PYTHONPATH": os.pathsep.join(
         [str(hidden.parent), *filter(None, [cli_env.get("PYTHONPATH")])])}
 
-    result = run_cli("build", "--shards", tmp_path / "shards", "--index", tmp_path / "I",
-                     "--model", quick_checkpoint, "--engine", "ray", env=env)
+    result = run_cli_process("build", "--shards", tmp_path / "shards", "--index",
+                             tmp_path / "I", "--model", quick_checkpoint, "--engine", "ray",
+                             env=env)
 
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]

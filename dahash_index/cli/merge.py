@@ -12,7 +12,7 @@ from dahash_index.errors import one_line
 
 @click.command(short_help="Merge indexes built apart with the same model into one.")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("dahash_index.indexes", nargs=-1, required=True, metavar="INDEX...",
+@click.argument("indexes", nargs=-1, required=True, metavar="INDEX...",
                 type=click.Path(file_okay=False, path_type=Path))
 @click.option("--kind", type=LazyChoice(store_kinds), default=None,
               help="FAISS binary index of OUT [default: OUT's kind, else the first INDEX's].")
