@@ -486,7 +486,7 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
     )
     assert f"{index} holds 3 rows" in result.stdout and "0 error(s)" in result.stdout
     reader = IndexReader.open(index)
-    assert reader.manifest["extra"] == {"bands": [3, 2, 1]}
+    assert reader.manifest.extra == {"bands": [3, 2, 1]}
     rows = {Path(r["url"]).name: r for r in reader.metadata().to_pylist()}
     assert sorted(rows) == sorted(GEOTIFFS)
     for name, (width, height, (a, _, c, _, e, f), _, tags) in GEOTIFFS.items():
@@ -753,10 +753,10 @@ def s3_index(tmp_path_factory, ucmerced_s3, trained_model, s3_endpoint, cli_env,
 @needs_ucmerced
 def test_s3_build_killed_and_resumed_indexes_every_scene_once(s3_index):
     killed = s3_index["killed"]
-    k = len(killed["manifest"]["shards"])
+    k = len(killed["manifest"].shards)
     # The killed build left a consistent index: whole shards only, rows == metadata == FAISS.
     assert 3 <= k < N_CLASSES
-    assert killed["manifest"]["row_count"] == k * PER_CLASS == killed["metadata_rows"]
+    assert killed["manifest"].row_count == k * PER_CLASS == killed["metadata_rows"]
     assert killed["faiss_total"] == k * PER_CLASS
     assert (
         killed["info"].returncode == 0
@@ -780,16 +780,16 @@ def test_s3_build_killed_and_resumed_indexes_every_scene_once(s3_index):
     meta = reader.metadata()
     m = reader.manifest
     total = N_CLASSES * PER_CLASS
-    assert m["row_count"] == meta.num_rows == total == reader.faiss_index().ntotal
+    assert m.row_count == meta.num_rows == total == reader.faiss_index().ntotal
     assert meta["row_id"].to_pylist() == list(range(total))  # contiguous, no duplicates
     scenes = list(zip(meta["url"].to_pylist(), meta["member"].to_pylist(), strict=True))
     assert len(set(scenes)) == total  # every scene indexed exactly once
-    assert set(m["shards"]) == {f"{s3_index['url']}/{c}.tar" for c in s3_index["classes"]}
-    assert {e["name"] for e in m["shards"].values()} == {f"{c}.tar" for c in s3_index["classes"]}
-    assert all(e["rows"] == PER_CLASS and e["error_count"] == 0 for e in m["shards"].values())
+    assert set(m.shards) == {f"{s3_index['url']}/{c}.tar" for c in s3_index["classes"]}
+    assert {e.name for e in m.shards.values()} == {f"{c}.tar" for c in s3_index["classes"]}
+    assert all(e.rows == PER_CLASS and e.error_count == 0 for e in m.shards.values())
     # The shards committed before the kill are untouched by the resume.
-    for name, entry in killed["manifest"]["shards"].items():
-        assert m["shards"][name] == entry
+    for name, entry in killed["manifest"].shards.items():
+        assert m.shards[name] == entry
     assert Counter(meta["label"].to_pylist()) == {c: PER_CLASS for c in s3_index["classes"]}
     for url, member, label in zip(
         meta["url"].to_pylist(), meta["member"].to_pylist(), meta["label"].to_pylist(), strict=True
@@ -797,11 +797,11 @@ def test_s3_build_killed_and_resumed_indexes_every_scene_once(s3_index):
         assert url == f"{s3_index['url']}/{label}.tar" and member.startswith(f"{label}/")
     assert reader.errors().num_rows == 0
     # No leftovers of the interrupted commit survive the resume.
-    referenced = {e[k] for e in m["shards"].values() for k in ("part", "errors")}
+    referenced = {getattr(e, k) for e in m.shards.values() for k in ("part", "errors")}
     on_disk = {f"{d}/{p.name}" for d in ("parts", "errors") for p in (index / d).iterdir()}
     assert on_disk == referenced
     assert not list(index.glob("*.tmp")) and [p.name for p in index.glob("*.faiss")] == [
-        m["index_file"]
+        m.index_file
     ]
 
 

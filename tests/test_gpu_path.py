@@ -422,7 +422,7 @@ def test_device_jpeg_build_equals_the_cpu_build_and_records_precision(
     errors = readers["deferred"].errors().to_pylist()
     assert len(errors) == 1 and errors[0]["url"].endswith("corrupt.jpg")
     assert "truncated or corrupt JPEG" in errors[0]["reason"]
-    precisions = {name: {e["precision"] for e in r.manifest["shards"].values()}
+    precisions = {name: {e.precision for e in r.manifest.shards.values()}
                   for name, r in readers.items()}
     assert precisions == {"cpu": {"fp32"}, "deferred": {"fp32"}, "tf32": {"tf32"}}
     info = run_cli("info", str(tmp_path / "tf32"), check=True)

@@ -62,7 +62,7 @@ def rows_of(shard: str, n: int) -> list[dict]:
 
 def commit(writer: IndexWriter, shard: str, n: int, group_rows: int | None,
            monkeypatch: pytest.MonkeyPatch) -> None:
-    first = writer.manifest["next_row_id"]
+    first = writer.manifest.next_row_id
     codes = (np.arange(first, first + n, dtype=">u2").view(np.uint8).reshape(n, 2))
     with monkeypatch.context() as m:
         if group_rows is not None:
@@ -106,7 +106,7 @@ def parquet_index(tmp_path, model, monkeypatch) -> Path:
 def full_read(reader: IndexReader, ids: np.ndarray, columns: list[str]) -> pa.Table:
     """The reference: every part read whole, the rows taken (the reader before it was lazy)."""
     manifest = reader.manifest
-    tables = [parts.read_part(reader.path, manifest, key) for key in manifest["shards"]]
+    tables = [parts.read_part(reader.path, manifest, key) for key in manifest.shards]
     table = pa.concat_tables(tables).select(columns)
     all_ids = table["row_id"].to_numpy() if "row_id" in columns else reader.row_ids()
     position = np.searchsorted(all_ids, np.maximum(ids, 0))
@@ -145,11 +145,11 @@ class ReadLog:
 def expected_groups(reader: IndexReader, ids: np.ndarray) -> set[tuple[str, int]]:
     """The (part, row group) pairs that hold ``ids``, from the files' own footers."""
     out = set()
-    for entry in reader.manifest["shards"].values():
-        sizes = [g.num_rows for g in _row_groups(reader.path / entry["part"])]
-        starts = entry["first_row"] + np.concatenate([[0], np.cumsum(sizes)])
+    for entry in reader.manifest.shards.values():
+        sizes = [g.num_rows for g in _row_groups(reader.path / entry.part)]
+        starts = entry.first_row + np.concatenate([[0], np.cumsum(sizes)])
         for row in ids[(ids >= starts[0]) & (ids < starts[-1])]:
-            out.add((entry["part"], int(np.searchsorted(starts, row, side="right") - 1)))
+            out.add((entry.part, int(np.searchsorted(starts, row, side="right") - 1)))
     return out
 
 
@@ -160,7 +160,7 @@ def _row_groups(path: Path) -> list:
 
 def test_parts_have_the_row_groups_asked_for(index):
     reader = IndexReader.open(index)
-    counts = [len(_row_groups(index / e["part"])) for e in reader.manifest["shards"].values()]
+    counts = [len(_row_groups(index / e.part)) for e in reader.manifest.shards.values()]
     assert counts[0] == 5 and counts[1] == 1 and counts[3] == 3 and counts[5] == 5
 
 
@@ -195,12 +195,12 @@ def test_edge_inputs_equal_a_full_read(index):
 def test_all_rows_equal_a_full_read(index):
     reader = IndexReader.open(index)
     manifest = reader.manifest
-    full = pa.concat_tables([parts.read_part(index, manifest, k) for k in manifest["shards"]])
+    full = pa.concat_tables([parts.read_part(index, manifest, k) for k in manifest.shards])
     assert reader.metadata().equals(full.select([c for c in ALL_COLUMNS if c != "code"]))
     assert reader.metadata(columns=["code", "url"]).equals(full.select(["code", "url"]))
     np.testing.assert_array_equal(reader.row_ids(), full["row_id"].to_numpy())
     np.testing.assert_array_equal(reader.codes(), parts.codes_from_arrow(full["code"], 2))
-    ids, codes = parts.read_codes(index, manifest, list(manifest["shards"]))
+    ids, codes = parts.read_codes(index, manifest, list(manifest.shards))
     np.testing.assert_array_equal(ids, reader.row_ids())
     np.testing.assert_array_equal(codes, reader.codes())
 
@@ -243,7 +243,7 @@ def test_only_the_row_groups_holding_the_ids_are_read(parquet_index, monkeypatch
     assert {columns for _, _, columns in log.calls} == {("url", "label")}
     # Only the footers of the parts that hold the ids were read.
     holding = {rel for rel, _ in expected_groups(reader, ids)}
-    keys = {e["part"]: k for k, e in reader.manifest["shards"].items()}
+    keys = {e.part: k for k, e in reader.manifest.shards.items()}
     assert set(log.footers) == {keys[rel] for rel in holding}
 
 
@@ -293,30 +293,30 @@ def test_part_without_statistics_checks_ids_when_read(parquet_index, monkeypatch
     a part swapped for another of the same size is still refused."""
     reader = IndexReader.open(parquet_index)
     manifest = reader.manifest
-    entries = list(manifest["shards"].values())
+    entries = list(manifest.shards.values())
     s0, s5 = entries[0], entries[5]
-    table = pq.read_table(parquet_index / s0["part"])
-    pq.write_table(table, parquet_index / s0["part"], row_group_size=5, write_statistics=False)
+    table = pq.read_table(parquet_index / s0.part)
+    pq.write_table(table, parquet_index / s0.part, row_group_size=5, write_statistics=False)
     fresh = IndexReader.open(parquet_index)
     assert_same(fresh.metadata(np.array([7, 1, -1])),
                 full_read(fresh, np.array([7, 1, -1]), [c for c in ALL_COLUMNS if c != "code"]))
     # Now a part of another shard's ids, same size, no statistics.
     swapped = table.set_column(0, table.schema.field("row_id"),
                                pa.array(np.arange(100, 123, dtype=np.int64)))
-    pq.write_table(swapped, parquet_index / s0["part"], row_group_size=5, write_statistics=False)
+    pq.write_table(swapped, parquet_index / s0.part, row_group_size=5, write_statistics=False)
     with pytest.raises(IndexStoreError, match="row ids are not 0..22"):
         IndexReader.open(parquet_index).metadata(np.array([7]))
     # With statistics, the footer alone shows it, when the part is first needed.
-    pq.write_table(swapped, parquet_index / s0["part"], row_group_size=5)
+    pq.write_table(swapped, parquet_index / s0.part, row_group_size=5)
     fresh = IndexReader.open(parquet_index)
-    assert fresh.metadata(np.array([s5["first_row"]]), ["url"]).num_rows == 1
+    assert fresh.metadata(np.array([s5.first_row]), ["url"]).num_rows == 1
     with pytest.raises(IndexStoreError, match="row ids are not 0..22"):
         fresh.metadata(np.array([7]))
 
 
 def test_damaged_footer_is_named(parquet_index):
     reader = IndexReader.open(parquet_index)
-    rel = reader.manifest["shards"]["s3://bucket/s3"]["part"]
+    rel = reader.manifest.shards["s3://bucket/s3"].part
     data = (parquet_index / rel).read_bytes()
     (parquet_index / rel).write_bytes(data[:-20])
     fresh = IndexReader.open(parquet_index)

@@ -93,9 +93,9 @@ def contents(index: Path) -> tuple:
     """What a reader sees: shard entries (less file names and times), metadata, codes, errors."""
     r = IndexReader.open(index)
     m = r.manifest
-    entries = [(url, {k: e[k] for k in ("name", "fingerprint", "first_row", "rows",
-                                         "error_count")}) for url, e in m["shards"].items()]
-    return (entries, m["row_count"], r.metadata().to_pylist(), r.codes().tolist(),
+    entries = [(url, {k: getattr(e, k) for k in ("name", "fingerprint", "first_row", "rows",
+                                         "error_count")}) for url, e in m.shards.items()]
+    return (entries, m.row_count, r.metadata().to_pylist(), r.codes().tolist(),
             r.errors().to_pylist())
 
 
@@ -125,10 +125,10 @@ def test_merged_halves_answer_as_the_whole(tmp_path, halves, order):
         np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(merged.row_ids(), full.row_ids())
     np.testing.assert_array_equal(merged.codes(), full.codes())
-    assert merged.manifest["index_file"] is not None  # finalized
+    assert merged.manifest.index_file is not None  # finalized
     m = merged.manifest
-    assert [e["name"] for e in m["shards"].values()] == sorted(NAMES)
-    assert m["model_sha256"] == full.model_sha256
+    assert [e.name for e in m.shards.values()] == sorted(NAMES)
+    assert m.model_sha256 == full.model_sha256
     assert merged.errors().num_rows == full.errors().num_rows
     assert store.check_index(out).ok
 
@@ -199,7 +199,7 @@ def test_a_scene_in_two_inputs_is_kept_once(tmp_path, ckpts):
     assert meta["url"].to_pylist() == [f"s3://x/region1/airplane/{i}.jpg" for i in range(6)]
     assert set(meta["shard"].to_pylist()) == {"airplane"}
     assert r.errors().num_rows == 1
-    assert [e["rows"] for e in r.manifest["shards"].values()] == [6, 0]
+    assert [e.rows for e in r.manifest.shards.values()] == [6, 0]
     # Scenes already in OUT are dropped too (and a rerun finds nothing to do).
     assert merge_indexes(out, [a, b], progress=False).scenes_dropped == 0
 
@@ -231,8 +231,8 @@ def test_a_shard_in_two_inputs_is_taken_once(tmp_path, ckpts, capsys):
     line = report.warnings[0]
     assert "s3://x/forest" in line and str(a) in line and "\n" not in line
     assert f"Warning: {line}" in capsys.readouterr().err
-    entry = IndexReader.open(tmp_path / "out2").manifest["shards"]["s3://x/forest"]
-    assert (entry["rows"], entry["fingerprint"]) == (4, "forest-4")
+    entry = IndexReader.open(tmp_path / "out2").manifest.shards["s3://x/forest"]
+    assert (entry.rows, entry.fingerprint) == (4, "forest-4")
 
     # OUT's version is kept too: nothing OUT holds is lost.
     report = merge_indexes(tmp_path / "out2", [a], progress=False)
@@ -305,12 +305,12 @@ def test_refuses_other_bands(tmp_path, ckpts):
         merge_indexes(tmp_path / "out", [a, b], progress=False)
     assert "\n" not in str(err.value)
     merge_indexes(tmp_path / "out", [a], progress=False)
-    assert IndexReader.open(tmp_path / "out").manifest["extra"] == {"bands": [3, 2, 1]}
+    assert IndexReader.open(tmp_path / "out").manifest.extra == {"bands": [3, 2, 1]}
 
 
 def test_refuses_a_damaged_part(tmp_path, ckpts):
     a = build(tmp_path / "a", ckpts["a"], "s3://a", {"forest": 2, "beach": 3})
-    part = a / IndexReader.open(a).manifest["shards"]["s3://a/forest"]["part"]
+    part = a / IndexReader.open(a).manifest.shards["s3://a/forest"].part
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0xFF
     part.write_bytes(bytes(data))
@@ -366,7 +366,7 @@ def test_kind_and_nlist(tmp_path, halves):
     out = tmp_path / "out"
     merge_indexes(out, [halves["a"], halves["b"]], kind="ivf", nlist=2, progress=False)
     m = IndexReader.open(out).manifest
-    assert (m["kind"], m["nlist"]) == ("ivf", 2)
+    assert (m.kind, m.nlist) == ("ivf", 2)
     # Too few codes to train an IVF: searched exactly, so the answers are the whole's.
     assert answers(out, ALL_CODES, 8) == answers(halves["all"], ALL_CODES, 8)
     # OUT's kind is kept when none is given.

@@ -32,7 +32,7 @@ from dahash_index.build.worker import skipped_line
 from dahash_index.model.network_input import network_input, upload
 from dahash_index.sources.shards import SceneBytes, SceneError, Shard, ShardReadError
 from dahash_index.sources.windows import SkippedChip
-from dahash_index.store import IndexReader, IndexWriter, ModelMismatchError
+from dahash_index.store import IndexReader, IndexWriter, ModelMismatchError, ShardEntry
 from dahash_index.store.staging import list_results, read_rows, write_result
 
 
@@ -184,9 +184,10 @@ class FakeReader:
 
 class FakeWriter:
     def __init__(self, entries: dict[str, dict]) -> None:
-        self.entries = entries
+        self.entries = {url: ShardEntry(url, part="p", errors="e", first_row=0, **e)
+                        for url, e in entries.items()}
 
-    def entry(self, url: str) -> dict | None:
+    def entry(self, url: str) -> ShardEntry | None:
         return self.entries.get(url)
 
 
@@ -253,7 +254,7 @@ def test_adoption_assigns_row_ids_and_removes_the_result(tmp_path, ckpts):
     assert reader.metadata().to_pylist()[2] | {"row_id": None} == (
         {"row_id": None} | _full(shard_rows("s0", 3)[0]))
     assert reader.errors().num_rows == 2
-    assert reader.manifest["shards"]["s3://bucket/s0"]["fingerprint"] == "fp"
+    assert reader.manifest.shards["s3://bucket/s0"].fingerprint == "fp"
 
 
 def test_adopting_a_changed_shard_replaces_its_rows(tmp_path, ckpts):
@@ -261,7 +262,7 @@ def test_adopting_a_changed_shard_replaces_its_rows(tmp_path, ckpts):
         writer.adopt(_stage(writer, "s0", 3))
         writer.adopt(_stage(writer, "s0", 2, fingerprint="fp2"))
         m = writer.manifest
-    assert m["row_count"] == 2 and m["shards"]["s3://bucket/s0"]["first_row"] == 3
+    assert m.row_count == 2 and m.shards["s3://bucket/s0"].first_row == 3
 
 
 def test_a_result_of_another_model_is_refused(tmp_path, ckpts):
@@ -273,7 +274,7 @@ def test_a_result_of_another_model_is_refused(tmp_path, ckpts):
                             None, np.zeros((1, 8), np.uint8), shard_rows("s1", 1), [])
         with pytest.raises(ModelMismatchError, match=r"\(64 bits\)"):
             writer.adopt(wide)
-        assert writer.manifest["row_count"] == 0
+        assert writer.manifest.row_count == 0
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         write_result(tmp_path, identity(ckpts["a"]), "s", "u", None,
                      np.zeros((1, 8), np.uint8), shard_rows("s", 1), [])
@@ -294,7 +295,7 @@ def test_leftovers_of_an_interrupted_build_are_adopted_or_dropped(tmp_path, ckpt
         assert (report.shards_indexed, report.scenes, report.errors) == (1, 3, 1)
         assert len(warnings) == 1 and "not adopted" in warnings[0]
         assert list_results(writer.staging) == []
-        assert list(writer.manifest["shards"]) == ["s3://bucket/s0"]
+        assert list(writer.manifest.shards) == ["s3://bucket/s0"]
 
 
 _KILLED_WORKER = """
@@ -331,7 +332,7 @@ def test_a_kill_between_writing_and_adopting_leaves_nothing_visible(tmp_path, ck
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     reader = IndexReader.open(index)
-    assert list(reader.manifest["shards"]) == ["s3://bucket/s0"] and reader.row_count == 2
+    assert list(reader.manifest.shards) == ["s3://bucket/s0"] and reader.row_count == 2
     leftovers = sorted(p.name.split("-")[0] for p in (index / "staging").iterdir())
     with IndexWriter.open(index, identity(ckpts["a"])) as writer:
         results = list_results(writer.staging)

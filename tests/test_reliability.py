@@ -67,7 +67,7 @@ def assert_index_holds(index: Path, expected: dict[str, int]) -> IndexReader:
     assert report.ok, [str(d) for d in report.damage]
     reader = IndexReader.open(index)
     m = reader.manifest
-    assert {url: e["rows"] for url, e in m["shards"].items()} == expected
+    assert {url: e.rows for url, e in m.shards.items()} == expected
     meta = reader.metadata()
     assert meta.num_rows == sum(expected.values())
     keys = list(zip(meta["url"].to_pylist(), meta["member"].to_pylist(), strict=True))
@@ -200,11 +200,11 @@ def test_parameters_of_an_index_without_rows_are_not_binding(tmp_path, run_cli,
     (shards / "bad").mkdir(parents=True)
     (shards / "bad" / "x.jpg").write_bytes(b"not a jpeg")
     build(run_cli, shards, index, quick_checkpoint, "--kind", "ivf", check=True)
-    assert IndexReader.open(index).manifest["kind"] == "ivf"  # 0 rows so far
+    assert IndexReader.open(index).manifest.kind == "ivf"  # 0 rows so far
     shutil.rmtree(shards / "bad")
     copy_scenes(shards / "good", "beach", 2)
     build(run_cli, shards, index, quick_checkpoint, check=True)  # flat now: allowed
-    assert IndexReader.open(index).manifest["kind"] == "flat"
+    assert IndexReader.open(index).manifest.kind == "flat"
 
 
 # --- 4. remote URLs: one line each ----------------------------------------------------------
@@ -366,7 +366,7 @@ def test_damaged_part_fails_info_and_check_and_repair_rebuilds_it(tmp_path, run_
     copy_scenes(shards / "b", "forest", 3)
     build(run_cli, shards, index, quick_checkpoint, check=True)
     assert "ok: " in run_cli("check", index, check=True).stdout
-    part = index / IndexReader.open(index).manifest["shards"][str(shards / "b")]["part"]
+    part = index / IndexReader.open(index).manifest.shards[str(shards / "b")].part
     part.write_bytes(part.read_bytes()[:-200])  # truncated
 
     info = run_cli("info", index)
@@ -433,7 +433,7 @@ def test_s3_server_stopping_mid_shard(tmp_path, run_cli, quick_checkpoint, cli_e
     assert "could not be read and were not indexed" in err
     failures = [m for m in messages(err) if m.startswith("Error: shard s3://stops/shards/")]
     assert failures and all("cannot connect to endpoint" in m for m in failures), err
-    committed = IndexReader.open(index).manifest["shards"]
+    committed = IndexReader.open(index).manifest.shards
     assert 1 <= len(committed) < len(CLASSES)
     assert_index_holds(index, {url: 8 for url in committed})  # every committed shard whole
 
@@ -573,7 +573,7 @@ def test_reload_auto_keeps_answering_when_a_new_state_is_damaged(tmp_path, run_c
     code = live.reader.codes()[:1]
     copy_scenes(shards / "b", "forest", 3)
     build(run_cli, shards, index, quick_checkpoint, check=True)
-    part = index / IndexReader.open(index).manifest["shards"][str(shards / "b")]["part"]
+    part = index / IndexReader.open(index).manifest.shards[str(shards / "b")].part
     good = part.read_bytes()
     part.write_bytes(good[:-100])
 

@@ -44,7 +44,7 @@ from dahash_index.store import (
     quick_check,
     repair_index,
 )
-from dahash_index.store.layout import shard_files
+from dahash_index.store.manifest import Segment, ShardEntry
 
 # Distinct 16-bit codes, one per row id: search results then have exactly one row at distance 0.
 _POOL = np.random.default_rng(0).permutation(1 << 16).astype(">u2").view(np.uint8).reshape(-1, 2)
@@ -107,7 +107,7 @@ def url(shard: str) -> str:
 
 
 def _commit(writer: IndexWriter, shard: str, n: int, n_errors: int = 0) -> range:
-    first = writer.manifest["next_row_id"]
+    first = writer.manifest.next_row_id
     return writer.commit_shard(
         shard,
         f"s3://bucket/{shard}",
@@ -123,8 +123,8 @@ def _files(directory: Path) -> set[str]:
 
 def _referenced(manifest: dict) -> set[str]:
     names = {"manifest.json", "model.pt"}
-    names |= {rel for e in manifest["shards"].values() for _, rel in shard_files(e)}
-    names |= {segment["file"] for segment in manifest["index_segments"]}
+    names |= {rel for e in manifest.shards.values() for _, rel in e.files()}
+    names |= {segment.file for segment in manifest.index_segments}
     return names
 
 
@@ -156,25 +156,25 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
 
     r = IndexReader.open(index_dir)
     m = r.manifest
-    assert (m["format"], m["bits"], m["kind"], m["nlist"]) == (FORMAT, 16, "flat", None)
-    assert m["row_count"] == m["next_row_id"] == r.row_count == 8
-    assert m["generation"] == 3 and list(m["shards"]) == [url("s0"), url("s1"), url("s2")]
+    assert (m.format, m.bits, m.kind, m.nlist) == (FORMAT, 16, "flat", None)
+    assert m.row_count == m.next_row_id == r.row_count == 8
+    assert m.generation == 3 and list(m.shards) == [url("s0"), url("s1"), url("s2")]
     errors_file = index_dir / "errors/000002.parquet"
-    assert m["shards"][url("s1")] == {
-        "name": "s1",
-        "fingerprint": None,
-        "part": "parts/000002.parquet",
-        "errors": "errors/000002.parquet",
-        "part_sha256": sha256_file(index_dir / "parts/000002.parquet"),
-        "errors_sha256": sha256_file(errors_file),
-        "lookup": "lookup/000002.arrow",
-        "lookup_sha256": sha256_file(index_dir / "lookup/000002.arrow"),
-        "first_row": 3,
-        "rows": 0,
-        "error_count": 2,
-    }
-    assert m["extra"] == {"bands": [3, 2, 1]}
-    assert m["backbone"] == "tf2015" and m["backbone_sha256"] == "0" * 64
+    assert m.shards[url("s1")] == ShardEntry(
+        name="s1",
+        fingerprint=None,
+        part="parts/000002.parquet",
+        errors="errors/000002.parquet",
+        part_sha256=sha256_file(index_dir / "parts/000002.parquet"),
+        errors_sha256=sha256_file(errors_file),
+        lookup="lookup/000002.arrow",
+        lookup_sha256=sha256_file(index_dir / "lookup/000002.arrow"),
+        first_row=3,
+        rows=0,
+        error_count=2,
+    )
+    assert m.extra == {"bands": [3, 2, 1]}
+    assert m.backbone == "tf2015" and m.backbone_sha256 == "0" * 64
     assert r.model_sha256 == sha256_file(ckpts["a"]) == sha256_file(r.model_path)
     r.check_model(ckpts["a"])
 
@@ -219,12 +219,11 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
     _commit(w, "s1", 4)
     w.finalize()
     m = w.manifest
-    assert m["index_file"] == "index.faiss" and m["index_shards"] == [url("s0"), url("s1")]
-    assert m["index_segments"] == [{"file": "index.faiss/000003-0000.faiss",
-                                    "ranges": [[0, 6], [6, 4]]}]
+    assert m.index_file == "index.faiss" and m.index_shards == [url("s0"), url("s1")]
+    assert m.index_segments == [Segment("index.faiss/000003-0000.faiss", [[0, 6], [6, 4]])]
     assert (index_dir / "index.faiss/000003-0000.faiss").is_file()
     w.finalize()  # nothing new: no new generation
-    assert w.manifest["generation"] == 3
+    assert w.manifest.generation == 3
 
     index = IndexReader.open(index_dir).faiss_index()
     assert index.ntotal == 10
@@ -241,7 +240,7 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
         np.testing.assert_array_equal(ids[:, 0], np.arange(15))
 
     w.finalize()  # the small last segment is rewritten with the new shard
-    assert [s["file"] for s in w.manifest["index_segments"]] == ["index.faiss/000005-0000.faiss"]
+    assert [s.file for s in w.manifest.index_segments] == ["index.faiss/000005-0000.faiss"]
     assert not (index_dir / "index.faiss/000003-0000.faiss").exists()
     index = IndexReader.open(index_dir, mmap=True).faiss_index()
     assert index.ntotal == 15 and is_mapped(index)
@@ -255,23 +254,23 @@ def test_segments_kept_added_and_rewritten(index_dir, ckpts, monkeypatch):
     for i in range(4):
         _commit(w, f"s{i}", 4)  # rows 0..15
     w.finalize()
-    first = w.manifest["index_segments"]
-    assert [s["ranges"] for s in first] == [[[0, 4], [4, 4]], [[8, 4], [12, 4]]]
+    first = w.manifest.index_segments
+    assert [s.ranges for s in first] == [[[0, 4], [4, 4]], [[8, 4], [12, 4]]]
     _commit(w, "s4", 3)  # rows 16..18
     w.finalize()
-    second = w.manifest["index_segments"]
-    assert second[:2] == first and second[2]["ranges"] == [[16, 3]]
+    second = w.manifest.index_segments
+    assert second[:2] == first and second[2].ranges == [[16, 3]]
     w.commit_shard("s1", url("s1"), shard_codes(19, 2), shard_rows("s1", 2), [], replace=True)
     r = IndexReader.open(index_dir, mmap=True)  # the segment holding s1 drops its rows
     d, ids = hamming_topk(r.faiss_index(), shard_codes(0, 21), 1)
     np.testing.assert_array_equal(ids[:, 0][np.r_[0:4, 8:21]], np.r_[0:4, 8:21])
     assert not set(ids[4:8, 0]) & {4, 5, 6, 7}
     w.finalize()
-    third = w.manifest["index_segments"]
+    third = w.manifest.index_segments
     assert third[0] == first[1]  # intact: kept
-    assert [s["ranges"] for s in third[1:]] == [[[0, 4], [16, 3]], [[19, 2]]]
+    assert [s.ranges for s in third[1:]] == [[[0, 4], [16, 3]], [[19, 2]]]
     files = {p.name for p in (index_dir / "index.faiss").iterdir()}
-    assert files == {Path(s["file"]).name for s in third}
+    assert files == {Path(s.file).name for s in third}
     assert check_index(index_dir).ok
     index = IndexReader.open(index_dir, mmap=True).faiss_index()
     assert len(index.parts) == 3 and is_mapped(index)
@@ -295,8 +294,7 @@ def test_index_file_from_before_segments_is_read_then_replaced(index_dir, ckpts)
     (index_dir / "manifest.json").write_text(json.dumps(m))
     for mmap in (False, True):
         r = IndexReader.open(index_dir, mmap=mmap)
-        assert r.manifest["index_segments"] == [{"file": "index-3.faiss",
-                                                 "ranges": [[0, 3], [3, 2]]}]
+        assert r.manifest.index_segments == [Segment("index-3.faiss", [[0, 3], [3, 2]])]
         index = r.faiss_index()
         assert is_mapped(index) == mmap
         np.testing.assert_array_equal(hamming_topk(index, shard_codes(0, 5), 1)[1][:, 0],
@@ -304,7 +302,7 @@ def test_index_file_from_before_segments_is_read_then_replaced(index_dir, ckpts)
     assert check_index(index_dir).ok
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     w.finalize()  # rewritten as a segment; the old file deleted once committed
-    assert [s["file"] for s in w.manifest["index_segments"]] == ["index.faiss/000004-0000.faiss"]
+    assert [s.file for s in w.manifest.index_segments] == ["index.faiss/000004-0000.faiss"]
     assert not (index_dir / "index-3.faiss").exists()
     assert IndexReader.open(index_dir).faiss_index().ntotal == 5
 
@@ -358,14 +356,14 @@ def test_finalize_ivf_matches_flat(index_dir, ckpts):
     again = IndexReader.open(index_dir, mmap=True).faiss_index()
     assert again.ntotal == 2050
     np.testing.assert_array_equal(_centroids(again), _centroids(ivf))
-    assert w.manifest["nlist"] == 8
+    assert w.manifest.nlist == 8
 
 
 def test_ivf_with_too_few_codes(index_dir, ckpts):
     w = IndexWriter.open(index_dir, identity(ckpts["wide"]), kind="ivf", nlist=8)
     codes = _ivf_commit(w, "s0", 100, 0)  # an IVF of 8 lists trains on 39 * 8 = 312 codes
     w.finalize()  # writes nothing: until there are enough codes, they are searched exactly
-    assert w.manifest["index_file"] is None and not list(index_dir.glob("index-*"))
+    assert w.manifest.index_file is None and not list(index_dir.glob("index-*"))
     index = IndexReader.open(index_dir).faiss_index()
     assert nlist_of(index) is None and index.ntotal == 100
     np.testing.assert_array_equal(hamming_topk(index, codes[:5], 1)[1][:, 0], np.arange(5))
@@ -432,12 +430,12 @@ def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
     assert segment.is_file()  # written, never committed
 
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
-    assert w.manifest["index_file"] is None and w.manifest["index_segments"] == []
+    assert w.manifest.index_file is None and w.manifest.index_segments == []
     assert IndexReader.open(index_dir).faiss_index().ntotal == 3
     (index_dir / "index.faiss" / "000001-0000.faiss").write_bytes(b"left over")
     w.finalize()  # deletes what no manifest references
     m = IndexReader.open(index_dir).manifest
-    assert [s["file"] for s in m["index_segments"]] == ["index.faiss/000002-0000.faiss"]
+    assert [s.file for s in m.index_segments] == ["index.faiss/000002-0000.faiss"]
     assert _files(index_dir) == _referenced(m)
 
 
@@ -471,7 +469,7 @@ def test_real_sigkill_mid_commit(index_dir, ckpts):
     assert (index_dir / "parts" / "000003.parquet").is_file()  # renamed, never committed
 
     r = IndexReader.open(index_dir)
-    assert list(r.manifest["shards"]) == [url("s0"), url("s1")]
+    assert list(r.manifest.shards) == [url("s0"), url("s1")]
     assert len(r.metadata()) == r.row_count == 2 + 3
 
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
@@ -591,7 +589,7 @@ def test_bad_shard_input(index_dir, ckpts):
         w.commit_shard("s0", url("s0"), shard_codes(0, 2), shard_rows("s9", 2), [])
     with pytest.raises(ValueError, match=r"required columns \['reason'\]"):
         w.commit_shard("s0", url("s0"), shard_codes(0, 2), rows, [{"url": "u", "shard": "s0"}])
-    assert w.manifest["row_count"] == 0 and _files(index_dir) == _referenced(w.manifest)
+    assert w.manifest.row_count == 0 and _files(index_dir) == _referenced(w.manifest)
 
 
 def test_part_file_is_plain_parquet(index_dir, ckpts):
@@ -626,9 +624,9 @@ def test_replacing_a_shard_retires_its_rows_in_the_same_commit(index_dir, ckpts)
                          fingerprint="v2", replace=True)
     assert ids == range(5, 9)
     m = w.manifest
-    assert list(m["shards"]) == [url("s1"), url("s0")] and m["row_count"] == 6
-    assert m["next_row_id"] == 9 and m["index_retired"] == [[0, 3]]
-    assert m["shards"][url("s0")]["fingerprint"] == "v2"
+    assert list(m.shards) == [url("s1"), url("s0")] and m.row_count == 6
+    assert m.next_row_id == 9 and m.index_retired == [[0, 3]]
+    assert m.shards[url("s0")].fingerprint == "v2"
 
     r = IndexReader.open(index_dir)
     np.testing.assert_array_equal(r.row_ids(), [3, 4, 5, 6, 7, 8])
@@ -643,7 +641,7 @@ def test_replacing_a_shard_retires_its_rows_in_the_same_commit(index_dir, ckpts)
     assert old.row_count == 5 and old.metadata(np.array([1])).num_rows == 1  # its own state
 
     w.finalize()
-    assert w.manifest["index_retired"] == []
+    assert w.manifest.index_retired == []
     assert IndexReader.open(index_dir).faiss_index().ntotal == 6
     assert check_index(index_dir).ok
 
@@ -658,23 +656,23 @@ def test_drop_shards_and_repair(index_dir, ckpts):
     assert report.ok and report.rows == 6 and report.files == 3 * 3 + 2
 
     m = IndexReader.open(index_dir).manifest
-    part = index_dir / m["shards"][url("s1")]["part"]
+    part = index_dir / m.shards[url("s1")].part
     data = bytearray(part.read_bytes())
     data[8] ^= 0xFF  # one flipped byte in the first column chunk: the footer still reads
     part.write_bytes(bytes(data))
     assert quick_check(index_dir).ok  # only footers and row counts
     report = check_index(index_dir)
-    assert [(d.file, d.shard) for d in report.damage] == [(m["shards"][url("s1")]["part"],
+    assert [(d.file, d.shard) for d in report.damage] == [(m.shards[url("s1")].part,
                                                            url("s1"))]
     assert "checksum differs" in str(report.damage[0])
-    segment = m["index_segments"][0]["file"]
+    segment = m.index_segments[0].file
     (index_dir / segment).write_bytes(b"garbage")
     report = check_index(index_dir)
-    assert {d.file for d in report.damage} == {m["shards"][url("s1")]["part"], segment}
+    assert {d.file for d in report.damage} == {m.shards[url("s1")].part, segment}
 
     assert repair_index(report) == [url("s1")]
     r = IndexReader.open(index_dir)
-    assert list(r.manifest["shards"]) == [url("s0"), url("s2")] and r.manifest["index_file"] is None
+    assert list(r.manifest.shards) == [url("s0"), url("s2")] and r.manifest.index_file is None
     np.testing.assert_array_equal(r.row_ids(), [0, 1, 4, 5])
     assert r.faiss_index().ntotal == 4 and check_index(index_dir).ok
 
@@ -709,8 +707,8 @@ def test_format_1_manifest_is_read(index_dir, ckpts):
     del m["index_retired"]
     (index_dir / "manifest.json").write_text(json.dumps(m))
     r = IndexReader.open(index_dir)
-    assert list(r.manifest["shards"]) == [url("s0")] and r.faiss_index().ntotal == 2
-    assert r.manifest["shards"][url("s0")]["fingerprint"] is None  # indexed again when seen
+    assert list(r.manifest.shards) == [url("s0")] and r.faiss_index().ntotal == 2
+    assert r.manifest.shards[url("s0")].fingerprint is None  # indexed again when seen
     assert check_index(index_dir).ok
 
 
@@ -736,7 +734,7 @@ def test_parameters_bind_only_once_rows_are_committed(index_dir, ckpts):
     w = IndexWriter.open(index_dir, identity(ckpts["a"]), extra={"bands": None})
     _commit(w, "s1", 2)
     m = w.manifest
-    assert (m["kind"], m["nlist"], m["extra"]) == ("flat", None, {"bands": None})
+    assert (m.kind, m.nlist, m.extra) == ("flat", None, {"bands": None})
     w.close()
     with pytest.raises(IndexStoreError, match="kind is 'flat', not 'ivf'"):
         IndexWriter.open(index_dir, identity(ckpts["a"]), kind="ivf")

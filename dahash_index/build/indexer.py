@@ -74,7 +74,7 @@ def build_index(
     try:
         report = _build(reader, shards, writer, checkpoint, options, progress)
     except BaseException:
-        if created and not writer.manifest["shards"]:
+        if created and not writer.manifest.shards:
             # Refused before its first commit: the directory this build made goes (removed
             # while the lock is held, so no other writer can be in it).
             shutil.rmtree(index_dir, ignore_errors=True)
@@ -136,8 +136,8 @@ def _build(
         bar.close()
     writer.finalize()
     manifest = writer.manifest
-    report.row_count = manifest["row_count"]
-    report.exact_ivf = manifest["kind"] == "ivf" and manifest["index_file"] is None
+    report.row_count = manifest.row_count
+    report.exact_ivf = manifest.kind == "ivf" and manifest.index_file is None
     return report
 
 

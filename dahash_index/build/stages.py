@@ -85,13 +85,13 @@ def plan_shards(
         entry = writer.entry(shard.url)
         if entry is None:
             tasks.append(ShardTask(shard, fingerprint, False))
-        elif entry["fingerprint"] != fingerprint:
+        elif entry.fingerprint != fingerprint:
             warn(f"Warning: shard {shard.url} changed since it was indexed; indexing it again "
-                 f"(its {entry['rows']} old rows are replaced)")
+                 f"(its {entry.rows} old rows are replaced)")
             tasks.append(ShardTask(shard, fingerprint, True))
-        elif entry["error_count"] and (retry_errors or entry["rows"] == 0):
+        elif entry.error_count and (retry_errors or entry.rows == 0):
             why = "--retry-errors" if retry_errors else "it yielded no row last time"
-            warn(f"Warning: shard {shard.url} had {entry['error_count']} scene error(s); "
+            warn(f"Warning: shard {shard.url} had {entry.error_count} scene error(s); "
                  f"indexing it again ({why})")
             tasks.append(ShardTask(shard, fingerprint, True))
         else:

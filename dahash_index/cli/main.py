@@ -311,26 +311,26 @@ def info(index_dir, as_json):
         fail(err)
     m = reader.manifest
     if as_json:
-        click.echo(json.dumps(m, indent=1))
+        click.echo(json.dumps(m.to_json(), indent=1))
     else:
-        errors = sum(s["error_count"] for s in m["shards"].values())
+        errors = sum(s.error_count for s in m.shards.values())
         click.echo(f"index      {index_dir}")
-        click.echo(f"format     {m['format']}")
-        click.echo(f"rows       {m['row_count']} from {len(m['shards'])} committed shard(s)")
+        click.echo(f"format     {m.format}")
+        click.echo(f"rows       {m.row_count} from {len(m.shards)} committed shard(s)")
         click.echo(f"errors     {errors} scene(s) could not be indexed")
-        click.echo(f"codes      {m['bits']} bits, {m['kind']} index"
-                   + (f", nlist {m['nlist']}" if m.get("nlist") else ""))
-        click.echo(f"model      sha256 {m['model_sha256']} ({reader.model_path})")
-        click.echo(f"backbone   {m['backbone']} (weights sha256 {m['backbone_sha256'][:12]})")
-        precisions = Counter(s.get("precision", "unrecorded") for s in m["shards"].values())
+        click.echo(f"codes      {m.bits} bits, {m.kind} index"
+                   + (f", nlist {m.nlist}" if m.nlist else ""))
+        click.echo(f"model      sha256 {m.model_sha256} ({reader.model_path})")
+        click.echo(f"backbone   {m.backbone} (weights sha256 {m.backbone_sha256[:12]})")
+        precisions = Counter(s.precision or "unrecorded" for s in m.shards.values())
         if precisions:
             click.echo("precision  " + ", ".join(f"{p} ({n} shard(s))"
                                                  for p, n in sorted(precisions.items())))
-        tiling = m["extra"].get("tiling")
+        tiling = m.extra.get("tiling")
         if tiling:
             click.echo(f"chips      {tiling['tile']} px every {tiling['stride']} px, of TIFFs "
                        f"over {tiling['min_side']} px a side (build --tile)")
-        click.echo(f"updated    {m['updated']}")
+        click.echo(f"updated    {m.updated}")
     _report_damage(index_dir, health.damage)
 
 

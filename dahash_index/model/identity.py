@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,10 @@ class ModelIdentity:
     path: Path | None = None
 
     @classmethod
-    def of_manifest(cls, manifest: Mapping, path: Path | None = None) -> ModelIdentity:
-        return cls(manifest["model_sha256"], manifest["bits"], manifest["backbone"],
-                   manifest["backbone_sha256"], path)
+    def of_manifest(cls, manifest: Any, path: Path | None = None) -> ModelIdentity:
+        """From an index's ``store.Manifest`` (anything with its model fields)."""
+        return cls(manifest.model_sha256, manifest.bits, manifest.backbone,
+                   manifest.backbone_sha256, path)
 
 
 def missing_model(checkpoint_path: object) -> str:

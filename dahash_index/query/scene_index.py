@@ -140,7 +140,7 @@ class SceneIndex:
     @property
     def tiling(self) -> Tiling | None:
         """How the index cut large scenes into chips (``build --tile``), or None."""
-        found = self.reader.manifest["extra"].get("tiling")
+        found = self.reader.manifest.extra.get("tiling")
         return Tiling(found["tile"], found["stride"], found["min_side"], found["min_valid"]) \
             if found else None
 

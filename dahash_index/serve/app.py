@@ -102,16 +102,16 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
     async def info(request: Request) -> JSONResponse:
         m = index.reader.manifest
         return JSONResponse({
-            "index": str(index.reader.path), "rows": m["row_count"], "shards": len(m["shards"]),
-            "errors": sum(e["error_count"] for e in m["shards"].values()),
-            "bits": m["bits"], "kind": m["kind"], "nlist": m["nlist"],
-            "generation": m["generation"], "model_sha256": m["model_sha256"],
-            "backbone": m["backbone"], "bands": m["extra"].get("bands"),
-            "updated": m["updated"],
+            "index": str(index.reader.path), "rows": m.row_count, "shards": len(m.shards),
+            "errors": sum(e.error_count for e in m.shards.values()),
+            "bits": m.bits, "kind": m.kind, "nlist": m.nlist,
+            "generation": m.generation, "model_sha256": m.model_sha256,
+            "backbone": m.backbone, "bands": m.extra.get("bands"),
+            "updated": m.updated,
         })
 
     batcher = EncodeBatcher(index, settings.batch_window_s, settings.max_images)
-    bands = index.reader.manifest["extra"].get("bands")
+    bands = index.reader.manifest.extra.get("bands")
     thumbnails = Thumbnails(tuple(bands) if bands else None, index.storage_options)
 
     async def scene(request: Request) -> JSONResponse:

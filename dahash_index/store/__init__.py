@@ -30,7 +30,8 @@ are recorded in the manifest, and ``check_index`` verifies them.
 Readers read ``manifest.json`` at open and see that committed state however the writer goes
 on; ``IndexReader.reopen`` moves on to the newest one.
 
-Modules: ``layout`` (names, schemas, the manifest), ``directory`` (create, lock, clean up),
+Modules: ``layout`` (names, schemas, errors), ``manifest`` (the typed manifest, its one reader
+and one writer), ``directory`` (create, lock, clean up),
 ``parts`` (Parquet files), ``lookup`` (lookup files), ``staging`` (shard results before
 adoption), ``faiss_file`` (the FAISS segments), ``writer`` (the one committer), ``reader``,
 ``check``.
@@ -45,7 +46,6 @@ from dahash_index.store.check import (
 )
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
-    FORMAT,
     KINDS,
     MANIFEST,
     METADATA_SCHEMA,
@@ -54,6 +54,7 @@ from dahash_index.store.layout import (
     ModelMismatchError,
     metadata_schema,
 )
+from dahash_index.store.manifest import FORMAT, Manifest, ShardEntry
 from dahash_index.store.reader import IndexReader
 from dahash_index.store.writer import IndexWriter
 
@@ -69,7 +70,9 @@ __all__ = [
     "IndexReader",
     "IndexStoreError",
     "IndexWriter",
+    "Manifest",
     "ModelMismatchError",
+    "ShardEntry",
     "check_index",
     "metadata_schema",
     "quick_check",

@@ -23,6 +23,7 @@ from dahash_index.errors import one_line
 from dahash_index.files import sha256_file
 from dahash_index.indexes import load_index
 from dahash_index.indexes.binary import as_ivf
+from dahash_index.model.identity import ModelIdentity
 from dahash_index.store.faiss_file import check_segment
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
@@ -30,12 +31,9 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     MODEL,
     IndexStoreError,
-    ModelIdentity,
-    index_segments,
-    read_manifest,
-    shard_files,
 )
 from dahash_index.store.lookup import LookupFile
+from dahash_index.store.manifest import Manifest, Segment, ShardEntry, read_manifest
 from dahash_index.store.parts import read_parquet, read_part
 from dahash_index.store.writer import IndexWriter
 
@@ -71,10 +69,10 @@ def check_index(path: str | os.PathLike) -> CheckReport:
     the manifest itself is unreadable."""
     path = Path(path)
     manifest = read_manifest(path)
-    report = CheckReport(path, manifest["row_count"], len(manifest["shards"]))
-    for key, entry in manifest["shards"].items():
+    report = CheckReport(path, manifest.row_count, len(manifest.shards))
+    for key, entry in manifest.shards.items():
         damaged = set()
-        for what, rel in shard_files(entry):  # the part before the lookup file checked by it
+        for what, rel in entry.files():  # the part before the lookup file checked by it
             problem = _check_shard_file(path, manifest, key, what, "part" not in damaged)
             report.files += 1
             if problem is not None:
@@ -83,9 +81,9 @@ def check_index(path: str | os.PathLike) -> CheckReport:
     report.files += 1
     if not (path / MODEL).is_file():
         report.damage.append(Damage(MODEL, "missing"))
-    elif sha256_file(path / MODEL) != manifest["model_sha256"]:
+    elif sha256_file(path / MODEL) != manifest.model_sha256:
         report.damage.append(Damage(MODEL, "checksum differs from the manifest's model"))
-    report.files += len(index_segments(manifest))
+    report.files += len(manifest.segments)
     report.damage += _check_faiss(path, manifest)
     return report
 
@@ -95,11 +93,11 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
     readable and gives the row count the manifest says (no data read, no checksums)."""
     path = Path(path)
     manifest = read_manifest(path)
-    report = CheckReport(path, manifest["row_count"], len(manifest["shards"]))
-    for key, entry in manifest["shards"].items():
-        for what, rel in shard_files(entry):
+    report = CheckReport(path, manifest.row_count, len(manifest.shards))
+    for key, entry in manifest.shards.items():
+        for what, rel in entry.files():
             report.files += 1
-            rows = entry["error_count"] if what == "errors" else entry["rows"]
+            rows = entry.error_count if what == "errors" else entry.rows
             try:
                 if what == "lookup":
                     LookupFile(path, rel, rows)  # checks its footer's batch count
@@ -117,9 +115,9 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
             if found != rows:
                 report.damage.append(Damage(rel, f"holds {found} rows, {MANIFEST} says {rows}",
                                             key))
-    for segment in index_segments(manifest):
-        if not (path / segment["file"]).is_file():
-            report.damage.append(Damage(segment["file"], f"missing (named in {MANIFEST})"))
+    for segment in manifest.segments:
+        if not (path / segment.file).is_file():
+            report.damage.append(Damage(segment.file, f"missing (named in {MANIFEST})"))
     return report
 
 
@@ -133,7 +131,7 @@ def repair_index(report: CheckReport) -> list[str]:
     shards = list(dict.fromkeys(d.shard for d in report.damage if d.shard))
     faiss_damaged = any(d.shard is None for d in report.damage)
     model = ModelIdentity.of_manifest(manifest, report.path / MODEL)
-    with IndexWriter.open(report.path, model, kind=manifest["kind"]) as writer:
+    with IndexWriter.open(report.path, model, kind=manifest.kind) as writer:
         writer.drop_shards(shards, drop_index_file=faiss_damaged)
     return shards
 
@@ -144,21 +142,21 @@ def _strip(path: Path, err: Exception) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
-def checksum_problem(path: Path, entry: dict, what: str) -> str | None:
+def checksum_problem(path: Path, entry: ShardEntry, what: str) -> str | None:
     """Why a shard's ``what`` file ("part", "errors" or "lookup") fails the checksum recorded
     at commit, or None (also for files of format-1 indexes, which recorded none)."""
-    expected = entry.get(f"{what}_sha256")
-    if expected is not None and sha256_file(path / entry[what]) != expected:
+    expected = entry.checksum(what)
+    if expected is not None and sha256_file(path / getattr(entry, what)) != expected:
         return "checksum differs from the one recorded at commit"
     return None
 
 
-def _check_shard_file(path: Path, manifest: dict, key: str, what: str, part_ok: bool
+def _check_shard_file(path: Path, manifest: Manifest, key: str, what: str, part_ok: bool
                       ) -> str | None:
     """Why a shard's file is damaged, or None. A lookup file is compared with the part only
     when the part is intact (``part_ok``); else it is only opened."""
-    entry = manifest["shards"][key]
-    rel = entry[what]
+    entry = manifest.shards[key]
+    rel = getattr(entry, what)
     if not (path / rel).is_file():
         return f"missing (named in {MANIFEST})"
     problem = checksum_problem(path, entry, what)
@@ -168,39 +166,39 @@ def _check_shard_file(path: Path, manifest: dict, key: str, what: str, part_ok: 
         if what == "part":
             read_part(path, manifest, key)
         elif what == "errors":
-            read_parquet(path, rel, ERRORS_SCHEMA, entry["error_count"])
+            read_parquet(path, rel, ERRORS_SCHEMA, entry.error_count)
         elif part_ok:
             return _lookup_problem(path, manifest, key)
         else:
-            LookupFile(path, rel, entry["rows"])
+            LookupFile(path, rel, entry.rows)
     except IndexStoreError as err:
         return _strip(path, err)
     return None
 
 
-def _lookup_problem(path: Path, manifest: dict, key: str) -> str | None:
+def _lookup_problem(path: Path, manifest: Manifest, key: str) -> str | None:
     """Why a shard's lookup file does not hold exactly its part's metadata, or None."""
-    entry = manifest["shards"][key]
-    rows = LookupFile(path, entry["lookup"], entry["rows"]).read_all()
+    entry = manifest.shards[key]
+    rows = LookupFile(path, entry.lookup, entry.rows).read_all()
     part = read_part(path, manifest, key, columns=METADATA_SCHEMA.names)
     if not rows.equals(part.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)):
         return "differs from the shard's part"
     return None
 
 
-def _check_faiss(path: Path, manifest: dict) -> list[Damage]:
+def _check_faiss(path: Path, manifest: Manifest) -> list[Damage]:
     """Each FAISS segment file: readable, K, kind, row count, and the row ids an IDMap or IVF
     segment stores (a plain flat segment stores none: its ranges give them)."""
     damage = []
-    for segment in index_segments(manifest):
+    for segment in manifest.segments:
         problem = _check_segment(path, manifest, segment)
         if problem is not None:
-            damage.append(Damage(segment["file"], problem))
+            damage.append(Damage(segment.file, problem))
     return damage
 
 
-def _check_segment(path: Path, manifest: dict, segment: dict) -> str | None:
-    rel = segment["file"]
+def _check_segment(path: Path, manifest: Manifest, segment: Segment) -> str | None:
+    rel = segment.file
     if not (path / rel).is_file():
         return f"missing (named in {MANIFEST})"
     try:
@@ -212,7 +210,7 @@ def _check_segment(path: Path, manifest: dict, segment: dict) -> str | None:
         return _strip(path, err)
     if isinstance(faiss.downcast_IndexBinary(index), faiss.IndexBinaryFlat):
         return None
-    expected = [np.arange(first, first + rows) for first, rows in segment["ranges"]]
+    expected = [np.arange(first, first + rows) for first, rows in segment.ranges]
     want = np.sort(np.concatenate(expected)) if expected else np.empty(0, np.int64)
     have = np.sort(_faiss_ids(index))
     if not np.array_equal(have, want):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -12,18 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
+from dahash_index.model.identity import ModelIdentity, missing_model
 from dahash_index.store.faiss_file import remove_unreferenced
-from dahash_index.store.layout import (
-    FORMAT,
-    MANIFEST,
-    MODEL,
-    SHARD_FILES,
-    IndexStoreError,
-    ModelIdentity,
-    missing_model,
-    now,
-    shard_files,
-)
+from dahash_index.store.layout import MANIFEST, MODEL, SHARD_FILES, IndexStoreError, now
+from dahash_index.store.manifest import Manifest, new_manifest, write_manifest
 from dahash_index.store.staging import STAGING, remove_unfinished
 
 
@@ -49,28 +40,8 @@ def create_index_dir(
         # Hash the copy, not the original: the index must hold the file its codes came from.
         if sha256_file(tmp / MODEL) != model.sha256:
             raise IndexStoreError(f"{model.path}: the checkpoint changed while it was in use")
-        created = now()
-        manifest = {
-            "format": FORMAT,
-            "bits": model.bits,
-            "model_sha256": model.sha256,
-            "backbone": model.backbone,
-            "backbone_sha256": model.backbone_sha256,
-            "kind": kind,
-            "nlist": nlist,
-            "row_count": 0,
-            "next_row_id": 0,
-            "generation": 0,
-            "index_file": None,
-            "index_shards": [],
-            "index_retired": [],
-            "created": created,
-            "updated": created,
-            "extra": extra or {},
-            "shards": {},
-        }
-        data = json.dumps(manifest, indent=1).encode()
-        atomic_write(tmp / MANIFEST, lambda f: f.write(data))
+        write_manifest(tmp, new_manifest(model.bits, model.sha256, model.backbone,
+                                          model.backbone_sha256, kind, nlist, extra, now()))
         fsync_dir(tmp)
         os.rename(tmp, directory)  # replaces a missing or empty directory, atomically
     except BaseException:
@@ -81,11 +52,11 @@ def create_index_dir(
     fsync_dir(directory.parent)
 
 
-def remove_leftovers(directory: Path, manifest: Mapping) -> None:
+def remove_leftovers(directory: Path, manifest: Manifest) -> None:
     """Delete what no committed manifest references: parts of interrupted commits, .tmp files,
     FAISS files replaced by a later finalize, parts of retired shards. Called only after
     reading that manifest, with the writer's lock held."""
-    keep = {rel for entry in manifest["shards"].values() for _, rel in shard_files(entry)}
+    keep = {rel for entry in manifest.shards.values() for _, rel in entry.files()}
     for sub in SHARD_FILES.values():
         (directory / sub).mkdir(exist_ok=True)  # an index older than lookup files lacks one
         for f in (directory / sub).iterdir():

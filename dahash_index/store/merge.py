@@ -48,7 +48,7 @@ from dahash_index.store import (
     ModelMismatchError,
 )
 from dahash_index.store.check import checksum_problem
-from dahash_index.store.layout import read_manifest
+from dahash_index.store.manifest import Manifest, ShardEntry, read_manifest
 from dahash_index.store.parts import codes_from_arrow, read_parquet, read_part
 
 
@@ -70,9 +70,9 @@ class _Source:
     """One shard of one input, as it is to be copied."""
 
     path: Path  # the input index
-    manifest: dict  # its manifest, read once (``IndexReader.manifest`` copies it each time)
+    manifest: Manifest  # its manifest, read once (``IndexReader.manifest`` copies it each time)
     url: str
-    entry: dict
+    entry: ShardEntry
 
 
 def merge_indexes(
@@ -101,7 +101,7 @@ def merge_indexes(
         _check_same_model(first.path, first.manifest, out, existing)
     if kind is None:
         # An index without rows is not bound by its kind; otherwise OUT's kind is kept.
-        kind = existing["kind"] if existing and existing["row_count"] else first.kind
+        kind = existing.kind if existing and existing.row_count else first.kind
 
     report = MergeReport()
 
@@ -110,18 +110,18 @@ def merge_indexes(
         tqdm.write(f"Warning: {line}", file=sys.stderr)
 
     model = ModelIdentity.of_manifest(first.manifest, first.model_path)
-    writer = IndexWriter.open(out, model, kind=kind, nlist=nlist, extra=first.manifest["extra"])
+    writer = IndexWriter.open(out, model, kind=kind, nlist=nlist, extra=first.manifest.extra)
     try:
         _merge(readers, writer, report, warn, progress)
         writer.finalize()
     except BaseException:
-        if existing is None and not writer.manifest["shards"]:
+        if existing is None and not writer.manifest.shards:
             # Refused before its first commit: the directory this merge made goes (removed
             # while the lock is held, so no other writer can be in it).
             shutil.rmtree(out, ignore_errors=True)
         writer.close()
         raise
-    report.row_count = writer.manifest["row_count"]
+    report.row_count = writer.manifest.row_count
     writer.close()
     report.seconds = time.perf_counter() - start
     return report
@@ -137,15 +137,15 @@ def _merge(
     """Commit every shard the plan keeps, in order, one commit each."""
     todo = _plan(readers, writer, report, warn)
     scenes, failed = _seen_in(writer)
-    bits = writer.manifest["bits"]
+    bits = writer.manifest.bits
     # Not on a pipe or a log file, where every redraw would add to one endless line.
     bar = tqdm(total=len(todo), unit="shard", desc="merge", disable=None if progress else True)
     try:
         for source in todo:
             codes, rows, errors, dropped = _take_shard(source, bits, scenes, failed)
-            writer.commit_shard(source.entry["name"], source.url, codes, rows, errors,
-                                fingerprint=source.entry["fingerprint"],
-                                precision=source.entry.get("precision"))
+            writer.commit_shard(source.entry.name, source.url, codes, rows, errors,
+                                fingerprint=source.entry.fingerprint,
+                                precision=source.entry.precision)
             report.shards_adopted += 1
             report.rows += len(codes)
             report.scenes_dropped += dropped
@@ -170,16 +170,17 @@ def _open_inputs(out: Path, inputs: Sequence[Path]) -> list[IndexReader]:
     return [IndexReader.open(path) for path in inputs]
 
 
-def _describe(manifest: dict) -> str:
-    return (f"model {manifest['model_sha256'][:12]} ({manifest['bits']} bits, "
-            f"backbone {manifest['backbone']})")
+def _describe(manifest: Manifest) -> str:
+    return (f"model {manifest.model_sha256[:12]} ({manifest.bits} bits, "
+            f"backbone {manifest.backbone})")
 
 
-def _check_same_model(first: Path, first_manifest: dict, path: Path, manifest: dict) -> None:
+def _check_same_model(first: Path, first_manifest: Manifest, path: Path, manifest: Manifest
+                      ) -> None:
     """Raise ModelMismatchError, in one line naming both models, unless the codes of the two
     indexes come from the same model (checksum, K and backbone)."""
     keys = ("model_sha256", "bits", "backbone", "backbone_sha256")
-    if any(manifest[k] != first_manifest[k] for k in keys):
+    if any(getattr(manifest, k) != getattr(first_manifest, k) for k in keys):
         raise ModelMismatchError(
             f"{path}: holds codes of {_describe(manifest)}, but {first} holds codes of "
             f"{_describe(first_manifest)}; only indexes of one model can be merged"
@@ -188,7 +189,7 @@ def _check_same_model(first: Path, first_manifest: dict, path: Path, manifest: d
 
 def _check_same_extra(first: IndexReader, other: IndexReader) -> None:
     """Codes made from other bands of the scenes do not belong in one index."""
-    a, b = first.manifest["extra"], other.manifest["extra"]
+    a, b = first.manifest.extra, other.manifest.extra
     if a != b:
         raise IndexStoreError(
             f"{other.path}: was built with {b}, but {first.path} with {a}; only indexes built "
@@ -207,13 +208,13 @@ def _plan(
     chosen: dict[str, _Source] = {}
     for reader in readers:
         manifest = reader.manifest
-        for url, entry in manifest["shards"].items():
+        for url, entry in manifest.shards.items():
             kept = chosen.get(url)
             if kept is None:
                 chosen[url] = _Source(reader.path, manifest, url, entry)
                 continue
             report.shards_skipped += 1
-            if kept.entry["fingerprint"] != entry["fingerprint"]:
+            if kept.entry.fingerprint != entry.fingerprint:
                 warn(f"shard {url} differs in {reader.path} and {kept.path}; "
                      f"merged as {kept.path} holds it")
     todo = []
@@ -223,20 +224,20 @@ def _plan(
             todo.append(source)
             continue
         report.shards_skipped += 1
-        if held["fingerprint"] != source.entry["fingerprint"]:
+        if held.fingerprint != source.entry.fingerprint:
             warn(f"shard {url} differs in {source.path} and {writer.path}; "
                  f"kept as {writer.path} holds it")
-    return sorted(todo, key=lambda s: (s.entry["name"], s.url))
+    return sorted(todo, key=lambda s: (s.entry.name, s.url))
 
 
 def _seen_in(writer: IndexWriter) -> tuple[SceneKeys, set[str]]:
     """The scenes OUT holds as rows, and those it records as errors; read a shard at a time."""
     manifest = writer.manifest
     scenes, failed = SceneKeys(), set()
-    for url, entry in manifest["shards"].items():
+    for url, entry in manifest.shards.items():
         part = read_part(writer.path, manifest, url, columns=["url", "member"])
         scenes.add_new(scene_digests(part))
-        errors = read_parquet(writer.path, entry["errors"], ERRORS_SCHEMA, entry["error_count"])
+        errors = read_parquet(writer.path, entry.errors, ERRORS_SCHEMA, entry.error_count)
         failed.update(_error_keys(errors))
     return scenes, failed
 
@@ -250,14 +251,14 @@ def _take_shard(
     for key in ("part", "errors"):
         problem = checksum_problem(path, entry, key)
         if problem is not None:
-            raise IndexStoreError(f"{path}: {entry[key]}: {problem}; "
+            raise IndexStoreError(f"{path}: {getattr(entry, key)}: {problem}; "
                                   f"`dahash-index check --repair {path}` drops its shard")
     part = read_part(path, source.manifest, source.url)
     fresh = scenes.add_new(scene_digests(part))
     mask = pa.array(fresh)
     codes = codes_from_arrow(part["code"], bits // 8)[fresh]
     rows = part.drop_columns(["row_id", "code"]).filter(mask)
-    errors = read_parquet(path, entry["errors"], ERRORS_SCHEMA, entry["error_count"])
+    errors = read_parquet(path, entry.errors, ERRORS_SCHEMA, entry.error_count)
     keep = []
     for key in _error_keys(errors):
         keep.append(key not in failed)

@@ -23,6 +23,7 @@ from dahash_index.store.layout import (
     unreadable,
     with_window_columns,
 )
+from dahash_index.store.manifest import Manifest
 
 # Rows per Parquet row group of a part: a lookup of a few rows reads (and decodes) only the row
 # groups that hold them. Smaller groups decode faster, but each group costs a fixed amount per
@@ -110,30 +111,30 @@ def read_parquet(
 
 def read_part(
     directory: Path,
-    manifest: Mapping,
+    manifest: Manifest,
     shard: str,
     columns: Sequence[str] | None = None,
     mmap: bool = False,
 ) -> pa.Table:
     """A shard's part (all columns, or row_id plus ``columns``), its row ids checked."""
-    entry = manifest["shards"][shard]
-    schema = metadata_schema(manifest["bits"])
+    entry = manifest.shards[shard]
+    schema = metadata_schema(manifest.bits)
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in dict.fromkeys(["row_id", *columns])])
-    table = read_parquet(directory, entry["part"], schema, entry["rows"], mmap)
-    check_row_ids(directory, entry["part"], table["row_id"], entry["first_row"], entry["rows"])
+    table = read_parquet(directory, entry.part, schema, entry.rows, mmap)
+    check_row_ids(directory, entry.part, table["row_id"], entry.first_row, entry.rows)
     return table
 
 
 def read_codes(
-    directory: Path, manifest: Mapping, shards: Sequence[str]
+    directory: Path, manifest: Manifest, shards: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row ids int64 (n,) and codes uint8 (n, K/8) of the given shards, in their order.
 
     Filled one part at a time into arrays allocated once, so that the peak memory is the
     result plus one part's two columns, not twice the result."""
-    size = manifest["bits"] // 8
-    n = sum(manifest["shards"][s]["rows"] for s in shards)
+    size = manifest.bits // 8
+    n = sum(manifest.shards[s].rows for s in shards)
     ids = np.empty(n, dtype=np.int64)
     codes = np.empty((n, size), dtype=np.uint8)
     start = 0
@@ -184,18 +185,18 @@ class PartFooter:
         return np.searchsorted(self.group_starts, rows, side="right") - 1
 
 
-def read_footer(directory: Path, manifest: Mapping, shard: str) -> PartFooter:
+def read_footer(directory: Path, manifest: Manifest, shard: str) -> PartFooter:
     """Read and check a shard's part footer: its columns, row count and row-id statistics.
 
     Reads only the footer (no column data)."""
-    entry = manifest["shards"][shard]
-    rel, first, rows = entry["part"], entry["first_row"], entry["rows"]
+    entry = manifest.shards[shard]
+    rel, first, rows = entry.part, entry.first_row, entry.rows
     try:
         metadata = pq.read_metadata(directory / rel)
         found = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as err:
         raise unreadable(directory, rel, err) from None
-    if not lacks_only_windows(found, metadata_schema(manifest["bits"])):
+    if not lacks_only_windows(found, metadata_schema(manifest.bits)):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if metadata.num_rows != rows:
         raise IndexStoreError(

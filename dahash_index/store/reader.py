@@ -19,13 +19,11 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     MODEL,
     ModelMismatchError,
-    check_files,
     metadata_schema,
-    mismatch,
     model_sha256,
-    read_manifest,
 )
 from dahash_index.store.lookup import LookupFile
+from dahash_index.store.manifest import Manifest, check_files, mismatch, read_manifest
 from dahash_index.store.parts import (
     PartFooter,
     check_row_ids,
@@ -56,11 +54,11 @@ class IndexReader:
     def __init__(
         self,
         path: Path,
-        manifest: dict,
+        manifest: Manifest,
         mmap: bool = False,
         footers: dict[str, PartFooter] | None = None,
         lookups: dict[str, LookupFile] | None = None,
-        base: tuple[dict, ShardedIndex] | None = None,
+        base: tuple[Manifest, ShardedIndex] | None = None,
         cache: BytesLru[pa.Table] | None = None,
     ) -> None:
         self.path = path
@@ -69,9 +67,9 @@ class IndexReader:
         self._footers: dict[str, PartFooter] = dict(footers or {})
         self._lookups: dict[str, LookupFile] = dict(lookups or {})
         self._cache = cache if cache is not None else _row_group_cache()
-        entries = list(manifest["shards"].values())
-        self._starts = np.array([e["first_row"] for e in entries], dtype=np.int64)
-        self._ends = self._starts + np.array([e["rows"] for e in entries], dtype=np.int64)
+        entries = list(manifest.shards.values())
+        self._starts = np.array([e.first_row for e in entries], dtype=np.int64)
+        self._ends = self._starts + np.array([e.rows for e in entries], dtype=np.int64)
         self._index: ShardedIndex | None = None
         self._base = base
 
@@ -94,24 +92,24 @@ class IndexReader:
         in-memory parts of its index that are still valid: only new segments and new shards'
         codes are read)."""
         manifest = read_manifest(self.path)
-        if manifest["generation"] == self._manifest["generation"]:
+        if manifest.generation == self._manifest.generation:
             return self
         check_files(self.path, manifest)
         footers = {
             key: footer
             for key, footer in self._footers.items()
-            if manifest["shards"].get(key) == self._manifest["shards"][key]
+            if manifest.shards.get(key) == self._manifest.shards[key]
         }
         # The new shards' footers now (a few kB each): a damaged new part then fails the
         # reopen, and the caller keeps answering from this state, rather than failing a later
         # query. The FAISS segments no longer read the parts that they cover.
-        for key in manifest["shards"]:
+        for key in manifest.shards:
             if key not in footers:
                 footers[key] = read_footer(self.path, manifest, key)
         lookups = {
             key: lookup
             for key, lookup in self._lookups.items()
-            if manifest["shards"].get(key) == self._manifest["shards"][key]
+            if manifest.shards.get(key) == self._manifest.shards[key]
         }
         base = None
         if self._index is not None:  # its segments are read-only, mapped or not: all reusable
@@ -120,26 +118,26 @@ class IndexReader:
         return IndexReader(self.path, manifest, self._mmap, footers, lookups, base, self._cache)
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         """A copy of the manifest this reader reads."""
         return copy.deepcopy(self._manifest)
 
     @property
     def generation(self) -> int:
         """The commit this reader sees; every commit increases it."""
-        return self._manifest["generation"]
+        return self._manifest.generation
 
     @property
     def bits(self) -> int:
-        return self._manifest["bits"]
+        return self._manifest.bits
 
     @property
     def kind(self) -> str:
-        return self._manifest["kind"]
+        return self._manifest.kind
 
     @property
     def row_count(self) -> int:
-        return self._manifest["row_count"]
+        return self._manifest.row_count
 
     @property
     def model_path(self) -> Path:
@@ -147,7 +145,7 @@ class IndexReader:
 
     @property
     def model_sha256(self) -> str:
-        return self._manifest["model_sha256"]
+        return self._manifest.model_sha256
 
     def check_model(self, checkpoint_path: str | os.PathLike) -> None:
         """Raise ModelMismatchError unless the checkpoint is the index's model (by SHA-256)."""
@@ -189,7 +187,7 @@ class IndexReader:
         if unknown:
             raise ValueError(f"unknown columns {unknown}; the columns are {schema.names}")
         columns = list(columns)
-        keys = list(self._manifest["shards"])
+        keys = list(self._manifest.shards)
         if row_ids is None:
             tables = [self._read_whole(key, columns) for key in keys]
             return pa.concat_tables(tables) if tables else _empty(schema, columns)
@@ -243,8 +241,8 @@ class IndexReader:
     def errors(self) -> pa.Table:
         """The scenes that could not be indexed, of every committed shard (ERRORS_SCHEMA)."""
         tables = [
-            read_parquet(self.path, e["errors"], ERRORS_SCHEMA, e["error_count"])
-            for e in self._manifest["shards"].values()
+            read_parquet(self.path, e.errors, ERRORS_SCHEMA, e.error_count)
+            for e in self._manifest.shards.values()
         ]
         return pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()
 
@@ -254,7 +252,7 @@ class IndexReader:
         Reads the parts' row_id column only."""
         out = np.empty(self.row_count, dtype=np.int64)
         start = 0
-        for key in self._manifest["shards"]:
+        for key in self._manifest.shards:
             footer = self._footer(key)
             column = self._read_whole(key, ["row_id"])["row_id"]
             check_row_ids(self.path, footer.rel, column, footer.first_row, footer.rows)
@@ -269,7 +267,7 @@ class IndexReader:
         size = self.bits // 8
         out = np.empty((self.row_count, size), dtype=np.uint8)
         start = 0
-        for key in self._manifest["shards"]:
+        for key in self._manifest.shards:
             rows = self._footer(key).rows
             out[start : start + rows] = codes_from_arrow(self._read_whole(key, ["code"])["code"],
                                                          size)
@@ -295,10 +293,10 @@ class IndexReader:
         """A shard's open lookup file, opened once; None for a shard committed before them."""
         lookup = self._lookups.get(key)
         if lookup is None:
-            entry = self._manifest["shards"][key]
-            if not entry.get("lookup"):
+            entry = self._manifest.shards[key]
+            if not entry.lookup:
                 return None
-            lookup = LookupFile(self.path, entry["lookup"], entry["rows"])
+            lookup = LookupFile(self.path, entry.lookup, entry.rows)
             self._lookups[key] = lookup
         return lookup
 

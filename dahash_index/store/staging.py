@@ -33,11 +33,11 @@ import pyarrow.parquet as pq
 from dahash_index.errors import one_line
 from dahash_index.files import atomic_write, fsync_dir
 from dahash_index.indexes.binary import check_codes
+from dahash_index.model.identity import ModelIdentity
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     METADATA_SCHEMA,
     IndexStoreError,
-    ModelIdentity,
     with_window_columns,
 )
 from dahash_index.store.parts import codes_from_arrow, codes_to_arrow, conform, write_table

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.indexes.binary import check_codes
+from dahash_index.model.identity import ModelIdentity
 from dahash_index.store.directory import create_index_dir, lock_index_dir, remove_leftovers
 from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
 from dahash_index.store.layout import (
@@ -22,19 +23,22 @@ from dahash_index.store.layout import (
     KINDS,
     MANIFEST,
     METADATA_SCHEMA,
-    SEGMENT_DIR,
     SHARD_FILES,
     IndexStoreError,
-    ModelIdentity,
     ModelMismatchError,
-    check_files,
-    check_model,
-    index_segments,
     metadata_schema,
     now,
-    read_manifest,
 )
 from dahash_index.store.lookup import write_lookup
+from dahash_index.store.manifest import (
+    SEGMENT_DIR,
+    Manifest,
+    ShardEntry,
+    check_files,
+    check_model,
+    read_manifest,
+    write_manifest,
+)
 from dahash_index.store.parts import codes_to_arrow, conform, write_table
 from dahash_index.store.staging import (
     STAGING,
@@ -51,7 +55,7 @@ class IndexWriter:
     collection or by the process's end). Usable as a context manager.
     """
 
-    def __init__(self, path: Path, manifest: dict, lock_fd: int) -> None:
+    def __init__(self, path: Path, manifest: Manifest, lock_fd: int) -> None:
         self.path = path
         self._manifest = manifest
         self._close_lock = weakref.finalize(self, os.close, lock_fd)
@@ -95,37 +99,36 @@ class IndexWriter:
         try:
             manifest = read_manifest(path)
             check_model(path, manifest, model)
-            if manifest["row_count"] == 0:
+            if manifest.row_count == 0:
                 manifest = _unbound(manifest, kind, nlist, extra)
-            if kind != manifest["kind"]:
-                raise IndexStoreError(f"{path}: index kind is {manifest['kind']!r}, not {kind!r}")
-            if nlist is not None and manifest["nlist"] not in (None, nlist):
-                raise IndexStoreError(f"{path}: index nlist is {manifest['nlist']}, not {nlist}")
-            if extra is not None and extra != manifest["extra"]:
+            if kind != manifest.kind:
+                raise IndexStoreError(f"{path}: index kind is {manifest.kind!r}, not {kind!r}")
+            if nlist is not None and manifest.nlist not in (None, nlist):
+                raise IndexStoreError(f"{path}: index nlist is {manifest.nlist}, not {nlist}")
+            if extra is not None and extra != manifest.extra:
                 raise IndexStoreError(
-                    f"{path}: index was built with {manifest['extra']}, not {extra}"
+                    f"{path}: index was built with {manifest.extra}, not {extra}"
                 )
             check_files(path, manifest)
             remove_leftovers(path, manifest)
         except BaseException:
             os.close(lock_fd)
             raise
-        if nlist is not None and manifest["nlist"] is None:
-            manifest = {**manifest, "nlist": nlist}  # recorded with the next commit
+        if nlist is not None and manifest.nlist is None:
+            manifest = manifest.replace(nlist=nlist)  # recorded with the next commit
         return cls(path, manifest, lock_fd)
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         """A copy of the last committed manifest."""
         return copy.deepcopy(self._manifest)
 
     def is_committed(self, shard_url: str) -> bool:
-        return shard_url in self._manifest["shards"]
+        return shard_url in self._manifest.shards
 
-    def entry(self, shard_url: str) -> dict | None:
-        """A copy of the committed shard's manifest entry, or None."""
-        entry = self._manifest["shards"].get(shard_url)
-        return dict(entry) if entry is not None else None
+    def entry(self, shard_url: str) -> ShardEntry | None:
+        """The committed shard's manifest entry, or None."""
+        return self._manifest.shards.get(shard_url)
 
     def commit_shard(
         self,
@@ -155,10 +158,10 @@ class IndexWriter:
         if not shard_url:
             raise ValueError(f"shard {shard_name!r}: the shard URL must not be empty")
         m = self._manifest
-        old = m["shards"].get(shard_url)
+        old = m.shards.get(shard_url)
         if old is not None and not replace:
             raise IndexStoreError(f"{self.path}: shard {shard_url!r} is already committed")
-        codes = check_codes(codes, m["bits"] // 8)
+        codes = check_codes(codes, m.bits // 8)
         n = len(codes)
         scene = conform(rows, METADATA_SCHEMA, f"rows of shard {shard_name!r}")
         if scene.num_rows != n:
@@ -168,48 +171,37 @@ class IndexWriter:
             if set(table["shard"].unique().to_pylist()) - {shard_name}:
                 raise ValueError(f"shard {shard_name!r}: {what} name another shard")
 
-        first = m["next_row_id"]
+        first = m.next_row_id
         ids = np.arange(first, first + n, dtype=np.int64)
         part = pa.Table.from_arrays(
             [pa.array(ids), codes_to_arrow(codes), *scene.columns],
-            schema=metadata_schema(m["bits"]),
+            schema=metadata_schema(m.bits),
         )
-        generation = m["generation"] + 1
+        generation = m.generation + 1
         # A name no committed manifest uses: an interrupted attempt's file is never referenced.
         name = f"{generation:06d}.parquet"
-        entry = {
-            "name": shard_name,
-            "fingerprint": fingerprint,
-            "part": f"parts/{name}",
-            "errors": f"errors/{name}",
-            "lookup": f"lookup/{generation:06d}.arrow",
-            "first_row": first,
-            "rows": n,
-            "error_count": errs.num_rows,
-            **({"precision": precision} if precision else {}),
+        files = {
+            "part": (f"parts/{name}", lambda f: write_table(part, f)),
+            "errors": (f"errors/{name}", lambda f: write_table(errs, f)),
+            "lookup": (f"lookup/{generation:06d}.arrow", lambda f: write_lookup(scene, f)),
         }
-        writes = {
-            "part": lambda f: write_table(part, f),
-            "errors": lambda f: write_table(errs, f),
-            "lookup": lambda f: write_lookup(scene, f),
-        }
-        for key, write in writes.items():
-            path = self.path / entry[key]
-            atomic_write(path, write)
-            entry[f"{key}_sha256"] = sha256_file(path)
+        checksums = {}
+        for kind, (rel, write) in files.items():
+            atomic_write(self.path / rel, write)
+            checksums[f"{kind}_sha256"] = sha256_file(self.path / rel)
+        entry = ShardEntry(shard_name, fingerprint, files["part"][0], files["errors"][0], first,
+                           n, errs.num_rows, lookup=files["lookup"][0], precision=precision,
+                           **checksums)
         # The renames must be durable before the manifest that references them is.
         for folder in SHARD_FILES.values():
             fsync_dir(self.path / folder)
-        shards = {k: e for k, e in m["shards"].items() if k != shard_url}
-        self._commit(
-            {
-                **_retire(m, [shard_url]),
-                "row_count": m["row_count"] - (old["rows"] if old else 0) + n,
-                "next_row_id": first + n,
-                "generation": generation,
-                "shards": {**shards, shard_url: entry},
-            }
-        )
+        shards = {k: e for k, e in m.shards.items() if k != shard_url}
+        self._commit(_retire(m, [shard_url]).replace(
+            row_count=m.row_count - (old.rows if old else 0) + n,
+            next_row_id=first + n,
+            generation=generation,
+            shards={**shards, shard_url: entry},
+        ))
         return range(first, first + n)
 
     @property
@@ -227,16 +219,16 @@ class IndexWriter:
         """
         self._check_open()
         m = self._manifest
-        if (result.model_sha256, result.bits) != (m["model_sha256"], m["bits"]):
+        if (result.model_sha256, result.bits) != (m.model_sha256, m.bits):
             raise ModelMismatchError(
                 f"{result.path}: shard {result.shard_url} was encoded with model "
                 f"{result.model_sha256[:12]} ({result.bits} bits), but {self.path} holds "
-                f"model {m['model_sha256'][:12]} ({m['bits']} bits); not adopted"
+                f"model {m.model_sha256[:12]} ({m.bits} bits); not adopted"
             )
         codes, rows, errors = read_rows(result)
         ids = self.commit_shard(result.shard_name, result.shard_url, codes, rows, errors,
                                 fingerprint=result.fingerprint,
-                                replace=result.shard_url in m["shards"],
+                                replace=result.shard_url in m.shards,
                                 precision=result.precision)
         remove_result(result)  # committed: a crash before this leaves a stale copy, never a gap
         return ids
@@ -247,21 +239,18 @@ class IndexWriter:
         and rebuilt from the parts. Used to recover from damaged files."""
         self._check_open()
         m = self._manifest
-        unknown = [u for u in shard_urls if u not in m["shards"]]
+        unknown = [u for u in shard_urls if u not in m.shards]
         if unknown:
             raise IndexStoreError(f"{self.path}: no committed shard {unknown[0]!r}")
         retired = _retire(m, shard_urls)
         if drop_index_file:
-            retired = {**retired, "index_file": None, "index_shards": [], "index_retired": []}
-        gone = sum(m["shards"][u]["rows"] for u in shard_urls)
-        self._commit(
-            {
-                **retired,
-                "row_count": m["row_count"] - gone,
-                "generation": m["generation"] + 1,
-                "shards": {k: e for k, e in m["shards"].items() if k not in set(shard_urls)},
-            }
-        )
+            retired = retired.replace(index_file=None, index_shards=[], index_retired=[])
+        gone = sum(m.shards[u].rows for u in shard_urls)
+        self._commit(retired.replace(
+            row_count=m.row_count - gone,
+            generation=m.generation + 1,
+            shards={k: e for k, e in m.shards.items() if k not in set(shard_urls)},
+        ))
 
     def finalize(self, ivf_train_sample: int | None = None) -> None:
         """Write the FAISS side of every committed shard as segment files and commit them.
@@ -282,30 +271,26 @@ class IndexWriter:
         if ivf_train_sample is not None and ivf_train_sample < 1:
             raise ValueError(f"ivf_train_sample must be positive, got {ivf_train_sample}")
         m = self._manifest
-        shards = list(m["shards"])
+        shards = list(m.shards)
         keep, todo = plan_segments(m)
-        segments = index_segments(m)
-        if m["index_file"] == SEGMENT_DIR and not todo and keep == segments:
-            if m["index_shards"] != shards or m["index_retired"]:  # 0-row shards only
-                self._commit({**m, "generation": m["generation"] + 1,
-                              "index_shards": shards, "index_retired": []})
+        if m.index_file == SEGMENT_DIR and not todo and keep == m.segments:
+            if m.index_shards != shards or m.index_retired:  # 0-row shards only
+                self._commit(m.replace(generation=m.generation + 1, index_shards=shards,
+                                       index_retired=[]))
             return
-        generation = m["generation"] + 1
+        generation = m.generation + 1
         written = write_segments(self.path, m, keep, todo, generation, ivf_train_sample)
         if written is None:
             return  # an IVF with too few codes to train: searched exactly until then
         new, nlist = written
-        self._commit(
-            {
-                **m,
-                "nlist": nlist if m["kind"] == "ivf" else m["nlist"],
-                "generation": generation,
-                "index_file": SEGMENT_DIR,
-                "index_segments": [*keep, *new],
-                "index_shards": shards,
-                "index_retired": [],
-            }
-        )
+        self._commit(m.replace(
+            nlist=nlist if m.kind == "ivf" else m.nlist,
+            generation=generation,
+            index_file=SEGMENT_DIR,
+            index_segments=[*keep, *new],
+            index_shards=shards,
+            index_retired=[],
+        ))
         # Only now that no durable manifest references them.
         remove_unreferenced(self.path, self._manifest)
 
@@ -323,41 +308,36 @@ class IndexWriter:
         if not self._close_lock.alive:
             raise IndexStoreError(f"{self.path}: this IndexWriter is closed")
 
-    def _commit(self, manifest: dict) -> None:
-        manifest["updated"] = now()
-        data = json.dumps(manifest, indent=1).encode()
-        atomic_write(self.path / MANIFEST, lambda f: f.write(data))
+    def _commit(self, manifest: Manifest) -> None:
+        manifest = manifest.replace(updated=now())
+        write_manifest(self.path, manifest)
         # The rename has happened: memory follows the disk even if the fsync below fails.
         self._manifest = manifest
         fsync_dir(self.path)
 
 
-def _unbound(manifest: dict, kind: str, nlist: int | None, extra: Mapping | None) -> dict:
+def _unbound(manifest: Manifest, kind: str, nlist: int | None, extra: Mapping | None
+             ) -> Manifest:
     """An index without rows takes the parameters of the build that opens it."""
-    same = kind == manifest["kind"]
-    return {
-        **manifest,
-        "kind": kind,
-        "nlist": nlist,
-        "extra": manifest["extra"] if extra is None else dict(extra),
-        "index_file": manifest["index_file"] if same else None,
-        "index_segments": index_segments(manifest) if same else [],
-        "index_shards": manifest["index_shards"] if same else [],
-    }
+    same = kind == manifest.kind
+    return manifest.replace(
+        kind=kind,
+        nlist=nlist,
+        extra=manifest.extra if extra is None else dict(extra),
+        index_file=manifest.index_file if same else None,
+        index_segments=manifest.segments if same else [],
+        index_shards=manifest.index_shards if same else [],
+    )
 
 
-def _retire(manifest: Mapping, shard_urls: Sequence[str]) -> dict:
+def _retire(manifest: Manifest, shard_urls: Sequence[str]) -> Manifest:
     """The manifest with the FAISS segments' rows of ``shard_urls`` marked as retired (the
     segments keep them until the next finalize; readers remove them)."""
-    covered = set(manifest["index_shards"])
+    covered = set(manifest.index_shards)
     gone = [u for u in shard_urls if u in covered]
-    ranges = [
-        [manifest["shards"][u]["first_row"], manifest["shards"][u]["rows"]]
-        for u in gone
-        if manifest["shards"][u]["rows"]
-    ]
-    return {
-        **manifest,
-        "index_shards": [s for s in manifest["index_shards"] if s not in set(gone)],
-        "index_retired": [*manifest["index_retired"], *ranges],
-    }
+    ranges = [[manifest.shards[u].first_row, manifest.shards[u].rows] for u in gone
+              if manifest.shards[u].rows]
+    return manifest.replace(
+        index_shards=[s for s in manifest.index_shards if s not in set(gone)],
+        index_retired=[*manifest.index_retired, *ranges],
+    )
