@@ -11,7 +11,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 import traceback
 import urllib.error
@@ -21,27 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-# The datasets live beside the repository (../shared/datasets), wherever it is cloned;
-# DAHASH_INDEX_DATASETS points elsewhere (a GPU machine that ../shared does not travel to).
-DATASETS = Path(os.environ.get("DAHASH_INDEX_DATASETS")
-                or Path(__file__).resolve().parents[2] / "shared" / "datasets")
-UCMERCED = DATASETS / "ucmerced"
-UCMERCED_TIF = DATASETS / "ucmerced-tif-sample"
-
-needs_ucmerced = pytest.mark.skipif(
-    not UCMERCED.is_dir() or not UCMERCED_TIF.is_dir(),
-    reason=f"real data not found at {DATASETS} (../shared/datasets beside the repository)",
+from helpers import (
+    DATASETS,
+    GOOD,
+    UCMERCED,
+    cli_command,
+    have_datasets,
+    link_ucmerced,
+    save_scene,
 )
-
-
-def cli_command() -> list[str]:
-    """The ``dahash-index`` console script of the running interpreter's environment (what a
-    user types), or ``python -m dahash_index.cli`` when it is not installed as a script."""
-    script = Path(sys.executable).parent / "dahash-index"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "dahash_index.cli"]
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +45,18 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
         AWS_EC2_METADATA_DISABLED="true",
     )
     return env
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The one skip for the real data: tests marked ``realdata`` read ../shared/datasets, and
+    say so when it is absent."""
+    if have_datasets():
+        return
+    skip = pytest.mark.skip(reason=f"real data not found at {DATASETS} (../shared/datasets "
+                                   "beside the repository, or $DAHASH_INDEX_DATASETS)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)
 
 
 @dataclass
@@ -199,13 +198,6 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def identity(checkpoint: Path):
-    """The ModelIdentity of a checkpoint file, as the store receives it."""
-    from dahash_index.model.checkpoint import load_checkpoint
-
-    return load_checkpoint(checkpoint).identity
-
-
 @pytest.fixture(scope="session")
 def quick_checkpoint(tmp_path_factory, tf2015_spec) -> Path:
     """An untrained 64-bit network on the real tf2015 backbone: valid codes, made in seconds."""
@@ -234,33 +226,38 @@ def other_checkpoint(tmp_path_factory, tf2015_spec) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, run_cli) -> Path:
-    """A 64-bit model trained on UC Merced with ``dahash-index train`` and the shipped preset.
-
-    Backbone features come from the feature cache ($DAHASH_INDEX_CACHE or
-    ~/.cache/dahash-index/features); when it is cold they are extracted once (minutes: the
-    preset trains on each scene and its mirror image, so two passes over 2100 scenes).
-    The step count is pinned so that a longer preset cannot slow the tests down; the shipped
-    preset reaches test-part mAP@20 about 0.92 in these 800 steps (~1 min).
-    """
+    """A 64-bit model trained with ``dahash-index train`` and the shipped preset on 40 scenes
+    of each of UC Merced's 21 classes (a quarter of the scenes with their features: the
+    preset trains on each scene and its mirror image, so 1,680 backbone passes when the
+    feature cache, $DAHASH_INDEX_CACHE or ~/.cache/dahash-index/features, is cold). The step
+    count is pinned so that a longer preset cannot slow the tests down."""
     if not UCMERCED.is_dir():
         pytest.skip(f"real data not found at {UCMERCED} (../shared/datasets)")
-    out = tmp_path_factory.mktemp("trained") / "model.pt"
-    result = run_cli(
-        "train",
-        "--data",
-        UCMERCED,
-        "--bits",
-        "64",
-        "--out",
-        out,
-        "--set",
-        "steps=800",
-        timeout=1800,
-        check=True,
-    )
-    assert out.is_file(), result.stdout
+    root = tmp_path_factory.mktemp("trained")
+    data = link_ucmerced(root / "data", per_class=40)
+    result = run_cli("train", "--data", data, "--bits", "64", "--out", root / "model.pt",
+                     "--set", "steps=800", check=True)
+    assert (root / "model.pt").is_file(), result.stdout
     print(result.stdout.strip().splitlines()[-1])
-    return out
+    return root / "model.pt"
+
+
+# --- a small index of synthetic scenes (untrained model), built once ---------------------------
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory, quick_checkpoint, run_cli):
+    """Two committed dir shards ('good', 'more') of synthetic scenes, built with the CLI."""
+    root = tmp_path_factory.mktemp("small")
+    shards = root / "shards"
+    for rel, seed in GOOD.items():
+        save_scene(shards / rel, seed)
+    index = root / "index"
+    result = run_cli(
+        "build", "--shards", shards, "--index", index, "--model", quick_checkpoint, check=True
+    )
+    assert f"{index} holds {len(GOOD)} rows" in result.stdout, result.stdout
+    return {"root": root, "shards": shards, "index": index, "model": quick_checkpoint}
 
 
 # --- a local S3-compatible server ----------------------------------------------------------

@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import UCMERCED, needs_ucmerced
+from helpers import link_ucmerced
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CLASSES = ("agricultural", "beach", "buildings", "forest", "freeway", "harbor", "overpass",
@@ -43,17 +43,12 @@ def test_the_readme_is_short_and_starts_with_the_two_commands():
 @pytest.fixture
 def scenes(tmp_path) -> Path:
     """tmp_path with my-labelled-scenes/ (8 classes x 10) and my-archive/ (8 shards x 5)."""
-    for cls in CLASSES:
-        files = sorted((UCMERCED / cls).iterdir())
-        for folder, chosen in (("my-labelled-scenes", files[:10]), ("my-archive", files[:5])):
-            (tmp_path / folder / cls).mkdir(parents=True)
-            for f in chosen:
-                (tmp_path / folder / cls / f.name).symlink_to(f)
+    link_ucmerced(tmp_path / "my-labelled-scenes", 10, list(CLASSES))
+    link_ucmerced(tmp_path / "my-archive", 5, list(CLASSES))
     return tmp_path
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_the_walk_through_runs_as_written(scenes, run_cli, cli_env, monkeypatch):
     monkeypatch.chdir(scenes)
     env = dict(cli_env)

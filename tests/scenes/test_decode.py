@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 from affine import Affine
-from conftest import DATASETS
+from helpers import DATASETS
 from PIL import Image, ImageFile
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
@@ -430,14 +430,9 @@ def test_scene_decode_error_is_a_value_error():
 
 # --- real data -----------------------------------------------------------------------
 
-needs_data = pytest.mark.skipif(
-    not (DATASETS / "ucmerced-tif-sample").is_dir() or not (DATASETS / "ucmerced").is_dir(),
-    reason=f"real data not found at {DATASETS} (../shared/datasets beside the repository)",
-)
 
 
 @pytest.mark.realdata
-@needs_data
 def test_ucmerced_tif_and_jpg_agree():
     tifs = sorted((DATASETS / "ucmerced-tif-sample").glob("*/*.tif"))
     assert len(tifs) >= 21

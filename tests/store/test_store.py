@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import identity
+from helpers import full_row, identity, shard_codes, shard_errors, shard_rows
 
 from dahash_index import files
 from dahash_index.indexes import (
@@ -45,60 +45,6 @@ from dahash_index.store import (
     repair_index,
 )
 from dahash_index.store.manifest import Segment, ShardEntry
-
-# Distinct 16-bit codes, one per row id: search results then have exactly one row at distance 0.
-_POOL = np.random.default_rng(0).permutation(1 << 16).astype(">u2").view(np.uint8).reshape(-1, 2)
-
-
-def shard_codes(first: int, n: int) -> np.ndarray:
-    """The codes of rows first..first+n-1 (16-bit, distinct)."""
-    return _POOL[first : first + n].copy()
-
-
-def shard_rows(shard: str, n: int) -> list[dict]:
-    """n metadata rows: every other one georeferenced, some members and labels null, and most
-    rows leave out some nullable columns."""
-    rows = []
-    for i in range(n):
-        row = {
-            "url": f"s3://bucket/{shard}/{i}.tif",
-            "shard": shard,
-            "member": f"{i}.tif" if i % 3 == 0 else None,
-            "width": 256 + i,
-            "height": 200,
-            "bands": 4,
-            "dtype": "uint16",
-            "label": None if i % 3 == 1 else "forest",
-        }
-        if i % 2 == 0:
-            row.update(
-                crs="EPSG:32633",
-                left=500000.0 + i,
-                bottom=4000000.0,
-                right=500256.0 + i,
-                top=4000200.0,
-                west=15.0,
-                south=36.1,
-                east=15.003,
-                north=36.102,
-                pixel_size_x=1.0,
-                pixel_size_y=1.0,
-                datetime="2020-06-01T10:00:00",
-            )
-        rows.append(row)
-    return rows
-
-
-def shard_errors(shard: str, n: int) -> list[dict]:
-    return [
-        {"url": f"s3://bucket/{shard}/bad{i}.tif", "shard": shard, "reason": "truncated TIFF"}
-        for i in range(n)
-    ]
-
-
-def _full(row: dict) -> dict:
-    """A committed row as the reader returns it: every METADATA_SCHEMA column present."""
-    return {name: row.get(name) for name in METADATA_SCHEMA.names}
 
 
 def url(shard: str) -> str:
@@ -181,7 +127,7 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
     meta = r.metadata()
     assert "code" not in meta.column_names
     assert meta["row_id"].to_pylist() == list(range(8))
-    expected = [_full(row) for row in shard_rows("s0", 3) + shard_rows("s2", 5)]
+    expected = [full_row(row) for row in shard_rows("s0", 3) + shard_rows("s2", 5)]
     assert meta.drop_columns(["row_id"]).to_pylist() == expected
     np.testing.assert_array_equal(r.codes(), shard_codes(0, 8))
     assert r.codes().dtype == np.uint8 and r.codes().shape == (8, 2)
@@ -441,8 +387,8 @@ def test_crash_mid_finalize(index_dir, ckpts, monkeypatch):
 
 _CHILD = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
-from conftest import identity
+sys.path[:0] = [{tests!r}, {here!r}]
+from helpers import identity
 from test_store import _commit
 from dahash_index.store import IndexWriter
 
@@ -462,7 +408,8 @@ for i in range(6):
 
 def test_real_sigkill_mid_commit(index_dir, ckpts):
     code = _CHILD.format(
-        tests=str(Path(__file__).parent), index=str(index_dir), ckpt=str(ckpts["a"])
+        tests=str(Path(__file__).parents[1]),
+        here=str(Path(__file__).parent), index=str(index_dir), ckpt=str(ckpts["a"])
     )
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]

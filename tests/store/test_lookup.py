@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import identity
+from helpers import identity
 
 from dahash_index.files import atomic_write, sha256_file
 from dahash_index.store import (

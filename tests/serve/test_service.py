@@ -15,9 +15,9 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 from conftest import running_service
+from helpers import assert_one_line_failure, encoded, free_port, save_scene
 from PIL import Image
 from starlette.testclient import TestClient
-from test_build_e2e import assert_one_line_failure, encoded, free_port, save_scene
 
 from dahash_index.columns import METADATA_COLUMNS
 from dahash_index.query.scene_index import SceneIndex

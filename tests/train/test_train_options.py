@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import UCMERCED
+from helpers import UCMERCED
 
 from dahash_index.model.backbones import BackboneSpec
 from dahash_index.model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
@@ -283,7 +283,6 @@ def test_centre_codes_saved_in_the_checkpoint(tmp_path: Path):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, capsys):
     from dahash_index.model.backbones import image_to_tensor, load_backbone
     from dahash_index.model.encoder import BackboneEncoder
@@ -352,7 +351,6 @@ def test_report_merge_keeps_earlier_runs(tmp_path):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 @pytest.mark.parametrize("average", [False, True])
 def test_encoder_codes_equal_the_trainers(tmp_path, tf2015_spec, average):
     """Standardisation (and orientation averaging) in the SceneEncoder, the path of build and

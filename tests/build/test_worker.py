@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import identity
+from helpers import full_row, identity, shard_codes, shard_errors, shard_rows
 from PIL import Image
-from test_store import _full, shard_codes, shard_errors, shard_rows
 
 from dahash_index.build.decode_pool import DecodePool, decode_for_index
 from dahash_index.build.engines import get_runner
@@ -252,7 +251,7 @@ def test_adoption_assigns_row_ids_and_removes_the_result(tmp_path, ckpts):
     np.testing.assert_array_equal(reader.codes(), np.concatenate(
         [shard_codes(1000, 2), shard_codes(1000, 3)]))
     assert reader.metadata().to_pylist()[2] | {"row_id": None} == (
-        {"row_id": None} | _full(shard_rows("s0", 3)[0]))
+        {"row_id": None} | full_row(shard_rows("s0", 3)[0]))
     assert reader.errors().num_rows == 2
     assert reader.manifest.shards["s3://bucket/s0"].fingerprint == "fp"
 
@@ -300,9 +299,9 @@ def test_leftovers_of_an_interrupted_build_are_adopted_or_dropped(tmp_path, ckpt
 
 _KILLED_WORKER = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
-from conftest import identity
-from test_pipeline import _stage
+sys.path[:0] = [{tests!r}, {here!r}]
+from helpers import identity
+from test_worker import _stage
 from dahash_index.store import IndexWriter
 
 real_rename = os.rename
@@ -326,7 +325,8 @@ _stage(writer, "s1", 3)
 @pytest.mark.parametrize("when", ["before-rename", "before-adopt"])
 def test_a_kill_between_writing_and_adopting_leaves_nothing_visible(tmp_path, ckpts, when):
     index = tmp_path / "I"
-    script = _KILLED_WORKER.format(tests=str(Path(__file__).parent), when=when,
+    script = _KILLED_WORKER.format(tests=str(Path(__file__).parents[1]),
+                                   here=str(Path(__file__).parent), when=when,
                                    index=str(index), ckpt=str(ckpts["a"]))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from affine import Affine
-from conftest import UCMERCED, needs_ucmerced, running_service
+from conftest import running_service
+from helpers import UCMERCED, assert_one_line_failure, link_ucmerced, save_scene
 from mosaic import ORIGIN, scene_pixels, write_mosaic
 from rasterio.transform import from_origin
-from test_build_e2e import assert_one_line_failure, save_scene
 
 from dahash_index.columns import WINDOW_COLUMNS
 from dahash_index.files import sha256_file
@@ -267,7 +267,7 @@ def test_index_from_before_chips_opens_and_answers(tiled, tmp_path, run_cli):
 # --- the mosaic of UC Merced scenes (acceptance) ------------------------------------------------
 
 
-@needs_ucmerced
+@pytest.mark.realdata
 def test_mosaic_chip_is_found_with_its_exact_window_and_bounds(tmp_path, quick_checkpoint,
                                                                 run_cli):
     """An untrained hash head on the real backbone: codes of single scenes, not of their
@@ -275,10 +275,7 @@ def test_mosaic_chip_is_found_with_its_exact_window_and_bounds(tmp_path, quick_c
     by row id), so rank 1 is the chip that holds the very pixels of the query."""
     classes = sorted(p for p in UCMERCED.iterdir() if p.is_dir())
     shards = tmp_path / "shards"
-    for c in classes:  # the plain shards: scenes 00-19 of each class
-        (shards / c.name).mkdir(parents=True)
-        for scene in sorted(c.iterdir())[:20]:
-            (shards / c.name / scene.name).symlink_to(scene)
+    link_ucmerced(shards, 5)  # the plain shards, distractors: scenes 00-04 of each class
     # the mosaic: 64 other scenes (50.. of each class in turn), 8 x 8, EPSG:32616, 1 m
     sources = [sorted(classes[i % len(classes)].iterdir())[50 + i // len(classes)]
                for i in range(64)]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import UCMERCED
-from conftest import UCMERCED_TIF as TIF_SAMPLE
+from helpers import UCMERCED
+from helpers import UCMERCED_TIF as TIF_SAMPLE
 from PIL import Image
 
 from dahash_index.build.decode_pool import DecodePool, decode_for_index, defer_for_device
@@ -193,7 +193,7 @@ def test_a_consumer_that_stops_early_leaves_no_shared_block():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not TIF_SAMPLE.is_dir(), reason=f"real data not found at {TIF_SAMPLE}")
+@pytest.mark.realdata
 def test_tiff_through_the_new_path_is_todays_decode():
     files = sorted(TIF_SAMPLE.glob("*/*.tif"))[:6]
     decode = partial(decode_for_index, bands=None, max_pixels=10**8, defer_jpegs=True)
@@ -208,7 +208,6 @@ def test_tiff_through_the_new_path_is_todays_decode():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_batched_jpeg_decode_on_the_cpu_is_pillows_pixel_for_pixel():
     files = sorted(UCMERCED.glob("*/*.jpg"))[::50]
     items = []
@@ -302,7 +301,6 @@ def test_header_metadata_is_the_cpu_decodes():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_header_metadata_of_real_scenes_is_the_cpu_decodes():
     for path in sorted(UCMERCED.glob("*/*.jpg"))[::25]:
         data = path.read_bytes()
@@ -440,7 +438,6 @@ def test_device_jpeg_build_equals_the_cpu_build_and_records_precision(
 
 @needs_cuda
 @pytest.mark.realdata
-@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_nvjpeg_stays_within_the_documented_tolerance():
     """nvJPEG's IDCT is not libjpeg's: pixels may differ by a few levels (README)."""
     files = sorted(UCMERCED.glob("*/*.jpg"))[::20]
@@ -455,7 +452,6 @@ def test_nvjpeg_stays_within_the_documented_tolerance():
 
 @needs_cuda
 @pytest.mark.realdata
-@pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}")
 def test_gpu_codes_agree_with_the_cpus(arithmetic_checkpoint):
     from dahash_index.model.encoder import SceneEncoder
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from conftest import UCMERCED, identity, needs_ucmerced
+from helpers import UCMERCED, identity, link_ucmerced
 
 from dahash_index import store
 from dahash_index.cli.merge import merge
@@ -417,23 +417,13 @@ def test_scene_keys_is_a_set():
 # --- real data -------------------------------------------------------------------------------
 
 
-def _link_half(root: Path, classes: list[str], scenes: int) -> Path:
-    """A shards root of ``scenes`` symlinked UC Merced scenes of each class."""
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for src in sorted((UCMERCED / name).iterdir())[:scenes]:
-            (root / name / src.name).symlink_to(src)
-    return root
-
-
 @pytest.mark.realdata
-@needs_ucmerced
 def test_ucmerced_halves_merge_into_the_whole(tmp_path, quick_checkpoint, run_cli):
     classes = sorted(p.name for p in UCMERCED.iterdir() if p.is_dir())[:4]
     halves = [classes[0::2], classes[1::2]]  # interleaved by name
     indexes = []
     for name, part in [("a", halves[0]), ("b", halves[1]), ("all", classes)]:
-        shards = _link_half(tmp_path / f"shards-{name}", part, 10)
+        shards = link_ucmerced(tmp_path / f"shards-{name}", 10, part)
         index = tmp_path / f"index-{name}"
         run_cli("build", "--shards", shards, "--index", index, "--model", quick_checkpoint,
                 "--workers", 0, check=True)

@@ -4,12 +4,13 @@
   dashboard): the rows and codes of the local engine, the undecodable scene skipped in one
   line, and no Ray chatter on the terminal (~1 min).
 - Without the ray package: one line with the pip hint, nothing left behind.
-- ``realdata``: UC Merced (2100 scenes, 21 class shards) built by both engines through the
-  CLI: exactly the same (url, member) -> code mapping. Then 4 of its classes built through
-  the Python API on a Ray started by the test (127.0.0.1, 2 CPUs, no dashboard) while an
-  encoder actor is killed in the middle of a shard (an ``on_batch`` hook, ``ExitOnce``): the
-  build completes with the same codes, no shard lost or doubled. The local reference is built
-  once per module (minutes: the real backbone on 2100 scenes).
+- ``realdata``: 6 UC Merced classes, 40 scenes each (240 scenes, 6 class shards), built by
+  both engines through the CLI: exactly the same (url, member) -> code mapping. Then 4 of
+  those classes built through the Python API on a Ray started by the test (127.0.0.1, 2 CPUs,
+  no dashboard) while an encoder actor is killed in the middle of a shard (an ``on_batch``
+  hook, ``ExitOnce``): the build completes with the same codes, no shard lost or doubled. The
+  local reference is built once per module. ``benchmarks/ray_build.py`` runs both engines
+  over more of UC Merced.
 
 Skipped, with the reason, where ray is not installed (the missing-ray test runs anyway).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import UCMERCED, needs_ucmerced
+from helpers import UCMERCED, link_ucmerced
 from PIL import Image
 
 from dahash_index.build.indexer import build_index
@@ -94,7 +95,7 @@ def write_scene(path: Path, seed: int) -> None:
 
 
 def test_cli_ray_engine_matches_local_on_synthetic_scenes(ray_module, tmp_path, quick_checkpoint,
-                                                          run_cli):
+                                                          run_cli, run_cli_process):
     shards = tmp_path / "shards"
     for i in range(5):
         write_scene(shards / "a" / f"s{i}.png", i)
@@ -105,8 +106,9 @@ def test_cli_ray_engine_matches_local_on_synthetic_scenes(ray_module, tmp_path, 
 
     local = run_cli("build", "--shards", shards, "--index", tmp_path / "L", "--model",
                     quick_checkpoint, check=True)
-    ray = run_cli("build", "--shards", shards, "--index", tmp_path / "R", "--model",
-                  quick_checkpoint, "--engine", "ray", check=True)
+    # In a process of its own: what Ray prints goes to the terminal, not through click.
+    ray = run_cli_process("build", "--shards", shards, "--index", tmp_path / "R", "--model",
+                          quick_checkpoint, "--engine", "ray", check=True)
 
     assert "indexed 8 scenes from 2 shard(s) (0 already committed), 1 error(s)" in ray.stdout
     assert codes_by_scene(tmp_path / "R") == codes_by_scene(tmp_path / "L")
@@ -142,25 +144,36 @@ def test_missing_ray_is_one_line_with_the_pip_hint(tmp_path, quick_checkpoint, r
 # --- UC Merced ------------------------------------------------------------------------------
 
 
+CLASSES, PER_CLASS = 6, 40  # 2 batches of 32 a shard
+
+
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory, quick_checkpoint, run_cli) -> dict[SceneKey, bytes]:
-    """UC Merced indexed by the local engine (the CLI's default), once per module."""
-    index = tmp_path_factory.mktemp("local-ucmerced") / "I"
-    run_cli("build", "--shards", UCMERCED, "--index", index, "--model", quick_checkpoint,
-            timeout=3600, check=True)
+def ucmerced_part(tmp_path_factory) -> Path:
+    classes = sorted(p.name for p in UCMERCED.iterdir() if p.is_dir())[:CLASSES]
+    return link_ucmerced(tmp_path_factory.mktemp("ucmerced-part"), PER_CLASS, classes)
+
+
+@pytest.fixture(scope="module")
+def local_reference(ucmerced_part, quick_checkpoint, run_cli) -> dict[SceneKey, bytes]:
+    """The UC Merced part indexed by the local engine (the CLI's default), once per module."""
+    index = ucmerced_part.parent / "local-index"
+    run_cli("build", "--shards", ucmerced_part, "--index", index, "--model", quick_checkpoint,
+            check=True)
     return codes_by_scene(index)
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_cli_ray_engine_indexes_ucmerced_like_local(ray_module, local_reference, tmp_path,
-                                                    quick_checkpoint, run_cli):
-    result = run_cli("build", "--shards", UCMERCED, "--index", tmp_path / "R", "--model",
-                     quick_checkpoint, "--engine", "ray", timeout=3600, check=True)
+                                                    ucmerced_part, quick_checkpoint,
+                                                    run_cli_process):
+    result = run_cli_process("build", "--shards", ucmerced_part, "--index", tmp_path / "R",
+                             "--model", quick_checkpoint, "--engine", "ray", timeout=1800,
+                             check=True)
 
-    assert "indexed 2100 scenes from 21 shard(s)" in result.stdout, result.stdout
+    n = CLASSES * PER_CLASS
+    assert f"indexed {n} scenes from {CLASSES} shard(s)" in result.stdout, result.stdout
     ray_codes = codes_by_scene(tmp_path / "R")
-    assert len(local_reference) == 2100
+    assert len(local_reference) == n
     assert ray_codes.keys() == local_reference.keys()
     differ = [key for key, code in ray_codes.items() if code != local_reference[key]]
     assert not differ, f"{len(differ)} scenes got other codes, e.g. {differ[:3]}"
@@ -177,29 +190,25 @@ def ray_here(ray_module):
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_killed_encoder_loses_and_doubles_nothing(ray_here, local_reference, tmp_path,
                                                   quick_checkpoint):
     from ray import cloudpickle
 
     classes = sorted(p.name for p in UCMERCED.iterdir() if p.is_dir())[:4]
-    shards = tmp_path / "shards"
-    for name in classes:  # whole classes: the same batches as in the reference build
-        (shards / name).mkdir(parents=True)
-        for scene in (UCMERCED / name).iterdir():
-            (shards / name / scene.name).symlink_to(scene)
+    # Whole shards of the reference: the same batches as in the reference build.
+    shards = link_ucmerced(tmp_path / "shards", PER_CLASS, classes)
     marker = tmp_path / "killed"
-    # Shards of 100 scenes in batches of 32 (4 batches): the first actor to finish its 5th
+    # Shards of 40 scenes in batches of 32 (2 batches): the first actor to finish its 3rd
     # batch, the first of its 2nd shard, exits in the middle of that shard.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
     report = build_index(str(shards), tmp_path / "I", quick_checkpoint,
-                         BuildOptions(engine="ray", on_batch=ExitOnce(5, marker)),
+                         BuildOptions(engine="ray", on_batch=ExitOnce(3, marker)),
                          progress=False)
 
     assert marker.exists(), "no encoder was killed"
     assert report.failed == [] and report.shards_indexed == 4, report
     got = by_shard_and_name(codes_by_scene(tmp_path / "I"), set(classes))
-    assert len(got) == report.row_count == 400
+    assert len(got) == report.row_count == 4 * PER_CLASS
     assert got == by_shard_and_name(local_reference, set(classes))
     assert not list((tmp_path / "I" / "staging").glob("*.result"))  # no stray second copy
     assert ray_here.is_initialized()  # the runner leaves a Ray it did not start running

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import UCMERCED
+from helpers import UCMERCED
 from PIL import Image
 from torch import nn
 from torchvision.models import inception as tv_inception
@@ -24,10 +24,6 @@ from dahash_index.model.inception import (
     InceptionV3Features,
     tf2015_inception_v3_features,
     torchvision_inception_v3_features,
-)
-
-needs_ucmerced = pytest.mark.skipif(
-    not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"
 )
 
 
@@ -54,7 +50,7 @@ def test_backbone_is_a_frozen_inception3(backbone):
     assert backbone.spec.name == "tf2015" and len(backbone.spec.weights_sha256) == 64
 
 
-@needs_ucmerced
+@pytest.mark.realdata
 def test_mapped_module_reproduces_the_torchscript_features(backbone):
     script = torch.jit.load(str(fid_helper_weights_path()), map_location="cpu").eval()
     names = ["airplane/airplane00.jpg", "beach/beach10.jpg", "forest/forest20.jpg",

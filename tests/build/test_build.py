@@ -1,10 +1,11 @@
-"""End-to-end tests of the indexer, driven as a user drives it: the ``dahash-index`` command in
-real subprocesses (build, query, info), and the Python API (``SceneIndex``) on what it built.
+"""End-to-end tests of the indexer, driven as a user drives it: the ``dahash-index`` command
+(build, query, info; in this process, but for the build that is SIGKILLed), and the Python
+API (``SceneIndex``) on what it built.
 
-- UC Merced packed as .tar shards on a local S3-compatible server (moto), built through s3fs,
-  killed with SIGKILL part-way and resumed; then queried with the original .tif scenes through
-  a model trained by ``dahash-index train`` (``realdata``: minutes; skipped without
-  ../shared/datasets).
+- UC Merced packed as .tar shards (20 scenes of each class) on a local S3-compatible server
+  (moto), built through s3fs, killed with SIGKILL part-way and resumed; then queried with the
+  original .tif scenes through a model trained by ``dahash-index train`` (``realdata``;
+  skipped without ../shared/datasets).
 - Real GeoTIFFs (UTM, 4 x uint16, deflate, TIFFTAG_DATETIME): their metadata in the index.
 - Bad input, one test each: one-line errors naming the file, the build goes on, nothing
   committed is lost; refusals (missing shards URL, another model).
@@ -22,106 +23,32 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tarfile
-import threading
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
-from conftest import UCMERCED, UCMERCED_TIF, cli_command, needs_ucmerced
+from helpers import (
+    UCMERCED,
+    UCMERCED_TIF,
+    assert_one_line_failure,
+    assert_skipped_one_line,
+    cli_command,
+    encoded,
+    free_port,
+    json_lines,
+    save_scene,
+    synthetic_scene,
+)
 from PIL import Image
 
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader, ModelMismatchError
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def messages(stderr: str) -> list[str]:
-    """stderr as the lines a user reads: tqdm redraws its bar with carriage returns."""
-    return [seg.strip() for line in stderr.split("\n") for seg in line.split("\r") if seg.strip()]
-
-
-def assert_skipped_one_line(stderr: str, name: str, *reason_parts: str) -> str:
-    """Exactly one message names the scene: 'skipped NAME: reason', one line, no traceback."""
-    assert "Traceback" not in stderr, stderr
-    hits = [m for m in messages(stderr) if name in m]
-    assert len(hits) == 1, f"expected one message naming {name}, got {hits}\n{stderr}"
-    assert hits[0].startswith(f"skipped {name}: "), hits[0]
-    for part in reason_parts:
-        assert part in hits[0], hits[0]
-    return hits[0]
-
-
-def assert_one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """A refused command: non-zero exit, one line on stderr (naming ``needles``), no traceback."""
-    assert result.returncode != 0, result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def json_lines(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def synthetic_scene(seed: int, height: int = 96, width: int = 128) -> np.ndarray:
-    """(H, W, 3) uint8: a smooth random colour field plus noise, different for every seed."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
-    smooth = np.asarray(coarse.resize((width, height), Image.BILINEAR), dtype=np.int16)
-    noisy = smooth + rng.integers(-25, 26, smooth.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-def save_scene(path: Path, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(synthetic_scene(seed)).save(path, quality=95)  # format from the suffix
-    return path
-
-
-def encoded(seed: int, fmt: str = "JPEG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(synthetic_scene(seed)).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --- a small index of synthetic scenes (untrained model) ---------------------------------------
-
-GOOD = {"good/s0.jpg": 0, "good/s1.jpg": 1, "good/s2.png": 2, "more/m0.tif": 3, "more/m1.jpg": 4}
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, quick_checkpoint, run_cli):
-    """Two committed dir shards ('good', 'more') of synthetic scenes, built with the CLI."""
-    root = tmp_path_factory.mktemp("small")
-    shards = root / "shards"
-    for rel, seed in GOOD.items():
-        save_scene(shards / rel, seed)
-    index = root / "index"
-    result = run_cli(
-        "build", "--shards", shards, "--index", index, "--model", quick_checkpoint, check=True
-    )
-    assert f"{index} holds {len(GOOD)} rows" in result.stdout, result.stdout
-    return {"root": root, "shards": shards, "index": index, "model": quick_checkpoint}
 
 
 def add_shard_and_build(tmp_path: Path, small: dict, run_cli, new_shard, workers: int = 1) -> tuple:
@@ -524,123 +451,17 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
     assert {k: own[0][k] for k in expected} == expected
 
 
-# --- the Python API ----------------------------------------------------------------------------
-
-
-def test_api_query_matches_cli_json(small, run_cli):
-    path = small["shards"] / "good" / "s1.jpg"
-    cli = run_cli("query", path, "--index", small["index"], "--top", "5", "--json", check=True)
-    cli_rows = json_lines(cli.stdout)
-    assert len(cli_rows) == 5
-
-    index = SceneIndex.open(small["index"])
-    array = np.asarray(Image.open(path).convert("RGB"))
-    table = index.query([str(path), array, path.read_bytes()], top=5)
-    assert isinstance(table, pa.Table)
-    assert table.num_rows == 15 and table["error"].null_count == 15
-    rows = table.drop_columns(["error"]).to_pylist()
-    assert rows[:5] == cli_rows  # every field, as the CLI prints it
-    strip = [{k: v for k, v in r.items() if k not in ("query", "query_name")} for r in cli_rows]
-    for q, name in ((1, "array 1"), (2, "bytes 2")):
-        mine = [r for r in rows if r["query"] == q]
-        assert {r["query_name"] for r in mine} == {name}
-        assert [
-            {k: v for k, v in r.items() if k not in ("query", "query_name")} for r in mine
-        ] == strip
-    own = [r for r in cli_rows if r["url"] == str(path)]
-    assert own and own[0]["distance"] == 0
-    assert [r["distance"] for r in cli_rows] == sorted(r["distance"] for r in cli_rows)
-
-    df = table.to_pandas()
-    assert len(df) == 15 and df.groupby("query").size().tolist() == [5, 5, 5]
-    assert {"rank", "distance", "row_id", "url", "label", "crs", "datetime"} <= set(df.columns)
-    assert df["row_id"].between(0, len(GOOD) - 1).all()
-
-
-def test_query_mmap_gives_the_same_hits(small, run_cli):
-    path = small["shards"] / "more" / "m0.tif"
-    args = ("query", path, "--index", small["index"], "--top", "4", "--json")
-    loaded = run_cli(*args, check=True)
-    mapped = run_cli(*args, "--mmap", check=True)
-    assert len(json_lines(loaded.stdout)) == 4
-    assert json_lines(mapped.stdout) == json_lines(loaded.stdout)
-
-
-def test_api_bad_query_gets_an_error_row_and_the_others_go_on(small, run_cli, tmp_path):
-    good = small["shards"] / "good" / "s0.jpg"
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff" + bytes(10))
-    table = SceneIndex.open(small["index"]).query([str(bad), str(good)], top=2)
-    err = table.filter(pc.equal(table["query"], 0)).to_pylist()
-    assert len(err) == 1 and err[0]["row_id"] is None and "JPEG" in err[0]["error"]
-    assert table.filter(pc.equal(table["query"], 1)).num_rows == 2
-
-    result = run_cli("query", bad, good, "--index", small["index"], "--top", "2")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        f"Error: {bad}: {err[0]['error']}"
-    ]
-    assert str(good) in result.stdout
-
-
-def test_api_query_codes_and_radius(small):
-    index = SceneIndex.open(small["index"])
-    codes = IndexReader.open(small["index"]).codes()
-    n = len(codes)
-    bits = np.unpackbits(codes, axis=1)
-    hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)  # (n, n) brute force
-
-    table = index.query_codes(codes, top=n, names=[f"row {i}" for i in range(n)])
-    assert table.num_rows == n * n
-    for q in range(n):
-        hits = table.filter(pc.equal(table["query"], q)).to_pylist()
-        assert hits[0]["query_name"] == f"row {q}"
-        assert [h["distance"] for h in hits] == sorted(hamming[q])
-        assert all(h["distance"] == hamming[q, h["row_id"]] for h in hits)
-        assert sorted(h["row_id"] for h in hits) == list(range(n))
-
-    for radius in (0, int(np.median(hamming[0])), 64):
-        hits = index.query_codes(codes[:1], radius=radius).to_pylist()
-        assert sorted(h["row_id"] for h in hits) == sorted(np.flatnonzero(hamming[0] <= radius))
-        assert all(h["distance"] <= radius for h in hits)
-    # radius= on an image query: every row within the radius, and only those.
-    path = small["shards"] / "more" / "m1.jpg"
-    own_code, _, _ = index.encode([str(path)])
-    dist = (np.unpackbits(own_code, axis=1) != bits).sum(1)
-    radius = int(np.sort(dist)[2])
-    hits = index.query([str(path)], radius=radius).to_pylist()
-    assert sorted(h["row_id"] for h in hits) == sorted(np.flatnonzero(dist <= radius))
-
-
-def test_api_query_from_four_threads_equals_serial(small):
-    scenes = [str(small["shards"] / rel) for rel in GOOD]
-    arrays = [synthetic_scene(s) for s in (20, 21)]
-    batches = [scenes[:2], scenes[2:], [scenes[4], arrays[0]], [arrays[1], *scenes[1:4]]]
-    index = SceneIndex.open(small["index"])  # fresh: the encoder loads under contention
-    start = threading.Barrier(len(batches))
-
-    def run(batch):
-        start.wait()
-        return index.query(batch, top=4)
-
-    with ThreadPoolExecutor(len(batches)) as pool:
-        concurrent = list(pool.map(run, batches))
-    serial = [index.query(batch, top=4) for batch in batches]
-    for got, want in zip(concurrent, serial, strict=True):
-        assert got.equals(want)
-        assert got["error"].null_count == got.num_rows
-
-
 # --- UC Merced on S3: SIGKILL part-way, resume, query with the original TIFFs -----------------
 
 
-N_CLASSES, PER_CLASS = 21, 100
+# Every class, 20 scenes each (the originals of ucmerced-tif-sample among them): 420 scenes.
+N_CLASSES, PER_CLASS = 21, 20
 
 
 @pytest.fixture(scope="module")
 def ucmerced_s3(tmp_path_factory, s3_client):
-    """UC Merced as 21 tar shards (one per class, members '<class>/<file>.jpg') in
-    s3://ucmerced-e2e/shards on the local moto server."""
+    """UC Merced as 21 tar shards (one per class, PER_CLASS scenes each, members
+    '<class>/<file>.jpg') in s3://ucmerced-e2e/shards on the local moto server."""
     tars = tmp_path_factory.mktemp("ucmerced-tars")
     bucket, prefix = "ucmerced-e2e", "shards"
     s3_client.create_bucket(Bucket=bucket)
@@ -649,7 +470,7 @@ def ucmerced_s3(tmp_path_factory, s3_client):
     for cls in classes:
         tar = tars / f"{cls}.tar"
         with tarfile.open(tar, "w") as tf:
-            for scene in sorted((UCMERCED / cls).iterdir()):
+            for scene in sorted((UCMERCED / cls).iterdir())[:PER_CLASS]:
                 tf.add(scene, arcname=f"{cls}/{scene.name}")
         s3_client.upload_file(str(tar), bucket, f"{prefix}/{tar.name}")
     return f"s3://{bucket}/{prefix}", classes
@@ -750,7 +571,6 @@ def s3_index(tmp_path_factory, ucmerced_s3, trained_model, s3_endpoint, cli_env,
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_s3_build_killed_and_resumed_indexes_every_scene_once(s3_index):
     killed = s3_index["killed"]
     k = len(killed["manifest"].shards)
@@ -806,7 +626,6 @@ def test_s3_build_killed_and_resumed_indexes_every_scene_once(s3_index):
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_s3_index_info(s3_index, run_cli):
     index = s3_index["index"]
     info = run_cli("info", index, check=True)
@@ -817,7 +636,6 @@ def test_s3_index_info(s3_index, run_cli):
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_query_original_tifs_return_their_class(s3_index, run_cli):
     tifs = sorted(UCMERCED_TIF.glob("*/*.tif"))
     assert len(tifs) == 2 * N_CLASSES

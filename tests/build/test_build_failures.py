@@ -23,14 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import UCMERCED, UCMERCED_TIF, cli_command, needs_ucmerced
-from test_build_e2e import assert_one_line_failure, free_port, messages
+from helpers import (
+    UCMERCED,
+    UCMERCED_TIF,
+    assert_one_line_failure,
+    cli_command,
+    free_port,
+    messages,
+)
 
 from dahash_index.model.checkpoint import load_checkpoint
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader, IndexWriter, check_index
 
-pytestmark = needs_ucmerced
+pytestmark = pytest.mark.realdata
 
 CLASSES = ("agricultural", "beach", "forest")
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import UCMERCED, running_service
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import subset_shards  # noqa: E402
+from conftest import running_service
+from helpers import link_ucmerced
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -29,7 +25,6 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                        reason="no chromium/chromedriver on PATH (apt-get install chromium "
                               "chromium-driver)"),
-    pytest.mark.skipif(not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED}"),
 ]
 
 QUERY_CLASS = "harbor"
@@ -39,7 +34,7 @@ QUERY_CLASS = "harbor"
 def server(tmp_path_factory, trained_model, run_cli, cli_env):
     """``dahash-index serve`` over 8 scenes of each of the 21 classes."""
     root = tmp_path_factory.mktemp("page")
-    shards = subset_shards(UCMERCED, 21, 8, root / "shards")
+    shards = link_ucmerced(root / "shards", 8)
     index = root / "index"
     run_cli("build", "--shards", shards, "--index", index, "--model", trained_model,
             timeout=1800, check=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UCMERCED
+from helpers import link_ucmerced
 
 from dahash_index.cli.main import main
 from dahash_index.model.backbones import BackboneSpec
@@ -18,27 +18,14 @@ from dahash_index.train.data import split_per_class
 from dahash_index.train.evaluate import VARIANTS, score_codes
 from dahash_index.train.workflow import train_command
 
-needs_ucmerced = pytest.mark.skipif(
-    not UCMERCED.is_dir(), reason=f"real data not found at {UCMERCED} (../shared/datasets)"
-)
-
-
-def _subset(out: Path, classes: list[str], per_class: int) -> Path:
-    for name in classes:
-        (out / name).mkdir(parents=True)
-        for scene in sorted((UCMERCED / name).iterdir())[:per_class]:
-            (out / name / scene.name).symlink_to(scene)
-    return out
-
 
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory) -> Path:
-    return _subset(tmp_path_factory.mktemp("ucm"), ["agricultural", "beach", "forest",
-                                                     "harbor"], 20)
+    return link_ucmerced(tmp_path_factory.mktemp("ucm"), 20,
+                         ["agricultural", "beach", "forest", "harbor"])
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_short_training_beats_random_codes(subset, tmp_path):
     scores = train_command(subset, 32, tmp_path / "m.pt", 0, "dahash", ["steps=150"],
                            "tf2015", None, tmp_path / "cache")
@@ -60,9 +47,8 @@ def test_short_training_beats_random_codes(subset, tmp_path):
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_unreadable_image_is_skipped_with_one_line(tmp_path):
-    data = _subset(tmp_path / "data", ["beach", "forest"], 6)
+    data = link_ucmerced(tmp_path / "data", 6, ["beach", "forest"])
     (data / "beach" / "broken.jpg").write_bytes(b"not a jpeg at all")
     result = CliRunner().invoke(main, [
         "train", "--data", str(data), "--bits", "16", "--out", str(tmp_path / "m.pt"),
@@ -127,12 +113,12 @@ def test_checkpoint_from_another_backbone_refused(tmp_path):
         checkpoint.check_backbone(mine)
 
 
-@needs_ucmerced
+@pytest.mark.realdata
 def test_eval_with_a_checkpoint_from_another_backbone_is_one_line(tmp_path):
     other = BackboneSpec("tf2015", "f" * 64, (0.5,) * 3, (0.5,) * 3)
     config = {"bits": 16, "steps": 1}
     save_checkpoint(tmp_path / "other.pt", dahash_net(16), other, ["a", "b"], 0, config)
-    data = _subset(tmp_path / "data", ["beach", "forest"], 3)
+    data = link_ucmerced(tmp_path / "data", 3, ["beach", "forest"])
     result = CliRunner().invoke(main, [
         "eval", "--data", str(data), "--model", str(tmp_path / "other.pt"), "--bits", "16",
         "--seeds", "0", "--variants", "full", "--out", str(tmp_path / "eval"),
@@ -155,7 +141,6 @@ FAST_VARIANTS = [v for v in VARIANTS if "orientation" not in v and v != "MiLAN"]
 
 
 @pytest.mark.realdata
-@needs_ucmerced
 def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
     train_command(subset, 16, tmp_path / "m.pt", 0, "dahash", ["steps=20"], "tf2015", None,
                   tmp_path / "cache")

@@ -9,7 +9,7 @@ import uuid
 
 import fsspec
 import pytest
-from conftest import DATASETS
+from helpers import DATASETS
 
 from dahash_index.sources.shards import SceneBytes, SceneError, Shard, ShardReader
 
@@ -371,10 +371,6 @@ def test_s3_bucket_prefix(s3_endpoint):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(
-    not (DATASETS / "ucmerced").is_dir(),
-    reason=f"real data not found at {DATASETS / 'ucmerced'} (../shared/datasets)",
-)
 def test_ucmerced_layout():
     reader = ShardReader(str(DATASETS / "ucmerced"))
     shards = reader.list_shards()
