@@ -49,3 +49,21 @@ def untrained_model(path: Path, backbone: str = "random", seed: int = 0) -> Path
     torch.manual_seed(seed)
     save_checkpoint(path, dahash_net(64), load_backbone(backbone).spec, [], 0, {})
     return path
+
+
+def results_header(argv: list[str]) -> dict:
+    """What every results file starts with: the command, the commit, the date, the machine."""
+    import subprocess
+    from datetime import datetime, timezone
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        commit += " (uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"command": "python " + " ".join(argv), "commit": commit,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine()}

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 
 INT64 = pa.int64()
-_NUMPY = {pa.int32(): np.int32, INT64: np.int64}
+_NUMPY = {pa.int32(): np.int32, INT64: np.int64, pa.float32(): np.float32}
 
 
-def int_array(values: np.ndarray, type: pa.DataType = INT64,
+def numeric_array(values: np.ndarray, type: pa.DataType = INT64,
               null: np.ndarray | None = None) -> pa.Array:
-    """values (n,) as an Arrow ``type`` (int32 or int64) array, null where ``null`` (bool
-    (n,)) is True; built on a copy of ``values``' buffer."""
+    """values (n,) as an Arrow ``type`` (int32, int64 or float32) array, null where ``null``
+    (bool (n,)) is True; built on a copy of ``values``' buffer."""
     data = np.ascontiguousarray(values, dtype=_NUMPY[type])
     validity = None
     if null is not None and null.any():

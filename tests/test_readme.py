@@ -5,6 +5,7 @@ Every command of the walk-through's shell block runs in this process (click's Cl
 with the environment the block exports, with two exceptions said here: ``train`` gets
 ``--set steps=60`` (the shipped 800 steps would add a minute to the suite; the command is
 otherwise the README's), and ``serve``, which would not return, is asked for ``--help``.
+The walk-through's second block (``adapt``) runs after the first, in the same environment.
 The set-up block (``make demo``, ``make test``) is what CI itself runs.
 """
 
@@ -53,7 +54,9 @@ def test_the_walk_through_runs_as_written(scenes, run_cli, cli_env, monkeypatch)
     monkeypatch.chdir(scenes)
     env = dict(cli_env)
     outputs = {}
-    for line in fenced("A first index of your own scenes", "sh").splitlines():
+    lines = (fenced("A first index of your own scenes", "sh").splitlines()
+             + fenced("An archive without labels", "sh").splitlines())
+    for line in lines:
         words = shlex.split(line, comments=True)
         if not words or words[0] == ".":  # blank, or activating the .venv these tests run in
             continue
@@ -69,10 +72,12 @@ def test_the_walk_through_runs_as_written(scenes, run_cli, cli_env, monkeypatch)
             args = ["serve", "--help"]
         result = run_cli(*args, env=env)
         assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
-        outputs[args[0]] = result.stdout
+        outputs.setdefault(args[0], result.stdout)  # the walk-through's, not adapt's build
     hits = outputs["query"].splitlines()
     assert hits[0] == "# my-archive/beach/beach00.jpg"
-    assert len(hits) == 6 and all(re.match(r"\s+\d+\s+\d+\s+\d+ /", h) for h in hits[1:])
+    assert len(hits) == 6 and all(re.match(r"\s+\d+\s+\d+\s+[01]\.\d{4}\s+\d+ /", h)
+                                  for h in hits[1:])
+    assert "beach00.jpg" in hits[1]  # the scene itself first: re-ranking breaks its tie
     assert re.search(r"^rows +40 from 8 committed shard\(s\)$", outputs["info"], re.M)
 
     # The Python example, as written, against the index just built.

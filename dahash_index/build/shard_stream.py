@@ -59,6 +59,7 @@ class _Shard:
     """What one shard has gathered so far."""
 
     codes: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     chips_skipped: int = 0
@@ -114,11 +115,13 @@ def stream_shards(
     window = max(2, pool.workers) * batch_size
     decoded = _decoded_in_order(pool, decode_one, in_line,
                                 indexable(prefetch(tagged(), 2 * batch_size)), window)
-    for (n, marker, rows), codes in encoder.encode_batches(_batches(decoded, batch_size,
-                                                                     encoder, error)):
+    for (n, marker, rows), codes, vectors in encoder.encode_batches(
+            _batches(decoded, batch_size, encoder, error)):
         shard = shards[n]
         if rows:
             shard.codes.append(codes)
+            if vectors is not None:
+                shard.vectors.append(vectors)
             shard.rows.extend(rows)
             on_batch(len(rows))
         if isinstance(marker, _ShardFailed):
@@ -126,9 +129,13 @@ def stream_shards(
             yield tasks[n], marker.reason
         elif isinstance(marker, _ShardEnd):
             codes = np.concatenate([np.zeros((0, encoder.bits // 8), np.uint8), *shard.codes])
+            vectors = None
+            if encoder.rerank_dim is not None:
+                vectors = np.concatenate([np.zeros((0, encoder.rerank_dim), np.float16),
+                                          *shard.vectors])
             shards[n] = _Shard()
             yield tasks[n], ShardResult(codes, shard.rows, shard.errors, shard.chips_skipped,
-                                        encoder.precision)
+                                        encoder.precision, vectors)
 
 
 def index_shard(

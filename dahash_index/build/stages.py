@@ -51,13 +51,15 @@ class ShardTask:
 @dataclass
 class ShardResult:
     """One shard, encoded: codes uint8 (n, K/8), n metadata rows (dicts of METADATA_SCHEMA
-    columns, row i with code i), and the scenes that could not be indexed (ERRORS_SCHEMA)."""
+    columns, row i with code i), the scenes that could not be indexed (ERRORS_SCHEMA), and
+    the rows' re-rank vectors (n, D) float16 (None for a model without them)."""
 
     codes: np.ndarray
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     chips_skipped: int = 0  # chips of large scenes left out as mostly invalid (nodata)
     precision: str = "fp32"  # the arithmetic the backbone ran in (``precision``)
+    vectors: np.ndarray | None = None
 
 
 def plan_shards(

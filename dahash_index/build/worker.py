@@ -106,5 +106,6 @@ class ShardWorker:
         shard = task.shard
         return write_result(self.job.staging, self.job.checkpoint.identity, shard.name,
                             shard.url, task.fingerprint, result.codes, result.rows,
-                            result.errors, result.chips_skipped, result.precision)
+                            result.errors, result.chips_skipped, result.precision,
+                            result.vectors)
 

@@ -20,6 +20,7 @@ from dahash_index.cli.options import (
     storage_options,
 )
 from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
+from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 
 
 @click.command(short_help="Find the scenes nearest to query images.")
@@ -45,15 +46,25 @@ from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
                    "window by window, by byte ranges when remote).")
 @click.option("--group-by", type=click.Choice(["scene"]), default=None,
               help="Keep the best hit (chip) of each scene.")
+@click.option("--rerank", type=click.Choice(RERANKS), default=DEFAULT_RERANK,
+              show_default=True,
+              help="How the re-rank vectors order the hits: none (Hamming distance, then row "
+                   "id), ties (inside groups of equal distance), full (the --shortlist "
+                   "nearest rows by Hamming distance, ordered by score). An index built "
+                   "before re-rank vectors ranks by distance alone.")
+@click.option("--shortlist", type=click.IntRange(min=1), default=DEFAULT_SHORTLIST,
+              show_default=True, help="Rows re-ranked with --rerank full.")
 @storage_flags
 def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
-          window, group_by, endpoint_url, storage_pairs):
-    """Find the scenes most similar to each IMAGE (path or URL) by Hamming distance.
+          window, group_by, rerank, shortlist, endpoint_url, storage_pairs):
+    """Find the scenes most similar to each IMAGE (path or URL): by Hamming distance between
+    codes, then by the re-rank score (the cosine of the scenes' re-rank vectors).
 
-    Prints, per query, rank, Hamming distance, row id, scene URL and metadata; for a chip of
-    a large scene, its pixel window (window=COL,ROW,W,H) and WGS84 footprint. When the index
-    was built with --tile, a query image larger than its chips is cut the same way and its
-    chips are searched together (a hit's distance is that of the nearest chip).
+    Prints, per query, rank, Hamming distance, re-rank score ("-" when not re-ranked), row
+    id, scene URL and metadata; for a chip of a large scene, its pixel window
+    (window=COL,ROW,W,H) and WGS84 footprint. When the index was built with --tile, a query
+    image larger than its chips is cut the same way and its chips are searched together (a
+    hit's distance is that of the nearest chip).
     """
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
@@ -61,18 +72,18 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model or --mmap")
     storage = storage_options(storage_pairs, endpoint_url)
+    search = {"top": top, "radius": radius, "group_by": group_by, "rerank": rerank,
+              "shortlist": shortlist}
     try:
         if server is not None:  # the service parses --bands: nothing heavy imported here
-            rows = _query_service(server, images, top, radius, nprobe, bands, storage, window,
-                                  group_by)
+            rows = _query_service(server, images, search, nprobe, bands, storage, window)
         else:
             from dahash_index.scenes.chips import parse_window
             from dahash_index.scenes.scene import parse_bands
 
-            rows = _query_index(index_dir or default_index(), model, images, top, radius,
-                                nprobe, parse_bands(bands) if bands else None,
-                                mmap is not False, storage,
-                                parse_window(window) if window else None, group_by)
+            rows = _query_index(index_dir or default_index(), model, images, search, nprobe,
+                                parse_bands(bands) if bands else None, mmap is not False,
+                                storage, parse_window(window) if window else None)
     except (ValueError, OSError, RuntimeError) as err:
         fail(err)
     failed = _print_hits(rows, images, as_json)
@@ -82,8 +93,8 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
         sys.exit(1)
 
 
-def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, storage,
-                 window=None, group_by=None) -> list[dict]:
+def _query_index(index_dir, model, images, search: dict, nprobe, bands, mmap, storage,
+                 window=None) -> list[dict]:
     from dahash_index.query.scene_index import SceneIndex
 
     index = SceneIndex.open(index_dir, model=model, nprobe=nprobe, mmap=mmap,
@@ -91,13 +102,12 @@ def _query_index(index_dir, model, images, top, radius, nprobe, bands, mmap, sto
     if index.row_count == 0:
         click.echo(f"Warning: {index_dir} holds no rows yet (dahash-index build --shards "
                    f"DIR --index {index_dir})", err=True)
-    table = index.query(list(images), top=top, radius=radius, bands=bands, window=window,
-                        group_by=group_by)
+    table = index.query(list(images), bands=bands, window=window, **search)
     return table.drop_columns(["code"]).to_pylist() if "code" in table.column_names \
         else table.to_pylist()
 
 
-def _query_service(server, images, top, radius, nprobe, bands, storage, window, group_by
+def _query_service(server, images, search: dict, nprobe, bands, storage, window
                    ) -> list[dict]:
     from dahash_index.serve.client import query_service
     from dahash_index.sources.remote import RemoteError, read_url
@@ -112,8 +122,7 @@ def _query_service(server, images, top, radius, nprobe, bands, storage, window, 
             uploads.append((name, None, str(err)))
     # A window is cut here, by byte ranges for a TIFF, and uploaded as a PNG of the pixels the
     # query reads: the service then has no need of the (maybe huge) whole file, nor its bands.
-    params = {"top": top, "radius": radius, "nprobe": nprobe,
-              "bands": bands if window is None else None, "group_by": group_by}
+    params = {**search, "nprobe": nprobe, "bands": bands if window is None else None}
     return query_service(server, uploads, params, os.environ.get("DAHASH_INDEX_TOKEN"))
 
 
@@ -162,7 +171,9 @@ def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
             extra += " window=" + ",".join(str(row[k]) for k in WINDOW_COLUMNS)
         if row.get("west") is not None:
             extra += " wgs84=" + ",".join(f"{row[k]:.6f}" for k in WGS84_COLUMNS)
-        click.echo(f"{row['rank']:>4} {row['distance']:>3} {row['row_id']:>8} {name} {extra}")
+        score = "-" if row.get("score") is None else f"{row['score']:.4f}"
+        click.echo(f"{row['rank']:>4} {row['distance']:>3} {score:>7} {row['row_id']:>8} "
+                   f"{name} {extra}")
     for number, name in enumerate(images):
         if number not in answered and not as_json:
             click.echo(f"# {name}: no hits")

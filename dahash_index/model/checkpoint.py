@@ -3,7 +3,8 @@
 A checkpoint is a ``torch.save`` dict of plain types and tensors, read back with
 ``weights_only=True``. It records the network config, the backbone (name and SHA-256 of its
 weights: codes from different backbones never mix), the class names, the split seed and the
-full training config. Its own file SHA-256 is the "model checksum" an index is tied to.
+full training config, and the projection of the re-rank vector (``rerank``) when it was
+fitted. Its own file SHA-256 is the "model checksum" an index is tied to.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dahash_index.files import atomic_write, sha256_file
 from dahash_index.model.backbones import BackboneSpec
 from dahash_index.model.identity import ModelIdentity, missing_model
 from dahash_index.model.network import HashNet, NetConfig
+from dahash_index.model.rerank import RerankProjection
 
 FORMAT = "dahash-index-checkpoint/1"
 
@@ -41,6 +43,8 @@ class Checkpoint:
     # for a model trained without it (and for checkpoints from before the option existed).
     centre_codes: np.ndarray | None = None
     path: Path | None = None  # the file it was read from
+    # The re-rank vector's projection (``rerank``); None for checkpoints from before it.
+    rerank: RerankProjection | None = None
 
     @property
     def identity(self) -> ModelIdentity:
@@ -75,6 +79,7 @@ def save_checkpoint(
     split_seed: int | None,
     train_config: dict,
     centre_codes: np.ndarray | None = None,
+    rerank: RerankProjection | None = None,
 ) -> str:
     """Write atomically (tmp + rename); return the file's SHA-256."""
     path = Path(path)
@@ -91,6 +96,8 @@ def save_checkpoint(
     }
     if centre_codes is not None:
         payload["centre_codes"] = torch.from_numpy(np.asarray(centre_codes, dtype=bool))
+    if rerank is not None:
+        payload["rerank"] = rerank.to_payload()
     atomic_write(path, lambda f: torch.save(payload, f))
     return sha256_file(path)
 
@@ -112,6 +119,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: network options this version does not know "
                               f"({err}); upgrade dahash-index") from err
     centre = payload.get("centre_codes")
+    rerank = payload.get("rerank")
     return Checkpoint(
         net_config=net_config,
         state_dict=payload["state_dict"],
@@ -123,4 +131,5 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         sha256=sha256_file(path),
         centre_codes=None if centre is None else centre.numpy().astype(bool),
         path=path,
+        rerank=None if rerank is None else RerankProjection.from_payload(rerank),
     )

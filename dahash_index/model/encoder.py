@@ -149,12 +149,18 @@ class SceneEncoder:
         model that codes the mean of a scene's 8 orientations, that mean (8 passes)."""
         return self.extractor.features(images, self.orientations)
 
+    @property
+    def rerank_dim(self) -> int | None:
+        """D of the re-rank vectors this model gives (``rerank``), None if it gives none."""
+        return self.checkpoint.rerank.dim if self.checkpoint.rerank is not None else None
+
     @torch.no_grad()
-    def _launch(self, images: Sequence[Image]) -> torch.Tensor:
-        """The hash network's outputs (N, K) on the device; on a GPU, still being computed."""
+    def _launch(self, images: Sequence[Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the hash network's outputs (N, K), the features (N, C)) on the device; on a GPU,
+        still being computed."""
         features = self.features(images)
         with self.extractor.lock:
-            return self.net(features)
+            return self.net(features), features
 
     def encode(self, images: Sequence[Image], batch_size: int | None = None) -> np.ndarray:
         """(H, W, 3) uint8 images -> (N, K/8) uint8 packed codes, ``batch_size`` images per
@@ -162,19 +168,20 @@ class SceneEncoder:
         size = batch_size or self.batch_size
         chunks = ((None, images[i:i + size]) for i in range(0, len(images), size))
         codes = [np.zeros((0, self.bits // 8), dtype=np.uint8)]
-        codes += [c for _, c in self.encode_batches(chunks)]
+        codes += [c for _, c, _ in self.encode_batches(chunks)]
         return np.concatenate(codes)
 
     def encode_batches(self, batches: Iterable[tuple[T, Sequence[Image]]]
-                       ) -> Iterator[tuple[T, np.ndarray]]:
-        """(tag, images) batches -> (tag, codes (n, K/8) uint8), in order. A batch of no
-        images comes back as (tag, no codes) in its place without touching the device: a
-        caller's marker (the end of a shard, say) keeps its place among the batches.
+                       ) -> Iterator[tuple[T, np.ndarray, np.ndarray | None]]:
+        """(tag, images) batches -> (tag, codes (n, K/8) uint8, re-rank vectors (n, D)
+        float16 or None for a model without them), in order. A batch of no images comes back
+        as (tag, no codes, no vectors) in its place without touching the device: a caller's
+        marker (the end of a shard, say) keeps its place among the batches.
 
         A batch's codes are read back only once the next batch is launched behind it, so on
         a GPU the device never waits for the host between batches; at most two batches are
         on it at a time."""
-        queued: deque[tuple[T, torch.Tensor | None]] = deque()
+        queued: deque[tuple[T, tuple | None]] = deque()
         on_device = 0
         for tag, images in batches:
             queued.append((tag, self._launch(images) if len(images) else None))
@@ -182,12 +189,16 @@ class SceneEncoder:
             while queued and (queued[0][1] is None or on_device > 1):
                 head, outputs = queued.popleft()
                 on_device -= outputs is not None
-                yield head, self._codes(outputs)
+                yield head, *self._read_back(outputs)
         while queued:
             head, outputs = queued.popleft()
-            yield head, self._codes(outputs)
+            yield head, *self._read_back(outputs)
 
-    def _codes(self, outputs: torch.Tensor | None) -> np.ndarray:
-        if outputs is None:
-            return np.zeros((0, self.bits // 8), dtype=np.uint8)
-        return hash_codes(outputs)
+    def _read_back(self, launched: tuple[torch.Tensor, torch.Tensor] | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        rerank = self.checkpoint.rerank
+        if launched is None:
+            vectors = None if rerank is None else np.zeros((0, rerank.dim), np.float16)
+            return np.zeros((0, self.bits // 8), dtype=np.uint8), vectors
+        outputs, features = launched
+        return hash_codes(outputs), None if rerank is None else rerank(features)

@@ -118,6 +118,8 @@ class NetConfig:
 HEADS.add("dahash", lambda c: dahash_head(c.in_features, c.bits, c.dropout, c.input_dropout),
           "the method's three-layer head")
 HEADS.add("milan", lambda c: milan_head(c.in_features, c.bits), "the MiLAN baseline's head")
+HEADS.add("linear", lambda c: nn.Sequential(nn.Linear(c.in_features, c.bits), nn.Sigmoid()),
+          "FC(C->K) Sigmoid: what ``adapt`` fits on an archive without labels (ITQ)")
 
 
 class HashNet(nn.Module):

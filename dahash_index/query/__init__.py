@@ -1,5 +1,6 @@
 """Answering queries: ``SceneIndex`` (open an index once, query many images or codes in one
-call) and the loading of query inputs (``inputs``)."""
+call), the ranking of hits (``ranking``: Hamming distance, then the re-rank vectors) and the
+loading of query inputs (``inputs``)."""
 
 
 def __getattr__(name: str):

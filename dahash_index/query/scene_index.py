@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -31,10 +32,12 @@ import numpy as np
 import pyarrow as pa
 
 from dahash_index import indexes
-from dahash_index.arrow_arrays import int_array, string_array
+from dahash_index.arrow_arrays import numeric_array, string_array
 from dahash_index.errors import check_int
 from dahash_index.model.checkpoint import load_checkpoint
 from dahash_index.model.encoder import SceneEncoder
+from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS, rerank_order
+from dahash_index.query import ranking
 from dahash_index.query.inputs import load_query
 from dahash_index.scenes.chips import Tiling, Window
 from dahash_index.scenes.device_jpeg import decode_batch
@@ -152,19 +155,17 @@ class SceneIndex:
         query is encoded whole (``encode_chips`` cuts large ones as the index's scenes were).
         Queries are decoded and encoded ``batch_size`` at a time, so memory stays bounded.
         An image of more than ``max_pixels`` pixels is refused from its header."""
-        codes, _, names, errors = self.encode_chips(queries, bands, batch_size, max_pixels,
-                                                    whole=True)
-        return codes, names, errors
+        encoded = self.encode_chips(queries, bands, batch_size, max_pixels, whole=True)
+        return encoded.codes, encoded.names, encoded.errors
 
     def encode_chips(self, queries: Sequence[QueryInput], bands=None,
                      batch_size: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None,
-                     whole: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
-        """-> (codes (m, K/8) uint8, owners int64 (m,): the query each code belongs to, names
-        of the n queries, per-query error or None). A query gives one code, or, when the index
-        was built with ``--tile`` and it is larger than the index's chips (and ``whole`` is
-        False), one per chip. window: (col_off, row_off, width, height) of each query only."""
+                     whole: bool = False) -> EncodedQueries:
+        """The codes (and re-rank vectors) of the queries: see ``EncodedQueries``. A query
+        gives one code, or, when the index was built with ``--tile`` and it is larger than the
+        index's chips (and ``whole`` is False), one per chip. window: (col_off, row_off,
+        width, height) of each query only."""
         tiling = None if whole or window is not None else self.tiling
         encoder = self.encoder
         size = batch_size or encoder.batch_size
@@ -173,6 +174,7 @@ class SceneIndex:
         errors: list[str | None] = []
         owners: list[int] = []
         codes = [np.zeros((0, self.bits // 8), np.uint8)]
+        vectors: list[np.ndarray] = []
 
         def failed(row: dict) -> None:  # a JPEG neither nvJPEG nor the CPU could decode
             errors[row["owner"]] = row["reason"]
@@ -193,17 +195,25 @@ class SceneIndex:
                 for at in range(0, len(rows), size):  # a large query may give many chips
                     yield [row["owner"] for row in rows[at:at + size]], images[at:at + size]
 
-        for batch_owners, batch_codes in encoder.encode_batches(loaded()):
+        for batch_owners, batch_codes, batch_vectors in encoder.encode_batches(loaded()):
             codes.append(batch_codes)
+            if batch_vectors is not None:
+                vectors.append(batch_vectors)
             owners += batch_owners
-        return np.concatenate(codes), np.array(owners, np.int64), names, errors
+        dim = encoder.rerank_dim
+        return EncodedQueries(
+            np.concatenate(codes), np.array(owners, np.int64), names, errors,
+            None if dim is None else np.concatenate([np.zeros((0, dim), np.float16), *vectors]))
 
     def query(self, queries: Sequence[QueryInput], top: int | None = None,
               radius: int | None = None, nprobe: int | None = None, bands=None,
               names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              window: Window | None = None, group_by: str | None = None) -> pa.Table:
+              window: Window | None = None, group_by: str | None = None,
+              rerank: str = DEFAULT_RERANK, shortlist: int = DEFAULT_SHORTLIST) -> pa.Table:
         """Rank the index for each query: the ``top`` nearest (default 50), or every row within
         Hamming distance ``radius`` (not both). Arguments are checked before any query is read.
+        rerank: "none", "ties" or "full", and shortlist: how the re-rank vectors order the
+        hits (``query.ranking``); an index or model without vectors ranks by distance alone.
         names: what to call the queries in the result and its errors (default: the path or
         URL, "bytes i", "array i"). max_pixels: see ``encode``.
         window: (col_off, row_off, width, height): query with that part of each image only.
@@ -211,54 +221,72 @@ class SceneIndex:
         same way and its chips are searched together: a row's distance is its nearest chip's.
         group_by: "scene" keeps the best row (chip) of each scene (url, member).
         """
-        top = _check_search(top, radius, nprobe)
-        if group_by not in GROUPS:
-            raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
+        top = _check_search(top, radius, nprobe, group_by, rerank, shortlist)
         if names is not None and len(names) != len(queries):
             raise ValueError(f"{len(names)} names for {len(queries)} queries")
-        codes, owners, found, errors = self.encode_chips(queries, bands, None, max_pixels, window)
+        encoded = self.encode_chips(queries, bands, None, max_pixels, window)
+        found, errors = encoded.names, encoded.errors
         if names is not None:
             errors = [None if e is None else renamed_error(e, old, new)
                       for e, old, new in zip(errors, found, names, strict=True)]
             found = list(names)
-        return self._search(codes, found, errors, top, radius, nprobe, owners, group_by)
+        return self._search(encoded.codes, found, errors, top, radius, nprobe, encoded.owners,
+                            group_by, encoded.vectors, rerank, shortlist)
 
     def query_codes(self, codes: np.ndarray, top: int | None = None, radius: int | None = None,
                     nprobe: int | None = None, names: Sequence[str] | None = None,
-                    owners: np.ndarray | None = None, group_by: str | None = None) -> pa.Table:
+                    owners: np.ndarray | None = None, group_by: str | None = None,
+                    vectors: np.ndarray | None = None, rerank: str = DEFAULT_RERANK,
+                    shortlist: int = DEFAULT_SHORTLIST) -> pa.Table:
         """Like ``query`` for packed codes (m, K/8) uint8 computed elsewhere. owners: int64
-        (m,), the query each code belongs to (``encode_chips``); default one query a code."""
-        top = _check_search(top, radius, nprobe)
-        if group_by not in GROUPS:
-            raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
+        (m,), the query each code belongs to (``encode_chips``); default one query a code.
+        vectors: the codes' re-rank vectors (m, D) (``encode_chips``); without them the hits
+        are ranked by distance alone."""
+        top = _check_search(top, radius, nprobe, group_by, rerank, shortlist)
         codes = np.asarray(codes)
         owners = np.arange(len(codes), dtype=np.int64) if owners is None else np.asarray(owners)
         n = int(owners.max()) + 1 if len(owners) else 0
         names = list(names) if names is not None else [f"code {i}" for i in range(n)]
         return self._search(codes, names, [None] * len(names), top, radius, nprobe, owners,
-                            group_by)
+                            group_by, vectors, rerank, shortlist)
 
     def _search(self, codes: np.ndarray, names: list[str], errors: list[str | None],
                 top: int, radius: int | None, nprobe: int | None, owners: np.ndarray,
-                group_by: str | None = None) -> pa.Table:
+                group_by: str | None = None, vectors: np.ndarray | None = None,
+                rerank: str = "none", shortlist: int = DEFAULT_SHORTLIST) -> pa.Table:
         """codes (m, K/8) of the queries ``owners`` (m,) -> the result table."""
         reader, index = self._current()
         nprobe = nprobe if nprobe is not None else self.nprobe
         if indexes.nlist_of(index) is None:  # flat, or an IVF searched exactly until trained
             nprobe = None
-        fetch = top
+        if vectors is None or not reader.has_vectors or len(codes) == 0:
+            rerank = "none"
+        fetch = ranking.fetch_size(rerank, top, shortlist)
         while True:
-            query_of, hit_d, hit_ids = _merged(index, codes, owners, fetch, radius, nprobe)
+            query_of, hit_d, hit_ids = ranking.merged(index, codes, owners, fetch, radius, nprobe)
+            if rerank == "ties" and radius is None:
+                query_of, hit_d, hit_ids = ranking.complete_ties(
+                    index, codes, owners, query_of, hit_d, hit_ids, top, fetch, nprobe)
+            score = None
+            if rerank != "none":
+                score = ranking.scores(query_of, hit_ids, owners, vectors, reader.vectors)
+                at = rerank_order(query_of, hit_d, hit_ids, score, rerank)
+                query_of, hit_d, hit_ids, score = query_of[at], hit_d[at], hit_ids[at], score[at]
             if group_by == "scene":
-                query_of, hit_d, hit_ids = _best_per_scene(reader, query_of, hit_d, hit_ids)
+                meta = reader.metadata(hit_ids, ["url", "member"])
+                keep = ranking.best_per_scene(query_of, list(zip(
+                    meta["url"].to_pylist(), meta["member"].to_pylist(), strict=True)))
+                query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
+                score = score[keep] if score is not None else None
             if radius is not None:
                 break
             counts = np.bincount(query_of, minlength=len(names))
             short = counts[np.bincount(owners, minlength=len(names)) > 0] < top
             # Grouping can leave fewer than top: fetch more, until the index has no more.
             if group_by is None or not short.any() or fetch >= reader.row_count:
-                keep = _first_per_query(query_of, top)
+                keep = ranking.first_per_query(query_of, top)
                 query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
+                score = score[keep] if score is not None else None
                 break
             fetch = min(fetch * 4, reader.row_count)
         hit_counts = np.bincount(query_of, minlength=len(names))
@@ -272,16 +300,22 @@ class SceneIndex:
         is_hit = ~is_error[query_no]
         distance = np.zeros(len(query_no), dtype=np.int32)
         distance[is_hit] = hit_d
+        hit_score = np.zeros(len(query_no), dtype=np.float32)
+        if score is not None:
+            hit_score[is_hit] = score
         ids = np.full(len(query_no), -1, dtype=np.int64)
         ids[is_hit] = hit_ids
-        query_col = int_array(query_no, pa.int32())
+        query_col = numeric_array(query_no, pa.int32())
         meta = reader.metadata(ids)
         table = pa.table({
             "query": query_col,
             "query_name": string_array(names).take(query_col),
-            "rank": int_array(rank, pa.int32(), ~is_hit),
-            "distance": int_array(distance, pa.int32(), ~is_hit),
-            "row_id": int_array(np.where(ids >= 0, ids, 0), pa.int64(), ids < 0),
+            "rank": numeric_array(rank, pa.int32(), ~is_hit),
+            "distance": numeric_array(distance, pa.int32(), ~is_hit),
+            # the re-rank score: the cosine of the query's and the row's vectors
+            "score": numeric_array(hit_score, pa.float32(),
+                               ~is_hit if score is not None else np.ones(len(query_no), bool)),
+            "row_id": numeric_array(np.where(ids >= 0, ids, 0), pa.int64(), ids < 0),
         })
         for column in meta.column_names:
             if column != "row_id":
@@ -292,56 +326,28 @@ class SceneIndex:
 GROUPS = (None, "scene")
 
 
-def _merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetch: int,
-            radius: int | None, nprobe: int | None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Search every code; the hits of each query's codes as one list -> (query int64 (h,),
-    distance int32 (h,), row id int64 (h,)), by query, then distance, then row id; a row
-    found by several codes of a query once, at its smallest distance. With ``radius``
-    every row within it, else each code's ``fetch`` nearest (enough: a row among a query's
-    ``fetch`` nearest by smallest distance is among the ``fetch`` nearest of the code that
-    gives it)."""
-    if radius is not None:
-        found = indexes.hamming_radius(index, codes, radius, nprobe)
-        counts = np.array([len(i) for _, i in found], dtype=np.int64)
-        d = np.concatenate([d for d, _ in found]) if found else np.empty(0, np.int32)
-        ids = np.concatenate([i for _, i in found]) if found else np.empty(0, np.int64)
-    else:
-        d, ids = indexes.hamming_topk(index, codes, fetch, nprobe)
-        valid = ids >= 0  # row-major boolean indexing keeps each code's rank order
-        counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
-    query = np.repeat(owners, counts)
-    order = np.lexsort((d, ids, query))  # each (query, row) pair's smallest distance first
-    query, d, ids = query[order], d[order], ids[order]
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
-    query, d, ids = query[first], d[first], ids[first]
-    order = np.lexsort((ids, d, query))
-    return query[order], d[order].astype(np.int32), ids[order]
+@dataclass
+class EncodedQueries:
+    """What ``encode_chips`` gives: codes (m, K/8) uint8 of the decodable queries' images (a
+    large one cut into chips gives several), owners int64 (m,) the query of each code, the n
+    queries' names and errors (None for a query that decoded), and the codes' re-rank
+    vectors (m, D) float16 (None for a model without them)."""
+
+    codes: np.ndarray
+    owners: np.ndarray
+    names: list[str]
+    errors: list[str | None]
+    vectors: np.ndarray | None = None
 
 
-def _best_per_scene(reader: IndexReader, query: np.ndarray, d: np.ndarray, ids: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Of ``_merged``'s hits, the first (best) of each query's rows per scene (url, member)."""
-    meta = reader.metadata(ids, ["url", "member"]).to_pylist()
-    seen: set[tuple] = set()
-    keep = np.zeros(len(ids), dtype=bool)
-    for j, (q, row) in enumerate(zip(query.tolist(), meta, strict=True)):
-        key = (q, row["url"], row["member"])
-        if key not in seen:
-            seen.add(key)
-            keep[j] = True
-    return query[keep], d[keep], ids[keep]
-
-
-def _first_per_query(query: np.ndarray, top: int) -> np.ndarray:
-    """bool mask of the first ``top`` entries of each query (``query`` sorted)."""
-    starts = np.searchsorted(query, query, side="left")
-    return np.arange(len(query)) - starts < top
-
-
-def _check_search(top: int | None, radius: int | None, nprobe: int | None) -> int:
-    """The number of hits to fetch (top's default 50); ValueError for bad arguments."""
+def _check_search(top: int | None, radius: int | None, nprobe: int | None,
+                  group_by: str | None, rerank: str, shortlist: int) -> int:
+    """The number of hits to keep (top's default 50); ValueError for bad arguments."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {GROUPS[1:]} or None, got {group_by!r}")
+    if rerank not in RERANKS:
+        raise ValueError(f"rerank must be one of {', '.join(RERANKS)}, got {rerank!r}")
+    check_int("shortlist", shortlist, 1)
     if top is not None and radius is not None:
         raise ValueError("give top (the nearest hits) or radius (every hit within it), not both")
     if radius is not None:

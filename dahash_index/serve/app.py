@@ -48,6 +48,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dahash_index.errors import is_int, one_line
+from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.scenes.chips import parse_window
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
@@ -57,6 +58,8 @@ from dahash_index.serve.scenes import hit_json, scene_json
 from dahash_index.serve.thumbnails import SIZES, Thumbnails
 from dahash_index.sources.remote import describe, url_filesystem
 from dahash_index.store import IndexStoreError
+
+MAX_SHORTLIST = 10_000  # rows a query may ask to re-rank (?shortlist=)
 
 # A SceneDecodeError for an image above the pixel limit (images.check_pixels, _pillow_bomb).
 _TOO_MANY_PIXELS = re.compile(r"pixels, above the limit of \d+$")
@@ -132,14 +135,14 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
                         headers={"Cache-Control": "private, max-age=86400"})
 
     async def encode(images: list[bytes], names: list[str], bands, window
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        codes, owners, errors = await run_in_threadpool(batcher.encode, images, names, bands,
-                                                        settings.max_pixels, window)
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        codes, owners, errors, vectors = await run_in_threadpool(
+            batcher.encode, images, names, bands, settings.max_pixels, window)
         if any(errors):
             failed = [e for e in errors if e is not None]
             status = 413 if all(_TOO_MANY_PIXELS.search(e) for e in failed) else 422
             raise ServiceError(status, "; ".join(failed))
-        return codes, owners
+        return codes, owners, vectors
 
     async def query(request: Request) -> JSONResponse:
         top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
@@ -151,12 +154,18 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         group_by = request.query_params.get("group_by")
         if group_by not in (None, "scene"):
             raise ServiceError(422, f"group_by must be 'scene', got {group_by!r}")
+        rerank = request.query_params.get("rerank", DEFAULT_RERANK)
+        if rerank not in RERANKS:
+            raise ServiceError(422, f"rerank must be one of {', '.join(RERANKS)}, got {rerank!r}")
+        shortlist = _int_param(request, "shortlist") or DEFAULT_SHORTLIST
+        if not 1 <= shortlist <= MAX_SHORTLIST:
+            raise ServiceError(422, f"shortlist must be 1 .. {MAX_SHORTLIST}, got {shortlist}")
         try:
             bands = parse_bands(bands) if bands is not None else None
             window = parse_window(window) if window is not None else None
         except ValueError as err:
             raise ServiceError(422, one_line(err)) from None
-        owners = None
+        owners = vectors = None
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             body = await _json_body(request)
@@ -167,16 +176,17 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
                 names = _urls_of(body["urls"], settings.max_images)
                 images = await run_in_threadpool(
                     _fetch_all, names, index.storage_options, settings.max_upload_bytes)
-                codes, owners = await encode(images, names, bands, window)
+                codes, owners, vectors = await encode(images, names, bands, window)
             else:
-                codes, names = _codes_of(body, index)
+                codes, names, vectors = _codes_of(body, index)
         elif kind == "multipart/form-data":
             images, names = await _uploads_of(request, settings.max_images)
-            codes, owners = await encode(images, names, bands, window)
+            codes, owners, vectors = await encode(images, names, bands, window)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
                                     "codes as application/json ({\"codes\": [hex, ...]})")
-        search = partial(index.query_codes, codes, top, radius, nprobe, names, owners, group_by)
+        search = partial(index.query_codes, codes, top, radius, nprobe, names, owners, group_by,
+                         vectors, rerank, shortlist)
         try:
             table = await run_in_threadpool(search)
         except IndexStoreError:
@@ -254,9 +264,11 @@ async def _json_body(request: Request) -> object:
         raise ServiceError(422, "the body is not JSON") from None
 
 
-def _codes_of(body: object, index: SceneIndex) -> tuple[np.ndarray, list[str]]:
-    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i"); {"row_ids": [int, ...]}
-    -> the codes of those rows ("more like this"), names "scene ROW_ID"."""
+def _codes_of(body: object, index: SceneIndex
+              ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i", no vectors); {"row_ids":
+    [int, ...]} -> the codes of those rows ("more like this"), names "scene ROW_ID", and
+    their re-rank vectors when the index keeps them."""
     if isinstance(body, dict) and "row_ids" in body:
         return _codes_of_rows(index, body["row_ids"])
     bits = index.bits
@@ -269,10 +281,11 @@ def _codes_of(body: object, index: SceneIndex) -> tuple[np.ndarray, list[str]]:
         if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
             raise ServiceError(422, f"code {i} is not {bits // 4} hex digits ({bits} bits)")
         out[i] = np.frombuffer(bytes.fromhex(code), dtype=np.uint8)
-    return out, [f"code {i}" for i in range(len(codes))]
+    return out, [f"code {i}" for i in range(len(codes))], None
 
 
-def _codes_of_rows(index: SceneIndex, row_ids: object) -> tuple[np.ndarray, list[str]]:
+def _codes_of_rows(index: SceneIndex, row_ids: object
+                   ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     if not isinstance(row_ids, list) or not row_ids or not all(
             is_int(r) and r >= 0 for r in row_ids):
         raise ServiceError(422, "row_ids must be a list of at least one non-negative integer")
@@ -283,7 +296,10 @@ def _codes_of_rows(index: SceneIndex, row_ids: object) -> tuple[np.ndarray, list
             raise
         raise ServiceError(404, one_line(err)) from None
     codes = np.frombuffer(b"".join(table["code"].to_pylist()), dtype=np.uint8)
-    return codes.reshape(len(row_ids), index.bits // 8), [f"scene {r}" for r in row_ids]
+    ids = np.array(row_ids, dtype=np.int64)
+    vectors = index.reader.vectors(ids) if index.reader.has_vectors else None
+    return (codes.reshape(len(row_ids), index.bits // 8), [f"scene {r}" for r in row_ids],
+            vectors)
 
 
 def _urls_of(urls: object, max_images: int) -> list[str]:

@@ -29,6 +29,7 @@ class _Job:
     codes: np.ndarray | None = None
     owners: np.ndarray | None = None
     errors: list[str | None] | None = None
+    vectors: np.ndarray | None = None
     failure: BaseException | None = None
 
 
@@ -44,11 +45,11 @@ class EncodeBatcher:
     def encode(self, images: Sequence[bytes], names: Sequence[str],
                bands: tuple[int, int, int] | None, max_pixels: int,
                window: tuple[int, int, int, int] | None = None
-               ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+               ) -> tuple[np.ndarray, np.ndarray, list[str | None], np.ndarray | None]:
         """-> (codes uint8 (m, K/8) of the images that decoded, in order, several for an image
         cut into chips (``SceneIndex.encode_chips``); owners int64 (m,): the image of each
-        code; per image its error naming it by ``names``, or None). Blocks until its batch is
-        encoded."""
+        code; per image its error naming it by ``names``, or None; the codes' re-rank vectors
+        (m, D) or None). Blocks until its batch is encoded."""
         job = _Job(images, names, bands, max_pixels, window)
         with self._ready:
             if self._thread is None:
@@ -60,7 +61,7 @@ class EncodeBatcher:
         job.done.wait()
         if job.failure is not None:
             raise job.failure
-        return job.codes, job.owners, job.errors
+        return job.codes, job.owners, job.errors, job.vectors
 
     def _run(self) -> None:
         while True:
@@ -84,21 +85,22 @@ class EncodeBatcher:
     def _encode(self, jobs: list[_Job], bands, max_pixels: int, window) -> None:
         images = [image for job in jobs for image in job.images]
         try:
-            codes, owners, found, errors = self.index.encode_chips(
-                images, bands, batch_size=len(images), max_pixels=max_pixels, window=window)
-        except BaseException as err:  # handed to every waiting request
+            encoded = self.index.encode_chips(images, bands, batch_size=len(images),
+                                              max_pixels=max_pixels, window=window)
+            start = 0
+            owners = encoded.owners
+            for job in jobs:
+                n = len(job.images)
+                mine = encoded.errors[start:start + n]
+                rows = (owners >= start) & (owners < start + n)
+                job.codes, job.owners = encoded.codes[rows], owners[rows] - start
+                job.vectors = encoded.vectors[rows] if encoded.vectors is not None else None
+                job.errors = [None if e is None else renamed_error(e, old, new)
+                              for e, old, new in zip(mine, encoded.names[start:start + n],
+                                                     job.names, strict=True)]
+                start += n
+        except BaseException as err:  # handed to every waiting request: none waits forever
             for job in jobs:
                 job.failure = err
-                job.done.set()
-            return
-        start = 0
         for job in jobs:
-            n = len(job.images)
-            mine = errors[start:start + n]
-            rows = (owners >= start) & (owners < start + n)
-            job.codes, job.owners = codes[rows], owners[rows] - start
-            job.errors = [None if e is None else renamed_error(e, old, new)
-                          for e, old, new in zip(mine, found[start:start + n], job.names,
-                                                 strict=True)]
-            start += n
             job.done.set()

@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from dahash_index.columns import BOUNDS_COLUMNS, WGS84_COLUMNS, WINDOW_COLUMNS
+from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 from dahash_index.serve.thumbnails import SIZES
 
 _ERROR = {"description": "an error", "content": {"application/json": {
@@ -94,6 +95,12 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
                        "of each image", {"type": "string", "example": "1024,2048,256,256"}),
                 _param("group_by", "query", "scene: the best hit (chip) of each scene",
                        {"type": "string", "enum": ["scene"]}),
+                _param("rerank", "query", "how the re-rank vectors order the hits: none "
+                       "(Hamming distance, then row id), ties (inside equal distances), full "
+                       "(a shortlist of the nearest, by score)",
+                       {"type": "string", "enum": list(RERANKS), "default": DEFAULT_RERANK}),
+                _param("shortlist", "query", "rows re-ranked with rerank=full",
+                       {"type": "integer", "minimum": 1, "default": DEFAULT_SHORTLIST}),
             ],
             "requestBody": {"required": True, "content": query_body},
             "responses": {"200": _json("Answer", "hits per query"), "403": _ERROR,
@@ -128,8 +135,10 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
             "model_sha256", "backbone", "bands", "updated")}},
         "Scene": scene,
         "Hit": {"allOf": [{"$ref": "#/components/schemas/Scene"}, {
-            "type": "object", "properties": {"rank": {"type": "integer"},
-                                             "distance": {"type": "integer"}}}]},
+            "type": "object", "properties": {
+                "rank": {"type": "integer"}, "distance": {"type": "integer"},
+                "score": {"type": ["number", "null"], "description": "the re-rank score "
+                          "(cosine of the re-rank vectors); null when not re-ranked"}}}]},
         "Answer": {"type": "object", "properties": {"queries": {"type": "array", "items": {
             "type": "object", "properties": {
                 "query": {"type": "string", "description": "the upload's file name, "

@@ -32,13 +32,15 @@ def scene_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hit_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One hit row of ``SceneIndex.query``: rank, distance, then its scene."""
-    return {"rank": row["rank"], "distance": row["distance"], **scene_json(row)}
+    """One hit row of ``SceneIndex.query``: rank, Hamming distance, re-rank score (null when
+    the hits were not re-ranked), then its scene."""
+    return {"rank": row["rank"], "distance": row["distance"], "score": row.get("score"),
+            **scene_json(row)}
 
 
 def hit_row(hit: Mapping[str, Any]) -> dict[str, Any]:
-    """``hit_json``'s inverse: rank, distance, row_id and the metadata columns, flat, in the
-    order of ``SceneIndex.query``'s table."""
+    """``hit_json``'s inverse: rank, distance, score, row_id and the metadata columns, flat,
+    in the order of ``SceneIndex.query``'s table."""
     bounds = hit.get("bounds") or {}
     wgs84 = hit.get("wgs84") or {}
     size = hit.get("pixel_size") or (None, None)
@@ -46,8 +48,8 @@ def hit_row(hit: Mapping[str, Any]) -> dict[str, Any]:
     flat = {**{k: hit.get(k) for k in _PLAIN}, **{k: bounds.get(k) for k in BOUNDS_COLUMNS},
             **{k: wgs84.get(k) for k in WGS84_COLUMNS}, "pixel_size_x": size[0],
             "pixel_size_y": size[1], **{k: window.get(k) for k in WINDOW_COLUMNS}}
-    return {"rank": hit["rank"], "distance": hit["distance"], "row_id": hit["row_id"],
-            **{key: flat[key] for key in METADATA_COLUMNS}}
+    return {"rank": hit["rank"], "distance": hit["distance"], "score": hit.get("score"),
+            "row_id": hit["row_id"], **{key: flat[key] for key in METADATA_COLUMNS}}
 
 
 def _group(row: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:

@@ -35,6 +35,7 @@ from dahash_index.store.layout import (
 from dahash_index.store.lookup import LookupFile
 from dahash_index.store.manifest import Manifest, Segment, ShardEntry, read_manifest
 from dahash_index.store.parts import read_parquet, read_part
+from dahash_index.store.vectors import open_vectors
 from dahash_index.store.writer import IndexWriter
 
 
@@ -102,6 +103,9 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
                 if what == "lookup":
                     LookupFile(path, rel, rows)  # checks its footer's batch count
                     continue
+                if what == "vectors":
+                    open_vectors(path, rel, entry.rows)  # its header's shape
+                    continue
                 found = pq.read_metadata(path / rel).num_rows
             except FileNotFoundError:
                 report.damage.append(Damage(rel, f"missing (named in {MANIFEST})", key))
@@ -143,8 +147,8 @@ def _strip(path: Path, err: Exception) -> str:
 
 
 def checksum_problem(path: Path, entry: ShardEntry, what: str) -> str | None:
-    """Why a shard's ``what`` file ("part", "errors" or "lookup") fails the checksum recorded
-    at commit, or None (also for files of format-1 indexes, which recorded none)."""
+    """Why a shard's ``what`` file ("part", "errors", "lookup", "vectors") fails the checksum
+    recorded at commit, or None (also for files of format-1 indexes, which recorded none)."""
     expected = entry.checksum(what)
     if expected is not None and sha256_file(path / getattr(entry, what)) != expected:
         return "checksum differs from the one recorded at commit"
@@ -167,6 +171,8 @@ def _check_shard_file(path: Path, manifest: Manifest, key: str, what: str, part_
             read_part(path, manifest, key)
         elif what == "errors":
             read_parquet(path, rel, ERRORS_SCHEMA, entry.error_count)
+        elif what == "vectors":
+            open_vectors(path, rel, entry.rows)
         elif part_ok:
             return _lookup_problem(path, manifest, key)
         else:

@@ -121,4 +121,4 @@ def lacks_only_windows(found: pa.Schema, schema: pa.Schema) -> bool:
 
 
 # A shard's files: the manifest entry's field for each, and the folder that holds them.
-SHARD_FILES = {"part": "parts", "errors": "errors", "lookup": "lookup"}
+SHARD_FILES = {"part": "parts", "errors": "errors", "lookup": "lookup", "vectors": "vectors"}

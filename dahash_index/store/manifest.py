@@ -32,6 +32,8 @@ OLD_FORMATS = ("dahash-index/1", "dahash-index/2")
 #   part/errors  its Parquet files; part_sha256/errors_sha256 their checksums at commit
 #   lookup       its lookup file (store.lookup: the metadata again, addressable by row) and
 #                lookup_sha256; absent in entries committed before lookup files
+#   vectors      its re-rank vectors (store.vectors) and vectors_sha256; absent in entries of
+#                a model without them (every entry of an index from before them)
 #   first_row, rows, error_count
 # Entries are in commit order, which is row-id order. Row ids are never reused: a shard that
 # is re-indexed gets new ones, so a live index may have gaps.
@@ -69,9 +71,12 @@ class ShardEntry:
     lookup: str | None = None  # None in entries committed before lookup files
     lookup_sha256: str | None = None
     precision: str | None = None  # the backbone's arithmetic; None: not recorded
+    vectors: str | None = None  # its re-rank vectors (``store.vectors``); None: it has none
+    vectors_sha256: str | None = None
 
     def files(self) -> list[tuple[str, str]]:
-        """(kind, relative path) of each file the entry names: "part", "errors", "lookup"."""
+        """(kind, relative path) of each file the entry names: "part", "errors", "lookup",
+        "vectors"."""
         return [(kind, getattr(self, kind)) for kind in SHARD_FILES if getattr(self, kind)]
 
     def checksum(self, kind: str) -> str | None:
@@ -86,7 +91,7 @@ class ShardEntry:
         return data
 
 
-_OPTIONAL = ("lookup", "lookup_sha256", "precision")
+_OPTIONAL = ("lookup", "lookup_sha256", "precision", "vectors", "vectors_sha256")
 
 
 @dataclass(frozen=True)

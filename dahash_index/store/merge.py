@@ -50,6 +50,7 @@ from dahash_index.store import (
 from dahash_index.store.check import checksum_problem
 from dahash_index.store.manifest import Manifest, ShardEntry, read_manifest
 from dahash_index.store.parts import codes_from_arrow, read_parquet, read_part
+from dahash_index.store.vectors import open_vectors
 
 
 @dataclass
@@ -142,10 +143,10 @@ def _merge(
     bar = tqdm(total=len(todo), unit="shard", desc="merge", disable=None if progress else True)
     try:
         for source in todo:
-            codes, rows, errors, dropped = _take_shard(source, bits, scenes, failed)
+            codes, rows, errors, vectors, dropped = _take_shard(source, bits, scenes, failed)
             writer.commit_shard(source.entry.name, source.url, codes, rows, errors,
                                 fingerprint=source.entry.fingerprint,
-                                precision=source.entry.precision)
+                                precision=source.entry.precision, vectors=vectors)
             report.shards_adopted += 1
             report.rows += len(codes)
             report.scenes_dropped += dropped
@@ -244,11 +245,12 @@ def _seen_in(writer: IndexWriter) -> tuple[SceneKeys, set[str]]:
 
 def _take_shard(
     source: _Source, bits: int, scenes: SceneKeys, failed: set[str]
-) -> tuple[np.ndarray, pa.Table, pa.Table, int]:
-    """A shard's (codes, rows, errors, rows dropped) without the scenes seen before; marks its
-    scenes as seen. The part's checksum is verified first: a merge must not spread damage."""
+) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None, int]:
+    """A shard's (codes, rows, errors, re-rank vectors or None, rows dropped) without the
+    scenes seen before; marks its scenes as seen. The files' checksums are verified first: a
+    merge must not spread damage."""
     path, entry = source.path, source.entry
-    for key in ("part", "errors"):
+    for key in ("part", "errors") + (("vectors",) if entry.vectors else ()):
         problem = checksum_problem(path, entry, key)
         if problem is not None:
             raise IndexStoreError(f"{path}: {getattr(entry, key)}: {problem}; "
@@ -258,12 +260,14 @@ def _take_shard(
     mask = pa.array(fresh)
     codes = codes_from_arrow(part["code"], bits // 8)[fresh]
     rows = part.drop_columns(["row_id", "code"]).filter(mask)
+    vectors = open_vectors(path, entry.vectors, entry.rows)[fresh] if entry.vectors else None
     errors = read_parquet(path, entry.errors, ERRORS_SCHEMA, entry.error_count)
     keep = []
     for key in _error_keys(errors):
         keep.append(key not in failed)
         failed.add(key)
-    return codes, rows, errors.filter(pa.array(keep, pa.bool_())), int((~fresh).sum())
+    return (codes, rows, errors.filter(pa.array(keep, pa.bool_())), vectors,
+            int((~fresh).sum()))
 
 
 def _scene_key(url: str, member: str | None) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dahash_index.arrow_arrays import int_array
+from dahash_index.arrow_arrays import numeric_array
 from dahash_index.indexes import ShardedIndex
 from dahash_index.lru import BytesLru
 from dahash_index.store.faiss_file import faiss_index
@@ -18,6 +18,7 @@ from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     METADATA_SCHEMA,
     MODEL,
+    IndexStoreError,
     ModelMismatchError,
     metadata_schema,
     model_sha256,
@@ -32,6 +33,7 @@ from dahash_index.store.parts import (
     read_parquet,
     read_row_groups,
 )
+from dahash_index.store.vectors import open_vectors
 
 # Decoded row groups a reader keeps (shared with the readers ``reopen`` makes): hits looked up
 # again (a result page shown twice, a scene's thumbnail after its row) read nothing. Bounded
@@ -72,6 +74,7 @@ class IndexReader:
         self._ends = self._starts + np.array([e.rows for e in entries], dtype=np.int64)
         self._index: ShardedIndex | None = None
         self._base = base
+        self._vector_files: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = False) -> IndexReader:
@@ -236,7 +239,43 @@ class IndexReader:
         # gathered[j] is the row of ids[valid][order[j]]; put every row back in place.
         position = np.zeros(len(ids), dtype=np.int64)
         position[np.flatnonzero(valid)[order]] = np.arange(len(wanted))
-        return gathered.take(int_array(position, pa.int64(), ~valid))
+        return gathered.take(numeric_array(position, pa.int64(), ~valid))
+
+    @property
+    def has_vectors(self) -> bool:
+        """Whether every committed shard has re-rank vectors (an index built before them, or
+        with a model without them, has none: its queries rank by Hamming distance alone)."""
+        shards = self._manifest.shards.values()
+        return bool(shards) and all(e.vectors for e in shards)
+
+    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+        """The re-rank vectors of ``row_ids`` (int (m,), committed rows), float32 (m, D), in
+        their order; from the shards' memory-mapped vectors files (a gather, no read of the
+        files). Requires ``has_vectors``."""
+        ids = np.asarray(row_ids, dtype=np.int64)
+        if not self.has_vectors:
+            raise IndexStoreError(f"{self.path}: this index keeps no re-rank vectors")
+        keys = list(self._manifest.shards)
+        part_of = np.searchsorted(self._starts, ids, side="right") - 1
+        if len(ids) and (np.any(part_of < 0) or np.any(ids >= self._ends[np.maximum(part_of, 0)])):
+            raise ValueError("row ids must be committed rows of this index")
+        out = None
+        for shard in np.unique(part_of):
+            mapped = self._vectors(keys[shard])
+            if out is None:
+                out = np.empty((len(ids), mapped.shape[1]), np.float32)
+            at = np.flatnonzero(part_of == shard)
+            out[at] = mapped[ids[at] - self._starts[shard]]
+        return out if out is not None else np.empty((0, 0), np.float32)
+
+    def _vectors(self, key: str) -> np.ndarray:
+        """A shard's vectors file, memory-mapped once."""
+        mapped = self._vector_files.get(key)
+        if mapped is None:
+            entry = self._manifest.shards[key]
+            mapped = open_vectors(self.path, entry.vectors, entry.rows)
+            self._vector_files[key] = mapped
+        return mapped
 
     def errors(self) -> pa.Table:
         """The scenes that could not be indexed, of every committed shard (ERRORS_SCHEMA)."""
@@ -312,7 +351,7 @@ class IndexReader:
             group = int(groups[run[0]])
             table = self._row_group(footer, group, columns)
             local = rows[run] - footer.group_starts[group]
-            pieces.append(table.take(int_array(local)).cast(relaxed))
+            pieces.append(table.take(numeric_array(local)).cast(relaxed))
         return pieces
 
     def _row_group(self, footer: PartFooter, group: int, columns: list[str]) -> pa.Table:
@@ -336,7 +375,7 @@ def _joined(batches: list[pa.RecordBatch], ids: np.ndarray, columns: list[str],
     """Rows taken from lookup files (METADATA_SCHEMA batches) with their row ids (int64 (m,)),
     as one ``relaxed`` table of ``columns``."""
     table = pa.Table.from_batches(batches, schema=METADATA_SCHEMA)
-    row_ids = int_array(ids)
+    row_ids = numeric_array(ids)
     return pa.table({c: row_ids if c == "row_id" else table[c] for c in columns}).cast(relaxed)
 
 

@@ -7,6 +7,7 @@ directory) writes each shard it encoded as one self-contained result::
         result.json      shard name, URL and fingerprint, model SHA-256, K, row counts
         rows.parquet     code + METADATA_SCHEMA, no row ids yet
         errors.parquet   ERRORS_SCHEMA
+        vectors.npy      the rows' re-rank vectors (``store.vectors``), for a model with them
 
 It is written under ``staging/.tmp-<id>/`` and renamed into place whole, so a worker killed
 mid-shard leaves only a ``.tmp-`` directory, which no one lists and the next writer deletes.
@@ -41,6 +42,7 @@ from dahash_index.store.layout import (
     with_window_columns,
 )
 from dahash_index.store.parts import codes_from_arrow, codes_to_arrow, conform, write_table
+from dahash_index.store.vectors import check_vectors, write_vectors
 
 STAGING = "staging"
 RESULT_FORMAT = "dahash-index-shard-result/1"
@@ -62,6 +64,7 @@ class StagedResult:
     error_count: int
     chips_skipped: int = 0  # chips of large scenes left out as mostly nodata (not errors)
     precision: str | None = None  # the backbone's arithmetic (``precision``); None: unrecorded
+    vector_dim: int | None = None  # D of its re-rank vectors; None: it has none
 
 
 def write_result(
@@ -75,18 +78,22 @@ def write_result(
     errors: pa.Table | Sequence[Mapping[str, Any]],
     chips_skipped: int = 0,
     precision: str | None = None,
+    vectors: np.ndarray | None = None,
 ) -> StagedResult:
     """Write one shard's result into ``staging`` whole or not at all; return it.
 
     codes: uint8 (n, K/8), row i of ``rows`` (METADATA_SCHEMA columns) goes with code i;
-    errors: ERRORS_SCHEMA rows. precision: what the backbone ran in. Checked here, so that a
-    bad result fails in the worker that made it, not in the committer.
+    errors: ERRORS_SCHEMA rows. precision: what the backbone ran in. vectors: the rows'
+    re-rank vectors (n, D), or None. Checked here, so that a bad result fails in the worker
+    that made it, not in the committer.
     """
     codes = check_codes(codes, model.bits // 8)
     scene = conform(rows, METADATA_SCHEMA, f"rows of shard {shard_name!r}")
     if scene.num_rows != len(codes):
         raise ValueError(f"shard {shard_name!r}: {len(codes)} codes but {scene.num_rows} rows")
     errs = conform(errors, ERRORS_SCHEMA, f"errors of shard {shard_name!r}")
+    if vectors is not None:
+        vectors = check_vectors(vectors, len(codes), f"shard {shard_name!r}")
     table = pa.Table.from_arrays([codes_to_arrow(codes), *scene.columns],
                                  schema=_rows_schema(model.bits))
     result_id = uuid.uuid4().hex
@@ -95,10 +102,12 @@ def write_result(
     tmp.mkdir()
     result = StagedResult(staging / f"{result_id}{_SUFFIX}", shard_name, shard_url, fingerprint,
                           model.sha256, model.bits, scene.num_rows, errs.num_rows, chips_skipped,
-                          precision)
+                          precision, None if vectors is None else vectors.shape[1])
     try:
         atomic_write(tmp / "rows.parquet", lambda f: write_table(table, f))
         atomic_write(tmp / "errors.parquet", lambda f: write_table(errs, f))
+        if vectors is not None:
+            atomic_write(tmp / "vectors.npy", lambda f: write_vectors(vectors, f))
         meta = {"format": RESULT_FORMAT,
                 **{k: v for k, v in asdict(result).items() if k != "path"}}
         data = json.dumps(meta, indent=1).encode()
@@ -145,6 +154,19 @@ def read_rows(result: StagedResult) -> tuple[np.ndarray, pa.Table, pa.Table]:
         raise IndexStoreError(f"{result.path}: shard result does not match its result.json")
     codes = codes_from_arrow(table["code"], result.bits // 8)
     return codes, table.drop_columns(["code"]), errors
+
+
+def read_vectors(result: StagedResult) -> np.ndarray | None:
+    """A result's re-rank vectors, float16 (n, D), or None when it has none."""
+    if result.vector_dim is None:
+        return None
+    try:
+        vectors = np.load(result.path / "vectors.npy", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise IndexStoreError(f"{result.path}: unreadable shard result ({one_line(err)})") from None
+    if vectors.shape != (result.rows, result.vector_dim):
+        raise IndexStoreError(f"{result.path}: shard result does not match its result.json")
+    return vectors
 
 
 def remove_result(result: StagedResult) -> None:

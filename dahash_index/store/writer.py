@@ -44,8 +44,10 @@ from dahash_index.store.staging import (
     STAGING,
     StagedResult,
     read_rows,
+    read_vectors,
     remove_result,
 )
+from dahash_index.store.vectors import check_vectors, write_vectors
 
 
 class IndexWriter:
@@ -140,6 +142,7 @@ class IndexWriter:
         fingerprint: str | None = None,
         replace: bool = False,
         precision: str | None = None,
+        vectors: np.ndarray | None = None,
     ) -> range:
         """Make one shard durable, whole or not at all; return the row ids its rows got.
 
@@ -153,6 +156,7 @@ class IndexWriter:
         readers see the old rows or the new ones, never both. Row ids are never reused.
         precision: the arithmetic the backbone ran in ("fp32", "tf32", "bf16"), recorded in
         the shard's manifest entry (codes of every precision are searched together).
+        vectors: the rows' re-rank vectors (n, D) float (``model.rerank``), or None.
         """
         self._check_open()
         if not shard_url:
@@ -167,6 +171,8 @@ class IndexWriter:
         if scene.num_rows != n:
             raise ValueError(f"shard {shard_name!r}: {n} codes but {scene.num_rows} rows")
         errs = conform(errors, ERRORS_SCHEMA, f"errors of shard {shard_name!r}")
+        if vectors is not None:
+            vectors = check_vectors(vectors, n, f"shard {shard_name!r}")
         for what, table in (("rows", scene), ("errors", errs)):
             if set(table["shard"].unique().to_pylist()) - {shard_name}:
                 raise ValueError(f"shard {shard_name!r}: {what} name another shard")
@@ -185,12 +191,16 @@ class IndexWriter:
             "errors": (f"errors/{name}", lambda f: write_table(errs, f)),
             "lookup": (f"lookup/{generation:06d}.arrow", lambda f: write_lookup(scene, f)),
         }
+        if vectors is not None:
+            files["vectors"] = (f"vectors/{generation:06d}.npy",
+                                lambda f: write_vectors(vectors, f))
         checksums = {}
         for kind, (rel, write) in files.items():
             atomic_write(self.path / rel, write)
             checksums[f"{kind}_sha256"] = sha256_file(self.path / rel)
         entry = ShardEntry(shard_name, fingerprint, files["part"][0], files["errors"][0], first,
                            n, errs.num_rows, lookup=files["lookup"][0], precision=precision,
+                           vectors=files["vectors"][0] if vectors is not None else None,
                            **checksums)
         # The renames must be durable before the manifest that references them is.
         for folder in SHARD_FILES.values():
@@ -229,7 +239,7 @@ class IndexWriter:
         ids = self.commit_shard(result.shard_name, result.shard_url, codes, rows, errors,
                                 fingerprint=result.fingerprint,
                                 replace=result.shard_url in m.shards,
-                                precision=result.precision)
+                                precision=result.precision, vectors=read_vectors(result))
         remove_result(result)  # committed: a crash before this leaves a stale copy, never a gap
         return ids
 

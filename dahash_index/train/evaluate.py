@@ -25,9 +25,10 @@ import torch
 
 from dahash_index.model.codes import hash_codes
 from dahash_index.model.orientations import AUGMENTATION_SETS, ORIENTATIONS
+from dahash_index.model.rerank import RERANK_ORIENTATIONS, RerankProjection, fit_projection
 from dahash_index.train import lda, metrics
 from dahash_index.train.data import novel_class_split, split_per_class
-from dahash_index.train.ranking import hamming_rank_all
+from dahash_index.train.ranking import hamming_rank_all, rerank_ranking
 from dahash_index.train.train import TrainConfig, hash_outputs, preset, train_hash_net
 
 PRECISION_KS = (10, 20, 50, 100)
@@ -82,8 +83,14 @@ def score_codes(
     train_labels: np.ndarray,
     test_codes: np.ndarray,
     test_labels: np.ndarray,
+    train_vectors: np.ndarray | None = None,
+    test_vectors: np.ndarray | None = None,
+    rerank: str = "none",
 ) -> dict:
-    """All section-5 figures for packed codes (uint8 (n, K/8)) of the train and test parts."""
+    """All section-5 figures for packed codes (uint8 (n, K/8)) of the train and test parts;
+    with the parts' re-rank vectors (unit rows (n, D)) and a ``rerank`` mode other than
+    "none", also mAP@20 and mAP@all of the rankings re-ranked that way ("map@20_rerank",
+    "map@all_rerank")."""
     bits = train_codes.shape[1] * 8
     self_ids = np.arange(len(test_codes))
     d_tt, i_tt = hamming_rank_all(test_codes, test_codes)
@@ -101,6 +108,22 @@ def score_codes(
         "precision@k": metrics.precision_at_k(test_labels, train_labels, i_tr, PRECISION_KS),
         "pr_curve": {"precision": precision.tolist(), "recall": recall.tolist()},
         "distinct_codes": distinct_codes_per_class(test_codes, test_labels),
+    } | _reranked(d_tt, i_tt, d_tr, i_tr, train_labels, train_vectors, test_labels,
+                  test_vectors, rerank)
+
+
+def _reranked(d_tt, i_tt, d_tr, i_tr, train_labels, train_vectors, test_labels, test_vectors,
+              rerank: str) -> dict:
+    if rerank == "none" or train_vectors is None or test_vectors is None:
+        return {}
+    self_ids = np.arange(len(test_labels))
+    _, i_tt = rerank_ranking(d_tt, i_tt, test_vectors, test_vectors, rerank)
+    _, i_tr = rerank_ranking(d_tr, i_tr, test_vectors, train_vectors, rerank)
+    return {
+        "rerank": rerank,
+        "map@20_rerank": metrics.mean_average_precision(test_labels, test_labels, i_tt, k=20,
+                                                        exclude_self=self_ids),
+        "map@all_rerank": metrics.mean_average_precision(test_labels, train_labels, i_tr),
     }
 
 
@@ -140,8 +163,9 @@ def score_lda(
 
 def needed_orientations(configs: list[TrainConfig]) -> tuple[int, ...]:
     """The orientations whose features ``configs`` need beyond orientation 0: those they
-    train on, and all 8 for a model that codes a scene as their mean."""
-    needed: set[int] = set()
+    train on, all 8 for a model that codes a scene as their mean, and the views of the
+    re-rank projection (``model.rerank.RERANK_ORIENTATIONS``)."""
+    needed: set[int] = set(RERANK_ORIENTATIONS)  # the views of the re-rank projection
     for config in configs:
         needed.update(AUGMENTATION_SETS[config.orientations])
         if config.average_orientations:
@@ -178,6 +202,20 @@ def scene_outputs(net, features: np.ndarray, oriented: dict | None, index: np.nd
     return hash_outputs(net, features[index])
 
 
+def fit_rerank(features: np.ndarray, oriented: dict | None, index: np.ndarray,
+               average_orientations: bool) -> RerankProjection:
+    """The re-rank projection of a model (``model.rerank``), fitted without labels on the
+    scenes ``index``: their features, and as other views of the same scenes those of
+    ``RERANK_ORIENTATIONS`` (oriented: orientation -> (N, C)). A model that codes a scene as
+    the mean of its 8 orientations gets its vectors from that mean, and so is fitted on it
+    (one view: a whitened PCA)."""
+    if average_orientations:
+        return fit_projection([np.mean([_oriented(features, oriented, k)[index]
+                                        for k in ORIENTATIONS], axis=0)])
+    return fit_projection([features[index]] + [_oriented(features, oriented, k)[index]
+                                               for k in RERANK_ORIENTATIONS])
+
+
 def train_and_score(
     features: np.ndarray,
     oriented: dict | None,
@@ -187,9 +225,12 @@ def train_and_score(
     query_idx: np.ndarray,
     config: TrainConfig,
     seed: int,
+    rerank: str = "none",
 ) -> dict:
     """Train one network on ``fit_idx`` and score the codes of ``query_idx`` against those of
-    ``db_idx`` (the standard protocol: fit = db = the train part, queries = the test part).
+    ``db_idx`` (the standard protocol: fit = db = the train part, queries = the test part);
+    with ``rerank``, also the rankings re-ranked by the model's re-rank vectors (fitted on
+    ``fit_idx`` as ``train`` fits them).
 
     features (N, C) float32; oriented: orientation -> (N, C) float32 features, or None (needed
     by configs that train on or average other orientations: ``needed_orientations``).
@@ -203,7 +244,15 @@ def train_and_score(
                                  config.average_orientations))
         for idx in (db_idx, query_idx)
     )
-    result = score_codes(db_codes, labels[db_idx], query_codes, labels[query_idx])
+    vectors = {}
+    if rerank != "none":
+        projection = fit_rerank(features, oriented, fit_idx, config.average_orientations)
+        scene = (np.mean([_oriented(features, oriented, k) for k in ORIENTATIONS], axis=0)
+                 if config.average_orientations else features)
+        vectors = {"train_vectors": projection(scene[db_idx]).astype(np.float32),
+                   "test_vectors": projection(scene[query_idx]).astype(np.float32)}
+    result = score_codes(db_codes, labels[db_idx], query_codes, labels[query_idx], **vectors,
+                         rerank=rerank)
     result["train_seconds"] = seconds
     result["best_step"] = trained.best_step
     return result
@@ -220,9 +269,10 @@ def _init_worker(features: np.ndarray, oriented: dict | None, labels: np.ndarray
 
 
 def _train_and_score_in_worker(fit_idx, db_idx, query_idx, config: TrainConfig,
-                               seed: int) -> dict:
+                               seed: int, rerank: str) -> dict:
     return train_and_score(_WORKER_DATA["features"], _WORKER_DATA["oriented"],
-                           _WORKER_DATA["labels"], fit_idx, db_idx, query_idx, config, seed)
+                           _WORKER_DATA["labels"], fit_idx, db_idx, query_idx, config, seed,
+                           rerank)
 
 
 def protocol_parts(labels: np.ndarray, seed: int, protocol: str) -> tuple[np.ndarray, ...]:
@@ -256,6 +306,7 @@ def run_evaluation(
     novel_variants: list[str] | None = None,
     log: Callable[[str], None] = print,
     jobs: int = 1,
+    rerank: str = "none",
 ) -> dict:
     """results[protocol][str(K)][variant] = list of per-seed score dicts, and
     results[protocol]["lda"] the LDA reference per seed.
@@ -263,7 +314,8 @@ def run_evaluation(
     features (N, C) float32; oriented: orientation -> (N, C) or None. ``novel_variants`` (default
     ``variants``) are the variants run under the novel-class protocol. jobs > 1 trains that
     many networks at once in worker processes, sharing the machine's cores between them
-    (small networks use many cores poorly); results do not depend on it.
+    (small networks use many cores poorly); results do not depend on it. rerank: also score
+    each model's rankings re-ranked that way (``score_codes``).
     """
     results: dict = {}
     tasks = []
@@ -287,17 +339,19 @@ def run_evaluation(
         executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
                                        initargs=(features, oriented, labels, threads))
-        futures = [executor.submit(_train_and_score_in_worker, *parts, config, seed)
+        futures = [executor.submit(_train_and_score_in_worker, *parts, config, seed, rerank)
                    for _, _, _, seed, config, parts in tasks]
         outcomes = (f.result() for f in futures)
     else:
-        outcomes = (train_and_score(features, oriented, labels, *parts, config, seed)
+        outcomes = (train_and_score(features, oriented, labels, *parts, config, seed, rerank)
                     for _, _, _, seed, config, parts in tasks)
     try:
         for (protocol, bits, name, seed, _, _), scores in zip(tasks, outcomes, strict=True):
             results[protocol].setdefault(str(bits), {}).setdefault(name, []).append(scores)
+            again = (f"; re-ranked ({rerank}) mAP@20 {scores['map@20_rerank']:.4f} mAP@all "
+                     f"{scores['map@all_rerank']:.4f}" if "map@20_rerank" in scores else "")
             log(f"{protocol} K={bits} seed {seed} {name}: mAP@20 {scores['map@20']:.4f} "
-                f"mAP@all {scores['map@all']:.4f} ({scores['train_seconds']:.0f}s)")
+                f"mAP@all {scores['map@all']:.4f}{again} ({scores['train_seconds']:.0f}s)")
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)

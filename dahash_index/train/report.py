@@ -19,6 +19,7 @@ import torch
 from dahash_index.train import metrics
 from dahash_index.train.evaluate import LDA_NAME, PRECISION_KS
 from dahash_index.train.train import TrainConfig
+from dahash_index.train.transfer import FLOAT as FLOAT_NAME
 
 
 def _values(runs: list[dict], key: str) -> np.ndarray:
@@ -36,7 +37,7 @@ def _precision(runs: list[dict], k: int) -> str:
     return f"{np.mean(values):.3f}"
 
 
-def _method_row(name: str, runs: list[dict], precision: bool) -> str:
+def _method_row(name: str, runs: list[dict], precision: bool, reranked: bool) -> str:
     tie = "map@20_tie" in runs[0]
     cells = [name, _mean_std(_values(runs, "map@20"))]
     if tie:
@@ -45,6 +46,10 @@ def _method_row(name: str, runs: list[dict], precision: bool) -> str:
                   _mean_std(_values(runs, "map@all")), _mean_std(_values(runs, "map@all_tie"))]
     else:
         cells += ["(no ties)", "–", _mean_std(_values(runs, "map@all")), "(no ties)"]
+    if reranked:
+        cells += ([_mean_std(_values(runs, "map@20_rerank")),
+                   _mean_std(_values(runs, "map@all_rerank"))] if "map@20_rerank" in runs[0]
+                  else ["–", "–"])
     if precision:
         cells += [_precision(runs, k) for k in PRECISION_KS]
     cells.append(f"{_values(runs, 'distinct_codes').mean():.1f}" if tie else "–")
@@ -55,12 +60,16 @@ def _method_row(name: str, runs: list[dict], precision: bool) -> str:
 def _table(results: dict, bits: str, precision: bool) -> list[str]:
     head = ["method", "mAP@20 db order", "mAP@20 tie-aware", "tie gap", "mAP@all db order",
             "mAP@all tie-aware"]
+    modes = {r.get("rerank") for runs in results[bits].values() for r in runs} - {None}
+    if modes:
+        head += [f"mAP@20 re-ranked ({'/'.join(sorted(modes))})", "mAP@all re-ranked"]
     if precision:
         head += [f"P@{k}" for k in PRECISION_KS]
     head += ["codes/class", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += [_method_row(name, runs, precision) for name, runs in results[bits].items()]
-    lines.append(_method_row(LDA_NAME, results["lda"], precision))
+    lines += [_method_row(name, runs, precision, bool(modes))
+              for name, runs in results[bits].items()]
+    lines.append(_method_row(LDA_NAME, results["lda"], precision, bool(modes)))
     return lines
 
 
@@ -79,13 +88,13 @@ def merge_previous(results: dict, out_dir: Path, command: str, dataset: str,
     merged = old["results"]
     for protocol, by_bits in results.items():
         for key, value in by_bits.items():
-            if key == "lda":
-                merged.setdefault(protocol, {})["lda"] = value
+            if not key.isdigit():  # a reference (lda, float) or a name: the newer one
+                merged.setdefault(protocol, {})[key] = value
             else:
                 merged.setdefault(protocol, {}).setdefault(key, {}).update(value)
-    for by_bits in merged.values():  # K in ascending order, LDA first
-        ordered = dict(sorted(by_bits.items(), key=lambda kv: -1 if kv[0] == "lda"
-                              else int(kv[0])))
+    for by_bits in merged.values():  # K in ascending order, the references first
+        ordered = dict(sorted(by_bits.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit()
+                              else -1))
         by_bits.clear()
         by_bits.update(ordered)
     return merged, old.get("commands", [old.get("command")]) + [command]
@@ -158,8 +167,43 @@ def write_report(
         ]
         for bits in [key for key in novel if key != "lda"]:
             lines += [f"### K = {bits}", ""] + _table(novel, bits, precision=False) + [""]
+    transfer = results.get("transfer")
+    if transfer:
+        lines += _transfer_section(transfer)
     report.write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(
         {"commands": commands, "dataset": dataset, "seeds": seeds, "config": base.to_dict(),
          "results": results}, indent=1))
     return report
+
+
+def _transfer_section(transfer: dict) -> list[str]:
+    """The transfer protocol's tables (``train.transfer``): one per K."""
+    target = transfer.get("target", "B")
+    lines = [
+        f"## Transfer: a model trained on {transfer.get('source', 'A')} codes {target}",
+        "",
+        f"Per seed, the network is trained on every scene of {transfer.get('source', 'A')}; "
+        f"every scene of {target} then queries all the others, and {target}'s folder labels "
+        "only score the rankings. *adapt*: `dahash-index adapt` fitted on "
+        f"{target}'s scenes and their mirror images, no label. ITQ and PCA-sign are fitted on "
+        f"{target} without labels, LDA on the source with its labels. Float rankings have no "
+        "ties.",
+        "",
+    ]
+    references = [(FLOAT_NAME, transfer["float"]), (LDA_NAME + " fitted on the source",
+                                                    transfer["lda"])]
+    for bits in [key for key in transfer if key.isdigit()]:
+        head = ["method", "mAP@20 db order", "mAP@20 tie-aware", "mAP@all db order",
+                "mAP@all tie-aware"]
+        lines += [f"### K = {bits}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for name, runs in [*transfer[bits].items(), *references]:
+            tie = "map@20_tie" in runs[0]
+            cells = [name, _mean_std(_values(runs, "map@20")),
+                     _mean_std(_values(runs, "map@20_tie")) if tie else "–",
+                     _mean_std(_values(runs, "map@all")),
+                     _mean_std(_values(runs, "map@all_tie")) if tie else "–"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

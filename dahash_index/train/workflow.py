@@ -13,10 +13,12 @@ from dahash_index.model.backbones import load_backbone
 from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.codes import hash_codes
 from dahash_index.model.encoder import BackboneEncoder
+from dahash_index.train.adapt import ADAPT_ORIENTATIONS, adapt_model, archive_scenes
 from dahash_index.train.data import ImageFolder, scan_image_folder, split_per_class
 from dahash_index.train.evaluate import (
     PROTOCOLS,
     VARIANTS,
+    fit_rerank,
     needed_orientations,
     run_evaluation,
     scene_outputs,
@@ -26,6 +28,7 @@ from dahash_index.train.evaluate import (
 from dahash_index.train.features import cached_features, dataset_fingerprint
 from dahash_index.train.report import merge_previous, write_report
 from dahash_index.train.train import TrainConfig, preset, train_hash_net
+from dahash_index.train.transfer import run_transfer
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -114,13 +117,41 @@ def train_command(
     train_features = training_features(features, oriented, train_idx, config)
     trained = train_hash_net(train_features, data.labels[train_idx], config, seed)
     scores = split_scores(trained.net, features, data, seed, oriented)
+    rerank = fit_rerank(features, oriented, train_idx, trained.net.config.average_orientations)
     sha = save_checkpoint(out, trained.net, backbone.spec, data.classes, seed,
-                          config.to_dict() | {"preset": preset_name}, trained.centre_codes)
+                          config.to_dict() | {"preset": preset_name}, trained.centre_codes,
+                          rerank)
     print(f"trained K={bits} in {trained.log[-1]['seconds']:.1f}s on {len(train_idx)} scenes "
           f"({len(data.classes)} classes, weights of step {trained.best_step}); wrote {out} "
           f"(sha256 {sha[:12]})")
     print("test part: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     return scores
+
+
+def adapt_command(data_dir: Path, model: Path, out: Path, cache_dir: Path | None,
+                  seed: int = 0) -> Path:
+    """Fit ``model`` to the archive ``data_dir`` without labels (``train.adapt``) and save the
+    adapted checkpoint to ``out``."""
+    checkpoint = load_checkpoint(model)
+    archive = archive_scenes(data_dir)
+    extractor = BackboneEncoder(load_backbone(checkpoint.backbone))
+    checkpoint.check_backbone(extractor.spec)
+    views = [cached_features(extractor, archive, cache_dir)]
+    views += [cached_features(extractor, archive, cache_dir, orientation=k)
+              for k in ADAPT_ORIENTATIONS]
+    if any(v.paths != views[0].paths for v in views):
+        raise ValueError(f"{data_dir}: some scenes could be read in one orientation only")
+    if views[0].errors:
+        print(f"{len(views[0].errors)} unreadable scene(s) left out", flush=True)
+    bits = checkpoint.net_config.bits
+    adapted = adapt_model(bits, [v.features for v in views], seed)
+    net = adapted.net(checkpoint.net_config)
+    sha = save_checkpoint(out, net, extractor.spec, [], None,
+                          {"adapted_from": checkpoint.sha256, "archive": str(data_dir),
+                           "scenes": len(views[0].paths), "seed": seed}, rerank=adapted.rerank)
+    print(f"adapted K={bits} to {len(views[0].paths)} scenes of {data_dir} (no labels); "
+          f"wrote {out} (sha256 {sha[:12]})")
+    return out
 
 
 CORE_VARIANTS = ["full", "attention: none", "MiLAN"]
@@ -151,18 +182,26 @@ def eval_command(
     protocols: tuple[str, ...] = ("standard", "novel"),
     novel_variants: str | None = None,
     merge: bool = False,
+    rerank: str = "none",
+    transfer: Path | None = None,
 ) -> Path:
     """The full evaluation protocol; returns the report's path. With ``merge``, the results
-    already in ``out`` (same dataset, seeds and config) are kept and reported too."""
+    already in ``out`` (same dataset, seeds and config) are kept and reported too. rerank:
+    also score every model's rankings re-ranked that way. transfer: the archive B of the
+    transfer protocol (``train.transfer``), run when ``protocols`` names "transfer"."""
     names = _variant_names(variants)
     novel_names = _variant_names(novel_variants) if novel_variants else names
     for bits in bits_list:  # before minutes of loading and training
         check_bits(bits)
     if not bits_list or not seeds:
         raise ValueError("--bits and --seeds each need at least one value")
-    unknown = [p for p in protocols if p not in PROTOCOLS]
+    unknown = [p for p in protocols if p not in (*PROTOCOLS, "transfer")]
     if unknown or not protocols:
-        raise ValueError(f"unknown protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
+        raise ValueError(f"unknown protocol(s) {unknown}; choose from "
+                         f"{[*PROTOCOLS, 'transfer']}")
+    if ("transfer" in protocols) != (transfer is not None):
+        raise ValueError("the transfer protocol needs --transfer ARCHIVE, and --transfer "
+                         "needs the protocol 'transfer'")
     checkpoint = load_checkpoint(model) if model else None
     if checkpoint:
         config = dict(checkpoint.train_config)
@@ -185,8 +224,21 @@ def eval_command(
                  f"seed {checkpoint.split_seed}): "
                  + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + ".")
         print(extra)
+    within = tuple(p for p in protocols if p != "transfer")
     results = run_evaluation(features, data.labels, base, bits_list, seeds, names, oriented,
-                             tuple(protocols), novel_names, jobs=jobs)
+                             within, novel_names, jobs=jobs, rerank=rerank) if within else {}
+    if transfer is not None:
+        target = scan_image_folder(transfer)
+        views = [cached_features(backbone, target, cache_dir)]
+        views += [cached_features(backbone, target, cache_dir, orientation=k)
+                  for k in ADAPT_ORIENTATIONS]
+        if any(v.paths != target.paths for v in views):
+            raise ValueError(f"{transfer}: every scene must be readable for the transfer "
+                             "protocol")
+        results["transfer"] = run_transfer(
+            features, data.labels, oriented, views[0].features, target.labels,
+            [v.features for v in views], base, bits_list, seeds, fit_rerank) | {
+            "source": data_dir.name, "target": transfer.name}
     commands = [command]
     if merge:
         results, commands = merge_previous(results, out, command, data_dir.name, base, seeds)

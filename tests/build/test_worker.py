@@ -41,6 +41,7 @@ class FakeEncoder:
     bits = 16
     device = torch.device("cpu")
     precision = "fp32"
+    rerank_dim = None  # a model without re-rank vectors
 
     def __init__(self) -> None:
         self.batches: list[int] = []
@@ -53,7 +54,7 @@ class FakeEncoder:
 
     def encode_batches(self, batches):  # as SceneEncoder's: a batch of no images is a marker
         for tag, images in batches:
-            yield tag, self.encode(images) if images else np.zeros((0, 2), np.uint8)
+            yield tag, self.encode(images) if images else np.zeros((0, 2), np.uint8), None
 
 
 def _png(value: int) -> bytes:

@@ -20,7 +20,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from dahash_index.columns import METADATA_COLUMNS
-from dahash_index.query.scene_index import SceneIndex
+from dahash_index.query.scene_index import EncodedQueries, SceneIndex
 from dahash_index.serve import thumbnails as thumbnails_module
 from dahash_index.serve.app import ServiceSettings, create_app
 from dahash_index.serve.batching import EncodeBatcher
@@ -385,7 +385,7 @@ class SlowEncoder:
                   for i, data in enumerate(images)]
         owners = [i for i, data in enumerate(images) if data != b"bad" for _ in data]
         codes = np.array([[b] for data in images if data != b"bad" for b in data], np.uint8)
-        return codes.reshape(-1, 1), np.array(owners, np.int64), names, errors
+        return EncodedQueries(codes.reshape(-1, 1), np.array(owners, np.int64), names, errors)
 
 
 def test_concurrent_uploads_are_encoded_together():
@@ -405,7 +405,8 @@ def test_concurrent_uploads_are_encoded_together():
     for t in threads:
         t.join()
     assert len(encoder.calls) < 8 and sum(encoder.calls) == sum(map(len, jobs))
-    for k, (codes, owners, errors) in results.items():
+    for k, (codes, owners, errors, vectors) in results.items():
+        assert vectors is None  # a model without re-rank vectors
         good = [(i, data) for i, data in enumerate(jobs[k]) if data != b"bad"]
         assert codes.ravel().tolist() == [b for _, data in good for b in data]
         assert owners.tolist() == [i for i, data in good for _ in data]

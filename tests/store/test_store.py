@@ -515,7 +515,8 @@ def test_refusals(tmp_path, index_dir, ckpts):
     empty = tmp_path / "empty"
     empty.mkdir()
     IndexWriter.open(empty, identity(ckpts["a"])).close()  # an empty directory is fine to create in
-    assert sorted(os.listdir(empty)) == ["errors", "lookup", "manifest.json", "model.pt", "parts"]
+    assert sorted(os.listdir(empty)) == ["errors", "lookup", "manifest.json", "model.pt", "parts",
+                                        "vectors"]
     assert not [p for p in os.listdir(tmp_path) if ".creating-" in p]
 
 

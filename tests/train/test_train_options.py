@@ -395,7 +395,8 @@ def test_only_the_needed_orientations_are_extracted():
     from dahash_index.train.evaluate import needed_orientations
 
     base = TrainConfig()
-    assert needed_orientations([base]) == ()
-    assert needed_orientations([replace(base, orientations=2)]) == (4,)
-    assert needed_orientations([replace(base, orientations=4), base]) == (2, 4, 6)
+    # 1 and 4 always: the views the re-rank projection is fitted on (model.rerank)
+    assert needed_orientations([base]) == (1, 4)
+    assert needed_orientations([replace(base, orientations=2)]) == (1, 4)
+    assert needed_orientations([replace(base, orientations=4), base]) == (1, 2, 4, 6)
     assert needed_orientations([replace(base, average_orientations=True)]) == tuple(range(1, 8))

@@ -1,0 +1,122 @@
+"""Ranking the rows of an index for a batch of queries: Hamming distance first, then the
+re-rank vectors (METHOD.md §7), as plain functions of numpy arrays.
+
+A query may have several codes (the chips of a large image): its hits are the rows any of its
+codes finds, each at its smallest distance (``merged``). ``--rerank`` then orders them:
+
+- ``none``: by (distance, row id), the order of the FAISS search;
+- ``ties``: by distance, and inside a group of equal distance by re-rank score (the cosine of
+  the query's and the row's vectors; a multi-code query's best), then row id. Rows at
+  different distances keep their order. The group at the ``top``-th hit's distance is read
+  whole (a range search when the shortlist cut it), so the hits kept are the best of it;
+- ``full``: a shortlist of the ``shortlist`` nearest by distance, ordered by score, then
+  distance, then row id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+
+from dahash_index import indexes
+
+
+def fetch_size(rerank: str, top: int, shortlist: int) -> int:
+    """How many nearest rows to fetch per code: ``top`` for none; the shortlist for full; for
+    ties, enough that the tie group at the ``top``-th distance is rarely cut (then it is
+    completed by a range search, ``complete_ties``)."""
+    if rerank == "full":
+        return max(top, shortlist)
+    return top if rerank == "none" else 2 * top + 32
+
+
+def merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetch: int,
+           radius: int | None, nprobe: int | None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search every code; the hits of each query's codes as one list -> (query int64 (h,),
+    distance int32 (h,), row id int64 (h,)), by query, then distance, then row id; a row
+    found by several codes of a query once, at its smallest distance. With ``radius``
+    every row within it, else each code's ``fetch`` nearest (enough: a row among a query's
+    ``fetch`` nearest by smallest distance is among the ``fetch`` nearest of the code that
+    gives it)."""
+    if radius is not None:
+        found = indexes.hamming_radius(index, codes, radius, nprobe)
+        counts = np.array([len(i) for _, i in found], dtype=np.int64)
+        d = np.concatenate([d for d, _ in found]) if found else np.empty(0, np.int32)
+        ids = np.concatenate([i for _, i in found]) if found else np.empty(0, np.int64)
+    else:
+        d, ids = indexes.hamming_topk(index, codes, fetch, nprobe)
+        valid = ids >= 0  # row-major boolean indexing keeps each code's rank order
+        counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
+    query = np.repeat(owners, counts)
+    order = np.lexsort((d, ids, query))  # each (query, row) pair's smallest distance first
+    query, d, ids = query[order], d[order], ids[order]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
+    query, d, ids = query[first], d[first], ids[first]
+    order = np.lexsort((ids, d, query))
+    return query[order], d[order].astype(np.int32), ids[order]
+
+
+def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray,
+                  query: np.ndarray, d: np.ndarray, ids: np.ndarray, top: int, fetch: int,
+                  nprobe: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``merged``'s hits (each code's ``fetch`` nearest) with, for each query whose shortlist
+    may have cut the group of rows tied at its ``top``-th distance, every row within that
+    distance (a range search). A one-code query's group is whole unless its ``fetch``-th hit
+    is still at that distance; a query of several codes (chips) is searched again anyway."""
+    n = int(owners.max()) + 1 if len(owners) else 0
+    starts = np.searchsorted(query, np.arange(n))
+    ends = np.append(starts[1:], len(query))
+    codes_of = np.bincount(owners, minlength=n)
+    cut = [(q, int(d[lo + top - 1])) for q, (lo, hi) in enumerate(zip(starts, ends, strict=True))
+           if hi - lo >= top and (codes_of[q] > 1 or (hi - lo == fetch
+                                                      and d[hi - 1] == d[lo + top - 1]))]
+    if not cut:
+        return query, d, ids
+    redo = np.isin(query, [q for q, _ in cut])
+    parts = [(query[~redo], d[~redo], ids[~redo])]
+    for q, within in cut:
+        mine = owners == q
+        parts.append(merged(index, codes[mine], owners[mine], fetch, within, nprobe))
+    query, d, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    at = np.lexsort((ids, d, query))
+    return query[at], d[at], ids[at]
+
+
+def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors: np.ndarray,
+           row_vectors: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The re-rank score of each hit, float32 (h,): the cosine of the row's vector and its
+    query's (the best over a query's codes). query_vectors: (m, D), row i for code i."""
+    rows = row_vectors(ids) if len(ids) else np.empty((0, query_vectors.shape[1]), np.float32)
+    q_vectors = np.asarray(query_vectors, np.float32)
+    if len(np.unique(owners)) == len(owners):  # one code a query: one dot product a hit
+        code_of = np.full(int(owners.max()) + 1 if len(owners) else 0, -1, np.int64)
+        code_of[owners] = np.arange(len(owners))
+        found = np.einsum("ij,ij->i", rows, q_vectors[code_of[query]])
+        return np.clip(found, -1.0, 1.0).astype(np.float32)  # float16 rounding
+    out = np.full(len(ids), -np.inf, np.float32)
+    for code, q in enumerate(owners):
+        mine = query == q
+        out[mine] = np.maximum(out[mine], rows[mine] @ q_vectors[code])
+    return np.clip(out, -1.0, 1.0)
+
+
+def best_per_scene(query: np.ndarray, keys: list[tuple]) -> np.ndarray:
+    """bool mask of the first (best) hit of each query per scene; ``keys``: each hit's scene
+    (url, member), hits ordered by query."""
+    seen: set[tuple] = set()
+    keep = np.zeros(len(query), dtype=bool)
+    for j, (q, key) in enumerate(zip(query.tolist(), keys, strict=True)):
+        if (q, key) not in seen:
+            seen.add((q, key))
+            keep[j] = True
+    return keep
+
+
+def first_per_query(query: np.ndarray, top: int) -> np.ndarray:
+    """bool mask of the first ``top`` entries of each query (``query`` sorted)."""
+    starts = np.searchsorted(query, query, side="left")
+    return np.arange(len(query)) - starts < top

@@ -1,0 +1,79 @@
+"""The re-rank vector (model.rerank): the invariant projection on hand-made views, the vectors'
+form, the checkpoint round trip, and the order of the three modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
+from dahash_index.model.network import dahash_net
+from dahash_index.model.rerank import (
+    RerankProjection,
+    fit_invariant,
+    fit_pca,
+    fit_projection,
+    rerank_order,
+    unit_rows,
+)
+
+
+def test_invariant_projection_keeps_what_tells_scenes_apart():
+    # Scenes differ along x0 (spread 1) and x1 (spread 3); a view (an augmentation) moves a
+    # scene along x1 by as much as scenes differ there, and never along x0.
+    rng = np.random.default_rng(0)
+    scenes = np.column_stack([rng.normal(0, 1, 500), rng.normal(0, 3, 500)])
+    views = [scenes, scenes + np.column_stack([np.zeros(500), rng.normal(0, 3, 500)])]
+    p = fit_invariant(views, dim=1, shrinkage=1e-6)
+    direction = p.weights[:, 0] / np.linalg.norm(p.weights[:, 0])
+    assert abs(direction[0]) > 0.99  # x0, though x1 varies more between scenes
+    # whitened: unit variance within scenes would be 0 here; between scenes x0 / its scale
+    assert p.mean == pytest.approx(np.mean([v.mean(0) for v in views], axis=0), abs=1e-6)
+
+
+def test_pca_and_one_view_fall_back_to_whitened_pca():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, [5.0, 1.0, 0.1], (400, 3)).astype(np.float32)
+    p = fit_pca(x, 2)
+    projected = (x - p.mean) @ p.weights
+    assert projected.std(axis=0) == pytest.approx([1.0, 1.0], rel=1e-3)  # whitened
+    assert abs(p.weights[0, 0]) > abs(p.weights[1, 0])  # first direction: x0
+    assert fit_projection([x, x]).kind == "pca"  # identical views: nothing to be invariant to
+
+
+def test_vectors_are_unit_float16_and_travel_in_the_checkpoint(tmp_path, tf2015_spec):
+    rng = np.random.default_rng(2)
+    p = fit_pca(rng.normal(size=(100, 2048)).astype(np.float32), 8)
+    v = p(rng.normal(size=(5, 2048)).astype(np.float32))
+    assert v.dtype == np.float16 and v.shape == (5, 8)
+    assert np.linalg.norm(v.astype(np.float32), axis=1) == pytest.approx(1.0, abs=2e-3)
+    save_checkpoint(tmp_path / "m.pt", dahash_net(16), tf2015_spec, [], 0, {}, rerank=p)
+    back = load_checkpoint(tmp_path / "m.pt").rerank
+    assert isinstance(back, RerankProjection) and back.kind == "pca"
+    np.testing.assert_array_equal(back.weights, p.weights)
+    np.testing.assert_array_equal(back.mean, p.mean)
+    save_checkpoint(tmp_path / "old.pt", dahash_net(16), tf2015_spec, [], 0, {})
+    assert load_checkpoint(tmp_path / "old.pt").rerank is None  # a model from before them
+
+
+def test_unit_rows_leaves_a_zero_row_zero():
+    out = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_the_order_of_each_mode_by_hand():
+    # One query; rows 10..14 at Hamming distances 0, 0, 1, 1, 2 with these scores.
+    groups = np.zeros(5, np.int64)
+    distance = np.array([0, 0, 1, 1, 2])
+    ids = np.array([10, 11, 12, 13, 14])
+    score = np.array([0.1, 0.9, 0.5, 0.8, 0.99])
+    assert ids[rerank_order(groups, distance, ids, score, "none")].tolist() == [10, 11, 12, 13,
+                                                                                 14]
+    # ties: inside distance 0 and inside distance 1 by score; distance 2 stays last
+    assert ids[rerank_order(groups, distance, ids, score, "ties")].tolist() == [11, 10, 13, 12,
+                                                                                 14]
+    # full: by score whatever the distance
+    assert ids[rerank_order(groups, distance, ids, score, "full")].tolist() == [14, 11, 13, 12,
+                                                                                 10]
+    with pytest.raises(ValueError, match="rerank must be one of none, ties, full"):
+        rerank_order(groups, distance, ids, score, "some")

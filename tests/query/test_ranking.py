@@ -1,0 +1,95 @@
+"""Re-ranking through the index (SceneIndex.query_codes), on toy indexes whose order is worked
+out by hand: ties broken by score, rows at other distances untouched (``ties``), a shortlist
+ordered by score (``full``), a tie group larger than the shortlist read whole, and an index
+from before re-rank vectors answering by distance alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import identity, shard_rows
+
+from dahash_index.query.scene_index import SceneIndex
+from dahash_index.store import IndexWriter
+
+A = np.array([0b1010_1010, 0b0101_0101], np.uint8)  # a 16-bit code
+
+
+def flipped(code: np.ndarray, bits: int) -> np.ndarray:
+    """``code`` with its first ``bits`` bits flipped."""
+    out = np.unpackbits(code.copy())
+    out[:bits] ^= 1
+    return np.packbits(out)
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs + (0.0,) * (4 - len(xs)), np.float32)
+    return v / np.linalg.norm(v)
+
+
+def toy_index(path, ckpt, codes, vectors) -> SceneIndex:
+    with IndexWriter.open(path, identity(ckpt)) as w:
+        w.commit_shard("s", "s3://b/s", np.stack(codes), shard_rows("s", len(codes)), [],
+                       vectors=np.stack(vectors))
+    return SceneIndex.open(path)
+
+
+@pytest.fixture
+def four(tmp_path, ckpts) -> SceneIndex:
+    # rows 0, 1 at distance 0 from A; row 2 at 1; row 3 at 8 but nearest by vector
+    codes = [A, A, flipped(A, 1), flipped(A, 8)]
+    vectors = [unit(1), unit(0, 1), unit(1, 1), unit(0.1, 1)]
+    return toy_index(tmp_path / "I", ckpts["a"], codes, vectors)
+
+
+def ranked(index: SceneIndex, rerank: str, top: int = 4, vector=None, **kw) -> list[int]:
+    table = index.query_codes(A[None], top=top, vectors=None if vector is None else vector[None],
+                              rerank=rerank, **kw)
+    return table["row_id"].to_pylist()
+
+
+def test_each_mode_orders_the_toy_index_by_hand(four):
+    q = unit(0, 1)
+    assert ranked(four, "none", vector=q) == [0, 1, 2, 3]
+    # ties: row 1 (score 1) before row 0 (score 0) at distance 0; row 2 stays below both
+    # although it scores above row 0, and row 3 stays last at distance 8
+    assert ranked(four, "ties", vector=q) == [1, 0, 2, 3]
+    # full: all four by score: 1 (1.0), 3 (0.995), 2 (0.707), 0 (0.0)
+    assert ranked(four, "full", vector=q) == [1, 3, 2, 0]
+    # a shortlist of 3 leaves row 3 (the farthest by Hamming distance) out
+    assert ranked(four, "full", vector=q, top=3, shortlist=3) == [1, 2, 0]
+
+
+def test_scores_and_distances_come_with_the_hits(four):
+    table = four.query_codes(A[None], top=2, vectors=unit(0, 1)[None], rerank="ties")
+    assert table["distance"].to_pylist() == [0, 0]
+    assert table["score"].to_pylist() == pytest.approx([1.0, 0.0], abs=2e-3)
+    plain = four.query_codes(A[None], top=2)  # no query vector: distance alone, no score
+    assert plain["row_id"].to_pylist() == [0, 1] and plain["score"].null_count == 2
+
+
+def test_a_tie_group_longer_than_the_shortlist_is_read_whole(tmp_path, ckpts):
+    # 100 rows at distance 0; the best scores are those of the last rows, far past the
+    # 2 * top + 32 = 38 rows a ties query fetches first.
+    codes = [A] * 100
+    vectors = [unit(1, i / 100) for i in range(100)]
+    index = toy_index(tmp_path / "I", ckpts["a"], codes, vectors)
+    assert ranked(index, "ties", top=3, vector=unit(0, 1)) == [99, 98, 97]
+    assert ranked(index, "none", top=3, vector=unit(0, 1)) == [0, 1, 2]
+
+
+def test_an_index_without_vectors_answers_by_distance(tmp_path, ckpts):
+    with IndexWriter.open(tmp_path / "I", identity(ckpts["a"])) as w:
+        w.commit_shard("s", "s3://b/s", np.stack([A, flipped(A, 2), A]),
+                       shard_rows("s", 3), [])
+    index = SceneIndex.open(tmp_path / "I")
+    assert not index.reader.has_vectors
+    table = index.query_codes(A[None], top=3, vectors=unit(1)[None], rerank="full")
+    assert table["row_id"].to_pylist() == [0, 2, 1] and table["score"].null_count == 3
+
+
+def test_bad_rerank_arguments_are_refused(four):
+    with pytest.raises(ValueError, match="rerank must be one of none, ties, full"):
+        four.query_codes(A[None], rerank="best")
+    with pytest.raises(ValueError, match="shortlist must be an integer >= 1"):
+        four.query_codes(A[None], rerank="full", shortlist=0)
