@@ -1,12 +1,13 @@
-"""Scene-level checks (the ranking issue): does a scene find itself, and a changed copy of it,
-at rank 1 through the index's own query?
+"""Scene-level checks (the ranking issue): does a scene find itself, and a changed copy of it, at
+rank 1 through the index's own query?
 
-Builds an index of UC Merced scenes with MODEL (or opens --index), then queries it with every
-scene's own file, and with a copy of every scene changed in one way at a time (rotated 90°,
-re-encoded as JPEG quality 50, the centre 90 % cropped and resized back, brightness x 1.1),
-through ``SceneIndex.query`` (what ``dahash-index query`` runs), top 5, each --rerank mode
-asked for. Prints, per check and mode, the share of queries whose original comes back at
-rank 1 and within the top 5, and writes them to --out (JSON: command, commit, date, machine).
+Builds an index of UC Merced scenes with MODEL (or opens --index), then queries it with
+every scene's own file, and with a copy of every scene changed in one way at a time (rotated
+90°, re-encoded as JPEG quality 50, the centre 90 % cropped and resized back, brightness x
+1.1), through ``SceneIndex.query`` (what ``dahash-index query`` runs), top 5, each --rerank
+mode asked for, and each --orientations (1: the query as it is; 4: also its rotations).
+Prints, per check and mode, the share of queries whose original comes back at rank 1 and
+within the top 5, and writes them to --out (JSON: command, commit, date, machine).
 
     python benchmarks/scene_checks.py --model runs/ucmerced/model.pt            # 2,100 scenes
     python benchmarks/scene_checks.py --model m.pt --classes 3 --per-class 10   # a subset
@@ -75,6 +76,7 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--rerank", default="ties,full,none")
     parser.add_argument("--transforms", default=",".join(TRANSFORMS))
+    parser.add_argument("--orientations", default="1", help="e.g. 1,4")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
                         "scene-checks.json")
     args = parser.parse_args()
@@ -99,15 +101,18 @@ def main() -> int:
         for transform in args.transforms.split(","):
             queries = originals if transform == "self" else [
                 str(changed(p, transform, tmp / "changed")) for p in scenes]
-            encoded = index.encode_chips(queries)
-            assert not any(encoded.errors), encoded.errors
-            for rerank in args.rerank.split(","):
-                ranks = ranks_of_originals(index, encoded, originals, rerank)
-                found = {"rank1": float(np.mean(ranks == 1)), "top5": float(np.mean(ranks <= 5)),
-                         "queries": len(queries)}
-                results.setdefault(transform, {})[rerank] = found
-                print(f"{transform:<10} rerank {rerank:<5} rank 1 {found['rank1']:.4f}  "
-                      f"top 5 {found['top5']:.4f}  ({len(queries)} scenes)", flush=True)
+            for turns in map(int, args.orientations.split(",")):
+                encoded = index.encode_chips(queries, orientations=turns)
+                assert not any(encoded.errors), encoded.errors
+                for rerank in args.rerank.split(","):
+                    ranks = ranks_of_originals(index, encoded, originals, rerank)
+                    found = {"rank1": float(np.mean(ranks == 1)),
+                             "top5": float(np.mean(ranks <= 5)), "queries": len(queries),
+                             "missed": [originals[i] for i in np.flatnonzero(ranks > 1)][:20]}
+                    key = rerank if turns == 1 else f"{rerank}, orientations {turns}"
+                    results.setdefault(transform, {})[key] = found
+                    print(f"{transform:<10} rerank {key:<20} rank 1 {found['rank1']:.4f}  "
+                          f"top 5 {found['top5']:.4f}  ({len(queries)} scenes)", flush=True)
     record = results_header(sys.argv) | {"model": str(args.model),
                                          "scenes": len(scenes), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

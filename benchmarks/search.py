@@ -1,37 +1,41 @@
-"""Batch search over an index of 1,000,000 random 64-bit codes: the API vs a bare FAISS call.
+"""Batch search over an index of 1,000,000 random 64-bit codes: the API vs a bare FAISS call,
+and the cost of re-ranking.
 
     python benchmarks/search.py [--rows 1000000] [--queries 1000] [--top 50] [--threads 2]
 
 Baseline: ``faiss.IndexBinaryFlat.search`` on the same codes (k = top), nothing else.
-Project: ``SceneIndex.query_codes`` on an on-disk index of the same codes: the search with
-ties ordered by row id, the metadata lookup of every hit, and the result table. Goal: the
-project within 10 % of the baseline's time. Seed 0. The two are timed in turn, best of
-``--repeat`` rounds each.
+Project: ``SceneIndex.query_codes`` on an on-disk index of the same codes and of random
+re-rank vectors (64 float16 a row): the search, the metadata lookup of every hit and the
+result table, with ``rerank`` none (Hamming distance alone), ties and full (a shortlist of
+500). Seed 0. Everything is timed in turn, ``--repeat`` rounds; the figures are medians (and
+minima), written to --out with the command, commit, date and machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine
+from _common import machine, results_header
 
 from dahash_index import runtime
 
 
-def best_of_interleaved(runs: int, *fns) -> list[float]:
-    """Best wall time of each function over ``runs`` rounds, calling them in turn each round so
+def interleaved(runs: int, *fns) -> list[list[float]]:
+    """Wall times of each function over ``runs`` rounds, calling them in turn each round so
     that a slow spell of the machine hits all of them alike."""
-    best = [float("inf")] * len(fns)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
         for j, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
-            best[j] = min(best[j], time.perf_counter() - start)
-    return best
+            times[j].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -42,6 +46,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
+                        "search.json")
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
@@ -56,6 +62,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, size=(args.rows, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, size=(args.queries, 8), dtype=np.uint8)
+    vectors = rng.standard_normal((args.rows, 64)).astype(np.float32)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    query_vectors = vectors[rng.integers(0, args.rows, args.queries)]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -66,27 +75,51 @@ def main() -> None:
         for shard, part in enumerate(np.array_split(np.arange(args.rows), args.shards)):
             rows = [{"url": f"s3://archive/{shard}/{i}.tif", "shard": str(shard), "width": 256,
                      "height": 256, "bands": 3, "dtype": "uint8"} for i in part]
-            writer.commit_shard(str(shard), f"s3://archive/{shard}", codes[part], rows, [])
+            writer.commit_shard(str(shard), f"s3://archive/{shard}", codes[part], rows, [],
+                                vectors=vectors[part])
         writer.finalize()
         writer.close()
 
         bare_index = faiss.IndexBinaryFlat(64)
         bare_index.add(codes)
+        vector_bytes = sum(f.stat().st_size for f in (tmp / "index" / "vectors").iterdir())
         index = SceneIndex.open(tmp / "index")
         index.query_codes(queries[:10], top=args.top)  # warm-up: loads the metadata once
-        bare, project = best_of_interleaved(
-            args.repeat,
-            lambda: bare_index.search(queries, args.top),
-            lambda: index.query_codes(queries, top=args.top),
-        )
+
+        def run(rerank: str, n: int):
+            return lambda: index.query_codes(queries[:n], top=args.top,
+                                             vectors=query_vectors[:n], rerank=rerank)
+
+        names = ["faiss IndexBinaryFlat.search (baseline)"]
+        fns = [lambda: bare_index.search(queries, args.top)]
+        for n in (args.queries, 1):
+            for rerank in ("none", "ties", "full"):
+                names.append(f"query_codes, {n} quer{'ies' if n > 1 else 'y'}, rerank {rerank}")
+                fns.append(run(rerank, n))
+        times = interleaved(args.repeat, *fns)
         table = index.query_codes(queries, top=args.top)
         assert table.num_rows == args.queries * args.top
 
-    print(f"machine: {machine()}; FAISS threads {args.threads}; {args.rows} random 64-bit codes, "
-          f"{args.queries} queries, top {args.top}, best of {args.repeat}")
-    print(f"{'faiss IndexBinaryFlat.search (baseline)':<44} {bare * 1000:9.1f} ms")
-    print(f"{'SceneIndex.query_codes (project)':<44} {project * 1000:9.1f} ms  "
-          f"ratio {project / bare:.3f} (goal <= 1.10)")
+    medians = {name: float(np.median(t)) for name, t in zip(names, times, strict=True)}
+    print(f"machine: {machine()}; FAISS threads {args.threads}; {args.rows} random 64-bit codes "
+          f"and 64-d float16 re-rank vectors ({vector_bytes / args.rows:.1f} bytes a row on "
+          f"disk); {args.queries} queries, top {args.top}, median of {args.repeat}")
+    for name, t in zip(names, times, strict=True):
+        print(f"{name:<48} {np.median(t) * 1000:9.1f} ms (min {min(t) * 1000:.1f})")
+    for n in (args.queries, 1):
+        plain = medians[f"query_codes, {n} quer{'ies' if n > 1 else 'y'}, rerank none"]
+        for rerank in ("ties", "full"):
+            ratio = medians[f"query_codes, {n} quer{'ies' if n > 1 else 'y'}, rerank {rerank}"]
+            print(f"re-rank {rerank}, {n} quer{'ies' if n > 1 else 'y'}: "
+                  f"{ratio / plain:.3f} x rerank none (goal <= 1.3)")
+    record = results_header(sys.argv) | {
+        "seed": 0, "rows": args.rows, "queries": args.queries, "top": args.top,
+        "threads": args.threads, "vector_bytes_per_row": vector_bytes / args.rows,
+        "seconds": {name: t for name, t in zip(names, times, strict=True)},
+        "median_seconds": medians}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from dahash_index.build.shared_images import (
     receive_images,
     share_images,
 )
+from dahash_index.errors import printable
 from dahash_index.scenes.decode import decode_scene
 from dahash_index.scenes.device_jpeg import JpegData, defer_jpeg
 from dahash_index.scenes.scene import SceneDecodeError, SceneInfo
@@ -59,8 +60,9 @@ def default_workers(device: torch.device) -> int:
 
 
 def scene_name(url: str, member: str | None) -> str:
-    """How a scene is named in messages: the file URL, or 'tar-url[member]'."""
-    return f"{url}[{member}]" if member else url
+    """How a scene is named in messages: the file URL, or 'tar-url[member]', control
+    characters escaped (one message, one line)."""
+    return printable(f"{url}[{member}]" if member else url)
 
 
 def decode_for_index(

@@ -19,6 +19,7 @@ from itertools import islice
 import numpy as np
 
 from dahash_index.build.decode_pool import scene_name
+from dahash_index.errors import is_utf8, printable
 from dahash_index.scenes.chips import Tiling
 from dahash_index.scenes.decode import decode_scene
 from dahash_index.scenes.scene import SceneDecodeError, is_tiff
@@ -79,6 +80,10 @@ def plan_shards(
     skipped = 0
     failed: list[str] = []
     for shard in shards:
+        if not is_utf8(shard.url):
+            failed.append(f"shard {printable(shard.url)}: its name is not valid UTF-8; rename "
+                          "it to index it")
+            continue
         try:
             fingerprint = reader.fingerprint(shard)
         except ShardReadError as err:
@@ -131,9 +136,12 @@ def check_bands(
 def _try_bands(item: SceneBytes | SceneFile, bands: tuple[int, int, int] | None,
                max_pixels: int, storage_options: dict | None) -> None:
     """Decode ``item`` (a SceneFile: a 64-px window of it) with ``bands``; raises
-    SceneDecodeError when it cannot."""
+    SceneDecodeError when it cannot, or when the scene has fewer bands than ``bands`` names
+    (a JPEG or PNG ignores ``bands``, but 5,6,7 cannot be what its 3 bands are meant as)."""
     if isinstance(item, SceneBytes):
-        decode_scene(item.data, item.member or item.url, bands, max_pixels)
+        _, info = decode_scene(item.data, item.member or item.url, bands, max_pixels)
+        if bands is not None and max(bands) > info.bands:
+            raise SceneDecodeError(f"it has {info.bands} band(s)")
         return
     with open_scene(item.url, storage_options) as ds:
         read_window(ds, (0, 0, min(64, ds.width), min(64, ds.height)), None, bands)

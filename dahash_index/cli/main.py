@@ -105,16 +105,20 @@ def _report_damage(index_dir: Path, damage: list) -> None:
 @main.command(short_help="Verify every file of an index; --repair drops damaged shards.")
 @click.argument("index_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--repair", is_flag=True,
-              help="Drop the shards whose files are damaged from the manifest (and a damaged "
-                   "FAISS file), so that the next build indexes them again.")
+              help="Restore a damaged manifest from its last good copy; drop the shards whose "
+                   "files are damaged or missing (and a damaged FAISS segment), so that the "
+                   "next build indexes them again.")
 def check(index_dir, repair):
     """Read every file of INDEX_DIR whole and verify it [default: $DAHASH_INDEX_HOME/index].
 
-    Parts and errors tables against the checksums recorded at commit, their schemas, row
-    counts and row ids; the model copy against the manifest; the FAISS file's K, kind, row
-    count and ids. Exit status 1 names each damaged file.
+    Parts, errors, lookup and re-rank vector files and the FAISS segments against the
+    checksums recorded at commit, their schemas, row counts and row ids; the model copy
+    against the manifest; the FAISS segments' K, kind, row count and ids. Exit status 1 names
+    each damaged file. --repair: a damaged manifest is restored from the last good copy
+    (manifests/), shards with damaged or missing files are dropped (the next build indexes
+    them again) and a damaged FAISS segment is rebuilt from the parts by the next build.
     """
-    from dahash_index.store import check_index, repair_index
+    from dahash_index.store import MANIFEST, check_index, repair_index
 
     index_dir = index_dir or default_index()
     try:
@@ -127,8 +131,11 @@ def check(index_dir, repair):
             dropped = repair_index(report)
             for problem in report.damage:
                 click.echo(f"damaged: {problem}", err=True)
-            click.echo(f"repaired: dropped {len(dropped)} shard(s) from {index_dir}; run build "
-                       "again to index them")
+            restored = any(d.file == MANIFEST for d in report.damage)
+            click.echo("repaired: " + (f"restored {MANIFEST} from its last good copy; "
+                                       if restored else "")
+                       + f"dropped {len(dropped)} shard(s) from {index_dir}; run build again to "
+                       "index them (and rebuild the FAISS segments)")
             return
     except (ValueError, OSError) as err:
         fail(err)

@@ -20,6 +20,7 @@ from dahash_index.cli.options import (
     storage_options,
 )
 from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
+from dahash_index.errors import printable
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 
 
@@ -54,9 +55,15 @@ from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
                    "before re-rank vectors ranks by distance alone.")
 @click.option("--shortlist", type=click.IntRange(min=1), default=DEFAULT_SHORTLIST,
               show_default=True, help="Rows re-ranked with --rerank full.")
+@click.option("--orientations", type=click.Choice(["1", "4", "8"]), default="1",
+              show_default=True,
+              help="Search with each image in this many orientations (4: its rotations by "
+                   "90°; 8: and their mirror images), one backbone pass each: a row's distance "
+                   "is its nearest orientation's, its score the best. Overhead scenes have no "
+                   "'up'. Not with --server.")
 @storage_flags
 def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
-          window, group_by, rerank, shortlist, endpoint_url, storage_pairs):
+          window, group_by, rerank, shortlist, orientations, endpoint_url, storage_pairs):
     """Find the scenes most similar to each IMAGE (path or URL): by Hamming distance between
     codes, then by the re-rank score (the cosine of the scenes' re-rank vectors).
 
@@ -68,9 +75,9 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
     """
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
-    if server is not None and (index_dir or model or mmap is not None):
+    if server is not None and (index_dir or model or mmap is not None or orientations != "1"):
         raise click.UsageError("--server answers from the service's index: no --index, "
-                               "--model or --mmap")
+                               "--model, --mmap or --orientations")
     storage = storage_options(storage_pairs, endpoint_url)
     search = {"top": top, "radius": radius, "group_by": group_by, "rerank": rerank,
               "shortlist": shortlist}
@@ -81,6 +88,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
             from dahash_index.scenes.chips import parse_window
             from dahash_index.scenes.scene import parse_bands
 
+            search["orientations"] = int(orientations)
             rows = _query_index(index_dir or default_index(), model, images, search, nprobe,
                                 parse_bands(bands) if bands else None, mmap is not False,
                                 storage, parse_window(window) if window else None)
@@ -157,14 +165,14 @@ def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
             error = row["error"]
             if not error.startswith(row["query_name"]):
                 error = f"{row['query_name']}: {error}"
-            click.echo(f"Error: {error}", err=True)
+            click.echo(f"Error: {printable(error)}", err=True)
             continue
         if as_json:
             click.echo(json.dumps({k: v for k, v in row.items() if k != "error"}))
             continue
         if row["rank"] == 1:
-            click.echo(f"# {row['query_name']}")
-        name = f"{row['url']}[{row['member']}]" if row["member"] else row["url"]
+            click.echo(f"# {printable(row['query_name'])}")
+        name = printable(f"{row['url']}[{row['member']}]" if row["member"] else row["url"])
         extra = " ".join(f"{k}={row[k]}" for k in ("label", "width", "height", "crs")
                          if row.get(k) is not None)
         if row.get("col_off") is not None:
@@ -176,5 +184,5 @@ def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
                    f"{name} {extra}")
     for number, name in enumerate(images):
         if number not in answered and not as_json:
-            click.echo(f"# {name}: no hits")
+            click.echo(f"# {printable(name)}: no hits")
     return failed

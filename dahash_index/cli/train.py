@@ -82,11 +82,11 @@ def train(data, bits, out, seed, preset_name, overrides, backbone, backbone_weig
 def adapt(data, model, out, seed, cache_dir):
     """Fit MODEL's codes and re-rank vectors to the archive DATA, without labels.
 
-    Keeps the model's backbone and K. On DATA's scenes and their mirror images it fits the
-    re-rank projection (the directions along which scenes differ most relative to how a
-    flip moves one), then ITQ codes on that projection: a linear hash head. Costs two
-    backbone passes over DATA (features are cached). Measured against ITQ and float cosine
-    in docs/results-transfer.md (dahash-index eval --transfer).
+    Keeps the model's backbone and K. On DATA's scenes, their mirror images and their 90°
+    rotations it fits the re-rank projection (the directions along which scenes differ most
+    relative to how a flip or a turn moves one), then ITQ codes on that projection: a linear
+    hash head. Costs three backbone passes over DATA (features are cached). Measured against
+    ITQ and float cosine in docs/results-transfer.md (dahash-index eval --transfer).
     """
     from dahash_index.train.workflow import adapt_command
 

@@ -31,3 +31,21 @@ def orient(images: torch.Tensor, k: int) -> torch.Tensor:
     k = check_orientation(k)
     x = images.flip(-1) if k >= 4 else images
     return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
+
+
+# The orientations a query may be encoded in (``query --orientations N``): itself; its 4
+# rotations; the whole group.
+QUERY_ORIENTATIONS = {1: (0,), 4: (0, 1, 2, 3), 8: ORIENTATIONS}
+
+
+def orient_image(image, k: int):
+    """An (H, W, C) image (numpy array or torch tensor) in orientation k, as ``orient`` turns
+    a batch of network inputs."""
+    k = check_orientation(k)
+    if isinstance(image, torch.Tensor):
+        x = image.flip(1) if k >= 4 else image
+        return torch.rot90(x, k % 4, dims=(0, 1)) if k % 4 else x
+    import numpy as np
+
+    x = image[:, ::-1] if k >= 4 else image
+    return np.ascontiguousarray(np.rot90(x, k % 4, axes=(0, 1)))

@@ -36,13 +36,14 @@ from dahash_index.arrow_arrays import numeric_array, string_array
 from dahash_index.errors import check_int
 from dahash_index.model.checkpoint import load_checkpoint
 from dahash_index.model.encoder import SceneEncoder
+from dahash_index.model.orientations import QUERY_ORIENTATIONS, orient_image
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS, rerank_order
 from dahash_index.query import ranking
 from dahash_index.query.inputs import load_query
 from dahash_index.scenes.chips import Tiling, Window
 from dahash_index.scenes.device_jpeg import decode_batch
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS
-from dahash_index.store import MANIFEST, IndexReader
+from dahash_index.store import MANIFEST, MODEL, IndexReader, IndexStoreError
 
 QueryInput = str | Path | bytes | np.ndarray
 
@@ -136,8 +137,14 @@ class SceneIndex:
         """The backbone + hash network, loaded on first use (code queries never need it)."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = SceneEncoder(load_checkpoint(self.reader.model_path),
-                                             self._device, self._precision)
+                checkpoint = load_checkpoint(self.reader.model_path)
+                if checkpoint.sha256 != self.reader.model_sha256:  # never codes by another
+                    raise IndexStoreError(
+                        f"{self.reader.path}: {MODEL} is not the model the index was built "
+                        f"with (sha256 {checkpoint.sha256[:12]}, the manifest says "
+                        f"{self.reader.model_sha256[:12]}); `dahash-index check "
+                        f"{self.reader.path}` names the damage")
+                self._encoder = SceneEncoder(checkpoint, self._device, self._precision)
             return self._encoder
 
     @property
@@ -161,11 +168,16 @@ class SceneIndex:
     def encode_chips(self, queries: Sequence[QueryInput], bands=None,
                      batch_size: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None,
-                     whole: bool = False) -> EncodedQueries:
+                     whole: bool = False, orientations: int = 1) -> EncodedQueries:
         """The codes (and re-rank vectors) of the queries: see ``EncodedQueries``. A query
         gives one code, or, when the index was built with ``--tile`` and it is larger than the
         index's chips (and ``whole`` is False), one per chip. window: (col_off, row_off,
-        width, height) of each query only."""
+        width, height) of each query only. orientations: 1, 4 or 8: each image (chip) is also
+        encoded turned and flipped (``QUERY_ORIENTATIONS``), one code each."""
+        if orientations not in QUERY_ORIENTATIONS:
+            raise ValueError(f"orientations must be one of {tuple(QUERY_ORIENTATIONS)}, got "
+                             f"{orientations!r}")
+        turns = QUERY_ORIENTATIONS[orientations]
         tiling = None if whole or window is not None else self.tiling
         encoder = self.encoder
         size = batch_size or encoder.batch_size
@@ -192,6 +204,9 @@ class SceneIndex:
                     input_owners += [i] * len(query_input.inputs)
                 rows, images = decode_batch([{"owner": i} for i in input_owners], inputs,
                                             encoder.device, failed)
+                if len(turns) > 1:
+                    rows = [row for row in rows for _ in turns]
+                    images = [orient_image(image, k) for image in images for k in turns]
                 for at in range(0, len(rows), size):  # a large query may give many chips
                     yield [row["owner"] for row in rows[at:at + size]], images[at:at + size]
 
@@ -209,9 +224,13 @@ class SceneIndex:
               radius: int | None = None, nprobe: int | None = None, bands=None,
               names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
               window: Window | None = None, group_by: str | None = None,
-              rerank: str = DEFAULT_RERANK, shortlist: int = DEFAULT_SHORTLIST) -> pa.Table:
+              rerank: str = DEFAULT_RERANK, shortlist: int = DEFAULT_SHORTLIST,
+              orientations: int = 1) -> pa.Table:
         """Rank the index for each query: the ``top`` nearest (default 50), or every row within
         Hamming distance ``radius`` (not both). Arguments are checked before any query is read.
+        orientations: 1, 4 or 8: search with each query in that many orientations too (its
+        rotations, and flips for 8; 4 or 8 backbone passes): a row's distance is its nearest
+        orientation's, its score its best (overhead scenes have no "up").
         rerank: "none", "ties" or "full", and shortlist: how the re-rank vectors order the
         hits (``query.ranking``); an index or model without vectors ranks by distance alone.
         names: what to call the queries in the result and its errors (default: the path or
@@ -224,7 +243,8 @@ class SceneIndex:
         top = _check_search(top, radius, nprobe, group_by, rerank, shortlist)
         if names is not None and len(names) != len(queries):
             raise ValueError(f"{len(names)} names for {len(queries)} queries")
-        encoded = self.encode_chips(queries, bands, None, max_pixels, window)
+        encoded = self.encode_chips(queries, bands, None, max_pixels, window,
+                                    orientations=orientations)
         found, errors = encoded.names, encoded.errors
         if names is not None:
             errors = [None if e is None else renamed_error(e, old, new)

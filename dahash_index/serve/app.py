@@ -69,17 +69,20 @@ _TOO_MANY_PIXELS = re.compile(r"pixels, above the limit of \d+$")
 class ServiceSettings:
     """token: required as ``Authorization: Bearer <token>`` on every route when set.
     max_upload_bytes: a request body above this gets 413. max_pixels: an image whose header
-    says more pixels gets 413 before it is decoded. max_images: images in one request.
-    max_hits: the largest ``top``. batch_window_s: how long an upload waits for those of
-    concurrent requests, to be encoded with them (``batching``). allow_url_queries: whether
-    ``POST /query`` fetches ``{"urls": [...]}`` itself (any path or URL the service can read,
-    with the index's storage options; at most max_upload_bytes each)."""
+    says more pixels gets 413 before it is decoded. max_images: images (or codes, row ids,
+    URLs) in one request. max_hits: the largest ``top``. max_answer_hits: the most hits one
+    answer holds, all its queries together (a larger one gets 413). batch_window_s: how long
+    an upload waits for those of concurrent requests, to be encoded with them
+    (``batching``). allow_url_queries: whether ``POST /query`` fetches ``{"urls": [...]}``
+    itself (any path or URL the service can read, with the index's storage options; at most
+    max_upload_bytes each)."""
 
     token: str | None = None
     max_upload_bytes: int = 32 << 20
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_images: int = 64
     max_hits: int = 1000
+    max_answer_hits: int = 20_000
     batch_window_s: float = 0.005
     allow_url_queries: bool = False
 
@@ -178,13 +181,16 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
                     _fetch_all, names, index.storage_options, settings.max_upload_bytes)
                 codes, owners, vectors = await encode(images, names, bands, window)
             else:
-                codes, names, vectors = _codes_of(body, index)
+                codes, names, vectors = _codes_of(body, index, settings.max_images)
         elif kind == "multipart/form-data":
             images, names = await _uploads_of(request, settings.max_images)
             codes, owners, vectors = await encode(images, names, bands, window)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
                                     "codes as application/json ({\"codes\": [hex, ...]})")
+        if radius is None and len(names) * (top or 50) > settings.max_answer_hits:
+            raise ServiceError(413, f"{len(names)} queries x top {top or 50} hits is above the "
+                                    f"limit of {settings.max_answer_hits} hits an answer")
         search = partial(index.query_codes, codes, top, radius, nprobe, names, owners, group_by,
                          vectors, rerank, shortlist)
         try:
@@ -193,6 +199,10 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             raise
         except ValueError as err:  # the search arguments (radius, nprobe)
             raise ServiceError(422, one_line(err)) from None
+        if table.num_rows > settings.max_answer_hits:  # a radius query found that many
+            raise ServiceError(413, f"{table.num_rows} hits within radius {radius}, above the "
+                                    f"limit of {settings.max_answer_hits} hits an answer; "
+                                    "ask for a smaller radius or top")
         rows = table.to_pylist()
         answers = [{"query": name, "hits": []} for name in names]
         for row in rows:
@@ -264,18 +274,20 @@ async def _json_body(request: Request) -> object:
         raise ServiceError(422, "the body is not JSON") from None
 
 
-def _codes_of(body: object, index: SceneIndex
+def _codes_of(body: object, index: SceneIndex, max_items: int
               ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i", no vectors); {"row_ids":
     [int, ...]} -> the codes of those rows ("more like this"), names "scene ROW_ID", and
     their re-rank vectors when the index keeps them."""
     if isinstance(body, dict) and "row_ids" in body:
-        return _codes_of_rows(index, body["row_ids"])
+        return _codes_of_rows(index, body["row_ids"], max_items)
     bits = index.bits
     codes = body.get("codes") if isinstance(body, dict) else None
     if not isinstance(codes, list) or not codes:
         raise ServiceError(422, 'expected {"codes": [hex, ...]}, {"row_ids": [int, ...]} or '
                                 '{"urls": [url, ...]}, with at least one')
+    if len(codes) > max_items:
+        raise ServiceError(422, f"{len(codes)} codes, above the limit of {max_items}")
     out = np.empty((len(codes), bits // 8), dtype=np.uint8)
     for i, code in enumerate(codes):
         if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
@@ -284,11 +296,14 @@ def _codes_of(body: object, index: SceneIndex
     return out, [f"code {i}" for i in range(len(codes))], None
 
 
-def _codes_of_rows(index: SceneIndex, row_ids: object
+def _codes_of_rows(index: SceneIndex, row_ids: object, max_items: int
                    ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     if not isinstance(row_ids, list) or not row_ids or not all(
-            is_int(r) and r >= 0 for r in row_ids):
-        raise ServiceError(422, "row_ids must be a list of at least one non-negative integer")
+            is_int(r) and 0 <= r < 2**63 for r in row_ids):
+        raise ServiceError(422, "row_ids must be a list of at least one row id (an integer "
+                                "from 0 to 2^63 - 1)")
+    if len(row_ids) > max_items:
+        raise ServiceError(422, f"{len(row_ids)} row ids, above the limit of {max_items}")
     try:
         table = index.reader.metadata(np.array(row_ids, dtype=np.int64), ["code"])
     except ValueError as err:

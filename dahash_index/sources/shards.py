@@ -43,6 +43,7 @@ from typing import IO
 
 from fsspec.implementations.local import LocalFileSystem
 
+from dahash_index.errors import is_utf8, printable
 from dahash_index.scenes.scene import SCENE_SUFFIXES
 from dahash_index.sources.remote import (
     RemoteError,
@@ -54,6 +55,8 @@ from dahash_index.sources.remote import (
 
 TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tgz", ".tar.gz")
 ROOT_SHARD = "."
+# The reason a scene whose name is not UTF-8 is left out (its name is printed escaped).
+NOT_UTF8 = "file name is not valid UTF-8; rename the file to index it"
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,9 @@ class ShardReader:
             raise ShardReadError(f"shard {describe(shard.url, exc)}") from exc
         for rel, _ in files:
             url = self._url(rel)
+            if not is_utf8(url):
+                yield SceneError(printable(url), shard.name, None, NOT_UTF8)
+                continue
             parts = PurePosixPath(rel).parts
             label = parts[-2] if len(parts) > 1 else None
             if defer is not None and defer(url):
@@ -304,6 +310,9 @@ class ShardReader:
                 # in archive order, before the next header, which is what we do.
                 for member, problem, data in _tar_members(f, read=True):
                     last = member
+                    if not is_utf8(member.name):
+                        yield error(printable(member.name), NOT_UTF8)
+                        continue
                     if problem is not None:
                         yield error(member.name, problem)
                     else:

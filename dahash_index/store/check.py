@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dahash_index.errors import one_line
-from dahash_index.files import sha256_file
+from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.indexes import load_index
 from dahash_index.indexes.binary import as_ivf
 from dahash_index.model.identity import ModelIdentity
@@ -33,7 +33,13 @@ from dahash_index.store.layout import (
     IndexStoreError,
 )
 from dahash_index.store.lookup import LookupFile
-from dahash_index.store.manifest import Manifest, Segment, ShardEntry, read_manifest
+from dahash_index.store.manifest import (
+    Manifest,
+    Segment,
+    ShardEntry,
+    previous_manifests,
+    read_manifest,
+)
 from dahash_index.store.parts import read_parquet, read_part
 from dahash_index.store.vectors import open_vectors
 from dahash_index.store.writer import IndexWriter
@@ -66,10 +72,16 @@ class CheckReport:
 
 
 def check_index(path: str | os.PathLike) -> CheckReport:
-    """Read and verify every file of the index at ``path``; raises IndexStoreError only when
-    the manifest itself is unreadable."""
+    """Read and verify every file of the index at ``path``. A damaged manifest is reported
+    as such (``repair_index`` restores the last good copy); raises IndexStoreError only when
+    there is no index at all."""
     path = Path(path)
-    manifest = read_manifest(path)
+    if not (path / MANIFEST).is_file():
+        raise IndexStoreError(f"{path}: not a dahash index (no {MANIFEST})")
+    try:
+        manifest = read_manifest(path)
+    except IndexStoreError as err:
+        return CheckReport(path, files=1, damage=[Damage(MANIFEST, _strip(path, err))])
     report = CheckReport(path, manifest.row_count, len(manifest.shards))
     for key, entry in manifest.shards.items():
         damaged = set()
@@ -131,13 +143,42 @@ def repair_index(report: CheckReport) -> list[str]:
     A damaged model copy cannot be repaired here (rebuild the index)."""
     if any(d.file == MODEL for d in report.damage):
         raise IndexStoreError(f"{report.path}: {MODEL} is damaged; rebuild the index")
+    if any(d.file == MANIFEST for d in report.damage):
+        restore_manifest(report.path)
+        report = check_index(report.path)
+        if report.ok:
+            return []
+        return repair_index(report)
     manifest = read_manifest(report.path)
     shards = list(dict.fromkeys(d.shard for d in report.damage if d.shard))
     faiss_damaged = any(d.shard is None for d in report.damage)
     model = ModelIdentity.of_manifest(manifest, report.path / MODEL)
-    with IndexWriter.open(report.path, model, kind=manifest.kind) as writer:
+    with IndexWriter.open(report.path, model, kind=manifest.kind, check=False) as writer:
         writer.drop_shards(shards, drop_index_file=faiss_damaged)
     return shards
+
+
+def restore_manifest(path: Path) -> Manifest:
+    """Replace a damaged manifest.json by the newest earlier copy (``manifests/``) that reads
+    and whose files are all there, or the newest that reads (its shards with missing files
+    are then dropped by ``repair_index``). Nothing is guessed: IndexStoreError without one."""
+    readable = []
+    for copy in previous_manifests(path):
+        try:
+            readable.append((copy, read_manifest(path, copy)))
+        except IndexStoreError:
+            continue
+    if not readable:
+        raise IndexStoreError(f"{path}: {MANIFEST} is damaged and no earlier copy of it reads; "
+                              "rebuild the index")
+    whole = [(copy, manifest) for copy, manifest in readable
+             if all((path / rel).is_file() for e in manifest.shards.values()
+                    for _, rel in e.files())]
+    copy, manifest = (whole or readable)[0]
+    data = copy.read_bytes()
+    atomic_write(path / MANIFEST, lambda f: f.write(data))
+    fsync_dir(path)
+    return manifest
 
 
 def _strip(path: Path, err: Exception) -> str:
@@ -207,6 +248,8 @@ def _check_segment(path: Path, manifest: Manifest, segment: Segment) -> str | No
     rel = segment.file
     if not (path / rel).is_file():
         return f"missing (named in {MANIFEST})"
+    if segment.sha256 is not None and sha256_file(path / rel) != segment.sha256:
+        return "checksum differs from the one recorded at commit"
     try:
         index = load_index(str(path / rel), mmap=True)
         check_segment(path, manifest, segment, index)

@@ -14,7 +14,7 @@ from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.model.identity import ModelIdentity, missing_model
 from dahash_index.store.faiss_file import remove_unreferenced
 from dahash_index.store.layout import MANIFEST, MODEL, SHARD_FILES, IndexStoreError, now
-from dahash_index.store.manifest import Manifest, new_manifest, write_manifest
+from dahash_index.store.manifest import HISTORY, Manifest, new_manifest, write_manifest
 from dahash_index.store.staging import STAGING, remove_unfinished
 
 
@@ -65,6 +65,10 @@ def remove_leftovers(directory: Path, manifest: Manifest) -> None:
                 f.unlink()
     remove_unfinished(directory / STAGING)
     remove_unreferenced(directory, manifest)
+    # copies of manifests a crashed commit wrote but never committed
+    for copy in (directory / HISTORY).glob("*.json"):
+        if not copy.stem.isdigit() or int(copy.stem) > manifest.generation:
+            copy.unlink(missing_ok=True)
     for f in directory.iterdir():
         if f.is_file() and f.suffix == ".tmp":
             f.unlink()

@@ -101,6 +101,7 @@ class Segment:
 
     file: str
     ranges: list[list[int]]
+    sha256: str | None = None  # of the file, recorded when it was written (None: older index)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class Manifest:
         """A checked manifest's JSON (``read_manifest``) as a Manifest."""
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["shards"] = {key: ShardEntry(**entry) for key, entry in data["shards"].items()}
-        values["index_segments"] = [Segment(s["file"], s["ranges"])
+        values["index_segments"] = [Segment(s["file"], s["ranges"], s.get("sha256"))
                                     for s in data.get("index_segments", [])]
         return cls(**values)
 
@@ -159,11 +160,27 @@ def new_manifest(bits: int, model_sha256: str, backbone: str, backbone_sha256: s
                     0, None, [], [], created, created, dict(extra or {}), {})
 
 
+HISTORY = "manifests"  # copies of the last few committed manifests, by generation
+KEEP_MANIFESTS = 3
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Write ``directory/manifest.json`` through a .tmp file, fsynced, then renamed: the one
-    writer of manifests. The caller fsyncs the directory to make the rename durable."""
+    writer of manifests. A copy goes to ``manifests/<generation>.json`` first (the last
+    ``KEEP_MANIFESTS`` are kept), from which ``check --repair`` restores a damaged
+    manifest. The caller fsyncs the directory to make the rename durable."""
     data = json.dumps(manifest.to_json(), indent=1).encode()
+    history = directory / HISTORY
+    history.mkdir(exist_ok=True)
+    atomic_write(history / f"{manifest.generation:06d}.json", lambda f: f.write(data))
+    for old in sorted(history.glob("*.json"))[:-KEEP_MANIFESTS]:
+        old.unlink(missing_ok=True)
     atomic_write(directory / MANIFEST, lambda f: f.write(data))
+
+
+def previous_manifests(directory: Path) -> list[Path]:
+    """The copies of earlier committed manifests, newest first."""
+    return sorted((directory / HISTORY).glob("*.json"), reverse=True)
 
 
 _MANIFEST_KEYS = (
@@ -172,15 +189,18 @@ _MANIFEST_KEYS = (
 ).split()
 
 
-def read_manifest(directory: Path) -> Manifest:
-    """Read and check ``directory/manifest.json``: ordered row ranges, totals that add up."""
-    path = directory / MANIFEST
+def read_manifest(directory: Path, path: Path | None = None) -> Manifest:
+    """Read and check ``directory/manifest.json`` (or the copy ``path`` of an earlier one):
+    ordered row ranges, totals that add up."""
+    path = path or directory / MANIFEST
     if not path.is_file():
         raise IndexStoreError(f"{directory}: not a dahash index (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_bytes())
     except (OSError, ValueError) as err:
-        raise IndexStoreError(f"{directory}: {MANIFEST} is unreadable ({one_line(err)})") from None
+        raise IndexStoreError(f"{directory}: {MANIFEST} is unreadable ({one_line(err)}); "
+                              f"`dahash-index check --repair {directory}` restores the last "
+                              "good one") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found == OLD_FORMATS[0]:
         manifest = _upgrade_v1(manifest)
@@ -266,7 +286,9 @@ def check_files(directory: Path, manifest: Manifest) -> None:
     for entry in manifest.shards.values():
         for _, rel in entry.files():
             if not (directory / rel).is_file():
-                raise IndexStoreError(f"{directory}: {rel} is missing (named in {MANIFEST})")
+                raise IndexStoreError(
+                    f"{directory}: {rel} is missing (named in {MANIFEST}); `dahash-index "
+                    f"check --repair {directory}` drops its shard, for the next build to index")
 
 
 def mismatch(directory: Path, manifest: Manifest, checkpoint_path: object, sha: str) -> str:

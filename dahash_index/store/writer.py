@@ -71,6 +71,7 @@ class IndexWriter:
         nlist: int | None = None,
         extra: Mapping | None = None,
         wait: float = 0.0,
+        check: bool = True,
     ) -> IndexWriter:
         """Create an index directory, or reopen one to add shards to it.
 
@@ -82,6 +83,8 @@ class IndexWriter:
         holds no row yet is not bound by its parameters: they were never used, and the ones
         given here replace them with the next commit. An existing non-empty directory without
         manifest.json is refused, never written into. wait: seconds to wait for another writer.
+        check: refuse an index a file of which is missing (``check_index --repair`` opens
+        without, to drop the shards whose files are missing).
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -108,10 +111,10 @@ class IndexWriter:
             if nlist is not None and manifest.nlist not in (None, nlist):
                 raise IndexStoreError(f"{path}: index nlist is {manifest.nlist}, not {nlist}")
             if extra is not None and extra != manifest.extra:
-                raise IndexStoreError(
-                    f"{path}: index was built with {manifest.extra}, not {extra}"
-                )
-            check_files(path, manifest)
+                raise IndexStoreError(f"{path}: index was built with {_describe(manifest.extra)}"
+                                      f", not {_describe(extra)}")
+            if check:
+                check_files(path, manifest)
             remove_leftovers(path, manifest)
         except BaseException:
             os.close(lock_fd)
@@ -324,6 +327,18 @@ class IndexWriter:
         # The rename has happened: memory follows the disk even if the fsync below fails.
         self._manifest = manifest
         fsync_dir(self.path)
+
+
+def _describe(extra: Mapping) -> str:
+    """A build's recorded parameters (``extra``: bands, tiling) as a user gave them."""
+    parts = []
+    for key, value in sorted(extra.items()):
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = " ".join(f"{k}={v}" for k, v in value.items())
+        parts.append(f"{key} {value}" if value is not None else f"no {key}")
+    return ", ".join(parts) or "no parameters"
 
 
 def _unbound(manifest: Manifest, kind: str, nlist: int | None, extra: Mapping | None

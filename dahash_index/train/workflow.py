@@ -14,7 +14,12 @@ from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.codes import hash_codes
 from dahash_index.model.encoder import BackboneEncoder
 from dahash_index.train.adapt import ADAPT_ORIENTATIONS, adapt_model, archive_scenes
-from dahash_index.train.data import ImageFolder, scan_image_folder, split_per_class
+from dahash_index.train.data import (
+    DatasetError,
+    ImageFolder,
+    scan_image_folder,
+    split_per_class,
+)
 from dahash_index.train.evaluate import (
     PROTOCOLS,
     VARIANTS,
@@ -97,6 +102,21 @@ def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int,
     return {k: scores[k] for k in ("map@20", "map@20_tie", "map@all", "map@all_tie")}
 
 
+MIN_PER_CLASS = 3  # two for the train part (an anchor and its positive), one for the test part
+
+
+def check_split_sizes(data: ImageFolder) -> None:
+    """Refuse, naming the class, a dataset whose smallest class cannot give the 60/40 split a
+    positive pair to train on and a scene to test with."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < MIN_PER_CLASS:
+        raise DatasetError(
+            f"{data.root / data.classes[smallest]}: {counts[smallest]} readable scene(s); every "
+            f"class needs at least {MIN_PER_CLASS} (two to train on as a positive pair, one to "
+            "test with)")
+
+
 def train_command(
     data_dir: Path,
     bits: int,
@@ -112,6 +132,7 @@ def train_command(
     config = preset(preset_name, bits=bits, **parse_overrides(overrides))
     backbone, data, features = labelled_features(data_dir, backbone_name, backbone_weights,
                                                  cache_dir)
+    check_split_sizes(data)
     train_idx, _ = split_per_class(data.labels, seed)
     oriented = oriented_features(backbone, data, cache_dir, needed_orientations([config]))
     train_features = training_features(features, oriented, train_idx, config)

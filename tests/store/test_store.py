@@ -64,7 +64,9 @@ def _commit(writer: IndexWriter, shard: str, n: int, n_errors: int = 0) -> range
 
 
 def _files(directory: Path) -> set[str]:
-    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    """The index's files, less the manifest history (manifests/), tested on its own."""
+    found = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    return {name for name in found if not name.startswith("manifests/")}
 
 
 def _referenced(manifest: dict) -> set[str]:
@@ -166,7 +168,9 @@ def test_finalize_flat_then_commit_more(index_dir, ckpts):
     w.finalize()
     m = w.manifest
     assert m.index_file == "index.faiss" and m.index_shards == [url("s0"), url("s1")]
-    assert m.index_segments == [Segment("index.faiss/000003-0000.faiss", [[0, 6], [6, 4]])]
+    (segment,) = m.index_segments
+    assert (segment.file, segment.ranges) == ("index.faiss/000003-0000.faiss", [[0, 6], [6, 4]])
+    assert segment.sha256 == files.sha256_file(index_dir / segment.file)
     assert (index_dir / "index.faiss/000003-0000.faiss").is_file()
     w.finalize()  # nothing new: no new generation
     assert w.manifest.generation == 3
@@ -240,7 +244,8 @@ def test_index_file_from_before_segments_is_read_then_replaced(index_dir, ckpts)
     (index_dir / "manifest.json").write_text(json.dumps(m))
     for mmap in (False, True):
         r = IndexReader.open(index_dir, mmap=mmap)
-        assert r.manifest.index_segments == [Segment("index-3.faiss", [[0, 3], [3, 2]])]
+        (segment,) = r.manifest.index_segments
+        assert (segment.file, segment.ranges) == ("index-3.faiss", [[0, 3], [3, 2]])
         index = r.faiss_index()
         assert is_mapped(index) == mmap
         np.testing.assert_array_equal(hamming_topk(index, shard_codes(0, 5), 1)[1][:, 0],
@@ -515,8 +520,8 @@ def test_refusals(tmp_path, index_dir, ckpts):
     empty = tmp_path / "empty"
     empty.mkdir()
     IndexWriter.open(empty, identity(ckpts["a"])).close()  # an empty directory is fine to create in
-    assert sorted(os.listdir(empty)) == ["errors", "lookup", "manifest.json", "model.pt", "parts",
-                                        "vectors"]
+    assert sorted(os.listdir(empty)) == ["errors", "lookup", "manifest.json", "manifests",
+                                        "model.pt", "parts", "vectors"]
     assert not [p for p in os.listdir(tmp_path) if ".creating-" in p]
 
 
@@ -553,7 +558,7 @@ def test_corrupt_faiss_file_is_named(index_dir, ckpts):
     _commit(w, "s0", 3)
     w.finalize()
     (index_dir / "index.faiss/000002-0000.faiss").write_bytes(b"IBxM" + b"\0" * 10)
-    with pytest.raises(IndexStoreError, match="index.faiss/000002-0000.faiss is unreadable"):
+    with pytest.raises(IndexStoreError, match="index.faiss/000002-0000.faiss: checksum differs"):
         IndexReader.open(index_dir).faiss_index()
 
 

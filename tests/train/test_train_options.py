@@ -400,3 +400,15 @@ def test_only_the_needed_orientations_are_extracted():
     assert needed_orientations([replace(base, orientations=2)]) == (1, 4)
     assert needed_orientations([replace(base, orientations=4), base]) == (1, 2, 4, 6)
     assert needed_orientations([replace(base, average_orientations=True)]) == tuple(range(1, 8))
+
+
+def test_orient_image_turns_one_image_as_orient_turns_a_batch():
+    from dahash_index.model.orientations import QUERY_ORIENTATIONS, orient_image
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)  # H=2, W=3, 3 channels
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    for k in range(8):
+        expected = orient(batch, k)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(orient_image(image, k), expected)
+        np.testing.assert_array_equal(orient_image(torch.from_numpy(image), k).numpy(), expected)
+    assert QUERY_ORIENTATIONS[4] == (0, 1, 2, 3) and len(QUERY_ORIENTATIONS[8]) == 8
