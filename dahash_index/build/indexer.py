@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from dahash_index.build.engines import get_runner
 from dahash_index.build.job import BuildEvents, BuildJob, BuildOptions
-from dahash_index.build.stages import ShardTask, check_bands, plan_shards
+from dahash_index.build.stages import ShardTask, check_bands, gone_shards, plan_shards
 from dahash_index.model.checkpoint import Checkpoint, load_checkpoint
-from dahash_index.sources.shards import Shard, ShardReader
-from dahash_index.store import MANIFEST, IndexWriter, ModelMismatchError
+from dahash_index.sources.shards import Shard, ShardReader, shards_root
+from dahash_index.store import MANIFEST, IndexWriter, ModelMismatchError, read_manifest
 from dahash_index.store.staging import StagedResult, list_results, remove_result
 
 
@@ -36,6 +36,8 @@ class BuildReport:
     shards_skipped: int = 0  # committed by an earlier run, unchanged
     shards_indexed: int = 0
     shards_reindexed: int = 0  # of those indexed: changed since, or retried for errors
+    shards_gone: list[str] = field(default_factory=list)  # committed under the root, now gone
+    pruned: bool = False  # shards_gone were retired (--prune)
     failed: list[str] = field(default_factory=list)  # one line per shard not indexed
     scenes: int = 0  # rows committed by this run
     errors: int = 0  # scene errors recorded by this run
@@ -57,9 +59,14 @@ def build_index(
     options = options or BuildOptions()
     start = time.perf_counter()
     index_dir = Path(index_dir)
-    reader = ShardReader(shards_url, options.storage_options or None)
+    try:
+        reader = ShardReader(shards_url, options.storage_options or None)
+    except FileNotFoundError:
+        if options.prune and (index_dir / MANIFEST).is_file():  # a moved or deleted archive
+            return _prune_only(shards_url, index_dir, model_path, options, start)
+        raise
     shards = reader.list_shards()
-    if not shards:
+    if not shards and not options.prune:
         raise FileNotFoundError(
             f"no shards under {shards_url}: expected subdirectories or .tar files of scenes, "
             "or scene files"
@@ -85,6 +92,27 @@ def build_index(
     return report
 
 
+def _prune_only(shards_url: str, index_dir: Path, model_path: str | Path,
+                options: BuildOptions, start: float) -> BuildReport:
+    """build --prune of a root that no longer exists: retire every shard committed under it."""
+    checkpoint = load_checkpoint(model_path)
+    base = shards_root(shards_url, options.storage_options or None)
+    kind = read_manifest(index_dir).kind  # whatever kind the index has
+    with IndexWriter.open(index_dir, checkpoint.identity, kind, wait=options.wait) as writer:
+        report = BuildReport(shards_gone=gone_shards(writer.manifest.shards, base, []))
+        _retire_gone(writer, report, True)
+        writer.finalize()
+        report.row_count = writer.manifest.row_count
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _retire_gone(writer: IndexWriter, report: BuildReport, prune: bool) -> None:
+    if report.shards_gone and prune:
+        writer.drop_shards(report.shards_gone)
+        report.pruned = True
+
+
 def _build(
     reader: ShardReader,
     shards: list[Shard],
@@ -99,7 +127,10 @@ def _build(
         tqdm.write(line, file=sys.stderr)
 
     tasks, skipped, failed = plan_shards(reader, writer, shards, options.retry_errors, warn)
-    report = BuildReport(shards_total=len(shards), shards_skipped=skipped, failed=failed)
+    report = BuildReport(shards_total=len(shards), shards_skipped=skipped, failed=failed,
+                         shards_gone=gone_shards(writer.manifest.shards, reader.base,
+                                                 [s.url for s in shards]))
+    _retire_gone(writer, report, options.prune)
     for line in failed:
         warn(f"Error: {line}")
     tasks = _adopt_leftovers(writer, tasks, report, warn)

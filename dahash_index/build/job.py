@@ -37,6 +37,7 @@ class BuildOptions:
     engine: str = "local"  # a name of ``engines.ENGINES``
     ray_address: str | None = None  # engine "ray": a cluster to join; None starts one here
     retry_errors: bool = False  # re-index committed shards that recorded scene errors
+    prune: bool = False  # retire committed shards under the root that are gone
     wait: float = 0.0  # seconds to wait for another build holding the index
     tiling: Tiling | None = None  # large TIFFs as chips (``chips``); None: every scene whole
     precision: str | None = None  # "fp32", "tf32", "bf16"; None: the device's default

@@ -12,7 +12,7 @@ worker (``worker.ShardWorker``) strings them together, whichever engine runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -61,6 +61,16 @@ class ShardResult:
     chips_skipped: int = 0  # chips of large scenes left out as mostly invalid (nodata)
     precision: str = "fp32"  # the arithmetic the backbone ran in (``precision``)
     vectors: np.ndarray | None = None
+
+
+def gone_shards(committed: Iterable[str], base: str, listed: Iterable[str]) -> list[str]:
+    """The committed shard URLs under ``base`` (the root shard ``base`` and its children
+    ``base/<name>``) that are not among the ``listed`` URLs: moved or deleted since."""
+    listed = set(listed)
+    prefix = base.rstrip("/") + "/"
+    under = [url for url in committed
+             if url == base or (url.startswith(prefix) and "/" not in url[len(prefix):])]
+    return [url for url in under if url not in listed]
 
 
 def plan_shards(

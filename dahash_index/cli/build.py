@@ -16,6 +16,7 @@ from dahash_index.cli.options import (
     storage_options,
     store_kinds,
 )
+from dahash_index.errors import printable
 
 
 def _precisions() -> tuple[str, ...]:
@@ -78,6 +79,11 @@ class _KindOption(click.Option):
 @click.option("--retry-errors", is_flag=True,
               help="Index again every committed shard that recorded scene errors (shards that "
                    "yielded no row at all are retried without it).")
+@click.option("--prune", is_flag=True,
+              help="Retire the committed shards under --shards that no longer exist (moved or "
+                   "deleted), in one commit; with a --shards that is gone altogether, retire "
+                   "all of its shards. Without it, build warns about them and keeps their "
+                   "rows.")
 @click.option("--wait", default=0.0, show_default=True, type=click.FloatRange(min=0),
               metavar="SECONDS", help="Wait this long for another build writing to INDEX.")
 @click.option("--engine", default="local", show_default=True, type=LazyChoice(_engines),
@@ -100,7 +106,7 @@ class _KindOption(click.Option):
                    "the tile].")
 @storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, device,
-          precision, resume, retry_errors, wait, engine, ray_address, tile, stride, min_side,
+          precision, resume, retry_errors, prune, wait, engine, ray_address, tile, stride, min_side,
           endpoint_url, storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
 
@@ -132,11 +138,19 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, dev
                                bands=parse_bands(bands) if bands else None,
                                batch_size=batch_size, workers=workers, device=device,
                                precision=precision, storage_options=storage,
-                               retry_errors=retry_errors, wait=wait, engine=engine,
+                               retry_errors=retry_errors, prune=prune, wait=wait, engine=engine,
                                ray_address=ray_address, tiling=tiling)
         report = build_index(shards, index_dir, model, options)
     except (ValueError, OSError, RuntimeError) as err:
         fail(err)
+    gone = report.shards_gone
+    if gone and report.pruned:
+        click.echo(f"pruned {len(gone)} shard(s) under {shards} that no longer exist "
+                   f"(e.g. {printable(gone[0])}); their rows are retired", err=True)
+    elif gone:
+        click.echo(f"Warning: {len(gone)} shard(s) indexed from {shards} no longer exist (e.g. "
+                   f"{printable(gone[0])}); their rows still answer queries; `dahash-index "
+                   f"build --shards {shards} --prune` retires them", err=True)
     again = f", {report.shards_reindexed} of them again" if report.shards_reindexed else ""
     click.echo(
         f"indexed {report.scenes} scenes from {report.shards_indexed} shard(s){again} "

@@ -108,17 +108,21 @@ def _report_damage(index_dir: Path, damage: list) -> None:
               help="Restore a damaged manifest from its last good copy; drop the shards whose "
                    "files are damaged or missing (and a damaged FAISS segment), so that the "
                    "next build indexes them again.")
-def check(index_dir, repair):
+@click.option("--model", "model", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --repair: the model.pt the index was built with, to restore a "
+                   "damaged model copy from (its sha256 must match the manifest's).")
+def check(index_dir, repair, model):
     """Read every file of INDEX_DIR whole and verify it [default: $DAHASH_INDEX_HOME/index].
 
     Parts, errors, lookup and re-rank vector files and the FAISS segments against the
     checksums recorded at commit, their schemas, row counts and row ids; the model copy
     against the manifest; the FAISS segments' K, kind, row count and ids. Exit status 1 names
     each damaged file. --repair: a damaged manifest is restored from the last good copy
-    (manifests/), shards with damaged or missing files are dropped (the next build indexes
-    them again) and a damaged FAISS segment is rebuilt from the parts by the next build.
+    (manifests/), a damaged model copy from --model, shards with damaged or missing files
+    are dropped (the next build indexes them again) and damaged FAISS segments are rebuilt
+    from the parts' codes.
     """
-    from dahash_index.store import MANIFEST, check_index, repair_index
+    from dahash_index.store import MANIFEST, MODEL, check_index, repair_index
 
     index_dir = index_dir or default_index()
     try:
@@ -128,14 +132,17 @@ def check(index_dir, repair):
                        f"{report.files} file(s) verified")
             return
         if repair:
-            dropped = repair_index(report)
+            dropped = repair_index(report, model)
             for problem in report.damage:
                 click.echo(f"damaged: {problem}", err=True)
-            restored = any(d.file == MANIFEST for d in report.damage)
-            click.echo("repaired: " + (f"restored {MANIFEST} from its last good copy; "
-                                       if restored else "")
-                       + f"dropped {len(dropped)} shard(s) from {index_dir}; run build again to "
-                       "index them (and rebuild the FAISS segments)")
+            files = {d.file for d in report.damage}
+            done = [f"restored {MANIFEST} from its last good copy"] if MANIFEST in files else []
+            done += [f"restored {MODEL} from {model}"] if MODEL in files else []
+            if any(d.shard is None and d.file not in (MANIFEST, MODEL) for d in report.damage):
+                done.append("rebuilt the FAISS segments from the parts")
+            if dropped:
+                done.append(f"dropped {len(dropped)} shard(s); run build again to index them")
+            click.echo(f"repaired {index_dir}: " + "; ".join(done or ["nothing to do"]))
             return
     except (ValueError, OSError) as err:
         fail(err)

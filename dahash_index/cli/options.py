@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dahash_index.errors import one_line
+from dahash_index.sources.remote import TIMEOUTS_HELP
 
 HOME_HELP = "$DAHASH_INDEX_HOME (default ~/.dahash-index)"
 
@@ -96,7 +97,7 @@ def storage_flags(command):
     command = click.option(
         "--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE",
         help="fsspec option for remote URLs, e.g. anon=true or requester_pays=true "
-             "(values are JSON when they parse).")(command)
+             "(values are JSON when they parse). " + TIMEOUTS_HELP)(command)
     return click.option(
         "--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
         help="S3-compatible endpoint for s3:// URLs (or $AWS_ENDPOINT_URL).")(command)

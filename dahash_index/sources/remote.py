@@ -19,6 +19,8 @@ import fsspec
 from fsspec.core import split_protocol
 from fsspec.registry import get_filesystem_class, known_implementations
 
+from dahash_index.errors import is_int
+
 
 class RemoteError(OSError):
     """A URL cannot be opened, listed or read; str() is one line naming the URL and the reason.
@@ -188,18 +190,30 @@ def _missing_package(url: str, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
+# Timeouts of s3:// reads. A refused endpoint fails in about a second; one that accepts
+# connections but never answers costs READ_TIMEOUT x botocore's attempts x s3fs's retries
+# (5 x 2 x 2 = 20 s, plus backoff), where the libraries' defaults (15 s x 2 x 5) took 163 s.
+CONNECT_TIMEOUT = 3
+READ_TIMEOUT = 5
+S3FS_RETRIES = 2
+TIMEOUTS_HELP = (f"s3:// reads time out after {CONNECT_TIMEOUT} s to connect and "
+                 f"{READ_TIMEOUT} s to read, tried at most 4 times (a dead endpoint fails "
+                 "within about 30 s); override with --storage-option "
+                 "config_kwargs='{\"read_timeout\": 60}' or retries=5.")
+
+
 def _s3_defaults(options: dict) -> dict:
     """Fail fast on a dead endpoint. botocore's default ('legacy', 5 attempts with random
     exponential backoff) spends 5-12 s on a refused connection (s3fs does not retry that one
-    itself), and s3fs waits up to 5 s per connect; one retry in 'standard' mode (which still
-    backs off on throttling and 5xx) and a 3 s connect timeout bring a refused endpoint down
-    to 0.3-1.1 s. A caller's own config_kwargs, or AWS_MAX_ATTEMPTS / AWS_RETRY_MODE, win.
-    Left alone: a server that accepts but never answers costs read_timeout (15 s) x 2
-    attempts x s3fs's own 5 retries of read timeouts (its class attribute, not an option)."""
+    itself); one retry in 'standard' mode (which still backs off on throttling and 5xx) and a
+    short connect timeout bring a refused endpoint down to 0.3-1.1 s, and a short read timeout
+    a silent one to TIMEOUTS_HELP's bound. A caller's own config_kwargs, or AWS_MAX_ATTEMPTS /
+    AWS_RETRY_MODE, win."""
     config = dict(options.get("config_kwargs") or {})
     if "retries" not in config and not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
         config["retries"] = {"total_max_attempts": 2, "mode": "standard"}
-    config.setdefault("connect_timeout", 3)
+    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", READ_TIMEOUT)
     return {**options, "config_kwargs": config}
 
 
@@ -207,16 +221,26 @@ def url_filesystem(
     url: str, storage_options: dict | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec.core.url_to_fs with one-line errors: (filesystem, path inside it). A protocol
-    whose package is missing or unknown raises RemoteError naming the package to install."""
+    whose package is missing or unknown raises RemoteError naming the package to install.
+    For s3:// URLs, the option ``retries`` sets s3fs's own retries (a class attribute there,
+    not an option) [default: S3FS_RETRIES]."""
     options = dict(storage_options or {})
-    if "::" not in url and split_protocol(url)[0] in ("s3", "s3a"):
+    s3 = "::" not in url and split_protocol(url)[0] in ("s3", "s3a")
+    if s3:
+        retries = options.pop("retries", S3FS_RETRIES)
+        if not is_int(retries) or retries < 1:
+            raise RemoteError(f"{url}: storage option retries must be a positive integer, "
+                              f"got {retries!r}", url)
         options = _s3_defaults(options)
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except Exception as exc:
         if isinstance(exc, ImportError) or "Protocol not known" in str(exc):
             raise RemoteError(f"{url}: {_missing_package(url, exc)}", url) from exc
         raise RemoteError(describe(url, exc), url, is_transient(exc)) from exc
+    if s3:
+        fs.retries = retries  # fsspec caches instances by options: set on every call
+    return fs, path
 
 
 def read_url(url: str, storage_options: dict | None = None) -> bytes:

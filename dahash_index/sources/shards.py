@@ -105,6 +105,19 @@ class SceneError:
     reason: str  # one line
 
 
+def shards_root(url: str, storage_options: dict | None = None) -> str:
+    """What ``ShardReader(url).base`` is, for a URL that may no longer exist (build --prune
+    of a moved archive)."""
+    fs, root = url_filesystem(url, storage_options)
+    return _shards_root(url, fs, root.rstrip("/") or root)
+
+
+def _shards_root(url: str, fs, root: str) -> str:
+    # Non-local URLs are rebuilt from what the caller typed (fs.unstrip_protocol would turn
+    # 'memory://x' into 'memory:///x' and drop chained protocols).
+    return os.path.normpath(root) if isinstance(fs, LocalFileSystem) else url.rstrip("/")
+
+
 class ShardReader:
     """Lists shards under a URL and streams their scenes.
 
@@ -133,9 +146,13 @@ class ShardReader:
                 raise FileNotFoundError(f"shards URL is not a directory: {url}")
             raise FileNotFoundError(f"shards URL not found: {url}")
         self._local = isinstance(self.fs, LocalFileSystem)
-        # Non-local URLs are rebuilt from what the caller typed (fs.unstrip_protocol
-        # would turn 'memory://x' into 'memory:///x' and drop chained protocols).
-        self._base = os.path.normpath(self.root) if self._local else url.rstrip("/")
+        self._base = _shards_root(url, self.fs, self.root)
+
+    @property
+    def base(self) -> str:
+        """The URL its shards' URLs are formed under (``<base>/<name>``; the root shard's is
+        ``base`` itself)."""
+        return self._base
 
     def list_shards(self) -> list[Shard]:
         """All shards under the URL, sorted by name (the root shard '.' first)."""

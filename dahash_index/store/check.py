@@ -32,6 +32,7 @@ from dahash_index.store.layout import (
     MODEL,
     IndexStoreError,
 )
+from dahash_index.store.layout import checksum_problem as layout_checksum_problem
 from dahash_index.store.lookup import LookupFile
 from dahash_index.store.manifest import (
     Manifest,
@@ -137,25 +138,45 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
     return report
 
 
-def repair_index(report: CheckReport) -> list[str]:
-    """Drop the shards with damaged files from the manifest (one commit), and the FAISS file
-    if it is damaged; return the dropped shard URLs. The next build re-indexes those shards.
-    A damaged model copy cannot be repaired here (rebuild the index)."""
-    if any(d.file == MODEL for d in report.damage):
-        raise IndexStoreError(f"{report.path}: {MODEL} is damaged; rebuild the index")
+def repair_index(report: CheckReport, model: Path | None = None) -> list[str]:
+    """Repair what ``check_index`` found, in this order: a damaged manifest is restored from
+    its last good copy; a damaged model copy is replaced by ``model`` when that file is the
+    very model the manifest names (same sha256); shards with damaged files are dropped from
+    the manifest (one commit) so that the next build indexes them again; a damaged FAISS
+    segment is rebuilt from the parts' codes. Returns the dropped shard URLs. Nothing is
+    guessed: IndexStoreError when a damage has no sure repair."""
     if any(d.file == MANIFEST for d in report.damage):
         restore_manifest(report.path)
         report = check_index(report.path)
         if report.ok:
             return []
-        return repair_index(report)
+        return repair_index(report, model)
     manifest = read_manifest(report.path)
+    if any(d.file == MODEL for d in report.damage):
+        restore_model(report.path, manifest, model)
     shards = list(dict.fromkeys(d.shard for d in report.damage if d.shard))
-    faiss_damaged = any(d.shard is None for d in report.damage)
-    model = ModelIdentity.of_manifest(manifest, report.path / MODEL)
-    with IndexWriter.open(report.path, model, kind=manifest.kind, check=False) as writer:
-        writer.drop_shards(shards, drop_index_file=faiss_damaged)
+    faiss_damaged = any(d.shard is None and d.file != MODEL for d in report.damage)
+    identity = ModelIdentity.of_manifest(manifest, report.path / MODEL)
+    with IndexWriter.open(report.path, identity, kind=manifest.kind, check=False) as writer:
+        if shards or faiss_damaged:
+            writer.drop_shards(shards, drop_index_file=faiss_damaged)
+        if faiss_damaged:
+            writer.finalize()
     return shards
+
+
+def restore_model(path: Path, manifest: Manifest, model: Path | None) -> None:
+    """Copy ``model`` over the index's damaged model copy, if it is the manifest's model."""
+    if model is None:
+        raise IndexStoreError(f"{path}: {MODEL} is damaged; `dahash-index check --repair "
+                              f"--model MODEL.pt {path}` restores it from the model the index "
+                              "was built with")
+    if sha256_file(model) != manifest.model_sha256:
+        raise IndexStoreError(f"{model}: not the model {path} was built with (sha256 "
+                              f"{manifest.model_sha256[:12]}…); nothing restored")
+    data = Path(model).read_bytes()
+    atomic_write(path / MODEL, lambda f: f.write(data))
+    fsync_dir(path)
 
 
 def restore_manifest(path: Path) -> Manifest:
@@ -190,10 +211,7 @@ def _strip(path: Path, err: Exception) -> str:
 def checksum_problem(path: Path, entry: ShardEntry, what: str) -> str | None:
     """Why a shard's ``what`` file ("part", "errors", "lookup", "vectors") fails the checksum
     recorded at commit, or None (also for files of format-1 indexes, which recorded none)."""
-    expected = entry.checksum(what)
-    if expected is not None and sha256_file(path / getattr(entry, what)) != expected:
-        return "checksum differs from the one recorded at commit"
-    return None
+    return layout_checksum_problem(path, getattr(entry, what), entry.checksum(what))
 
 
 def _check_shard_file(path: Path, manifest: Manifest, key: str, what: str, part_ok: bool
@@ -248,8 +266,9 @@ def _check_segment(path: Path, manifest: Manifest, segment: Segment) -> str | No
     rel = segment.file
     if not (path / rel).is_file():
         return f"missing (named in {MANIFEST})"
-    if segment.sha256 is not None and sha256_file(path / rel) != segment.sha256:
-        return "checksum differs from the one recorded at commit"
+    problem = layout_checksum_problem(path, rel, segment.sha256)
+    if problem is not None:
+        return problem
     try:
         index = load_index(str(path / rel), mmap=True)
         check_segment(path, manifest, segment, index)

@@ -43,7 +43,7 @@ from dahash_index.indexes import (
 from dahash_index.indexes.binary import as_ivf
 from dahash_index.indexes.ivf import MIN_POINTS_PER_CENTROID, TRAIN_POINTS_PER_LIST
 from dahash_index.indexes.sharded import Part
-from dahash_index.store.layout import MANIFEST, IndexStoreError, unreadable
+from dahash_index.store.layout import MANIFEST, IndexStoreError, unreadable, verify_checksum
 from dahash_index.store.manifest import SEGMENT_DIR, Manifest, Segment
 from dahash_index.store.parts import codes_from_arrow, read_part
 
@@ -146,10 +146,8 @@ def _load_segment(
     # A flipped byte in a FAISS file gives wrong hits silently: the file is checked against
     # the checksum of when it was written before it answers (about 2 s a GB on the 2-core
     # machine, once per segment per process; segments are reused across reloads).
-    if segment.sha256 is not None and path.exists() and sha256_file(path) != segment.sha256:
-        raise IndexStoreError(f"{directory}: {rel}: checksum differs from the one recorded at "
-                              f"commit; `dahash-index check --repair {directory}` rebuilds it "
-                              "from the parts")
+    if path.exists():
+        verify_checksum(directory, rel, segment.sha256)
     try:
         index = load_index(str(path), mmap=mmap and not retired)
     except RuntimeError as err:  # FAISS reports every read problem as RuntimeError

@@ -84,6 +84,27 @@ def unreadable(directory: Path, rel: str, err: BaseException) -> IndexStoreError
     return IndexStoreError(f"{directory}: {rel} is unreadable ({one_line(err)})")
 
 
+CHECKSUM_DIFFERS = "checksum differs from the one recorded at commit"
+
+
+def checksum_problem(directory: Path, rel: str, expected: str | None) -> str | None:
+    """CHECKSUM_DIFFERS when ``directory/rel`` does not hash to ``expected`` (the SHA-256
+    recorded at commit), else None (also when none was recorded, as by older indexes)."""
+    from dahash_index.files import sha256_file
+
+    if expected is not None and sha256_file(directory / rel) != expected:
+        return CHECKSUM_DIFFERS
+    return None
+
+
+def verify_checksum(directory: Path, rel: str, expected: str | None) -> None:
+    """Refuse, in one line, a file of the index that does not match its recorded checksum:
+    a flipped byte would otherwise answer queries wrongly and silently."""
+    if checksum_problem(directory, rel, expected) is not None:
+        raise IndexStoreError(f"{directory}: {rel}: {CHECKSUM_DIFFERS}; `dahash-index check "
+                              f"--repair {directory}` repairs it")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -9,6 +9,7 @@ committed shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -169,13 +170,20 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     writer of manifests. A copy goes to ``manifests/<generation>.json`` first (the last
     ``KEEP_MANIFESTS`` are kept), from which ``check --repair`` restores a damaged
     manifest. The caller fsyncs the directory to make the rename durable."""
-    data = json.dumps(manifest.to_json(), indent=1).encode()
+    body = manifest.to_json()
+    data = json.dumps(body | {"checksum": _checksum(body)}, indent=1).encode()
     history = directory / HISTORY
     history.mkdir(exist_ok=True)
     atomic_write(history / f"{manifest.generation:06d}.json", lambda f: f.write(data))
     for old in sorted(history.glob("*.json"))[:-KEEP_MANIFESTS]:
         old.unlink(missing_ok=True)
     atomic_write(directory / MANIFEST, lambda f: f.write(data))
+
+
+def _checksum(body: dict) -> str:
+    """sha256 of the manifest's canonical JSON: a flipped byte that still parses shows."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
 
 
 def previous_manifests(directory: Path) -> list[Path]:
@@ -201,6 +209,12 @@ def read_manifest(directory: Path, path: Path | None = None) -> Manifest:
         raise IndexStoreError(f"{directory}: {MANIFEST} is unreadable ({one_line(err)}); "
                               f"`dahash-index check --repair {directory}` restores the last "
                               "good one") from None
+    if isinstance(manifest, dict) and "checksum" in manifest:  # older manifests lack one
+        recorded = manifest.pop("checksum")
+        if recorded != _checksum(manifest):
+            raise IndexStoreError(f"{directory}: {path.name}: checksum differs from the one "
+                                  "recorded at commit (damaged); `dahash-index check --repair "
+                                  f"{directory}` restores the last good one")
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found == OLD_FORMATS[0]:
         manifest = _upgrade_v1(manifest)

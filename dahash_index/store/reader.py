@@ -22,6 +22,7 @@ from dahash_index.store.layout import (
     ModelMismatchError,
     metadata_schema,
     model_sha256,
+    verify_checksum,
 )
 from dahash_index.store.lookup import LookupFile
 from dahash_index.store.manifest import Manifest, check_files, mismatch, read_manifest
@@ -273,6 +274,7 @@ class IndexReader:
         mapped = self._vector_files.get(key)
         if mapped is None:
             entry = self._manifest.shards[key]
+            verify_checksum(self.path, entry.vectors, entry.vectors_sha256)
             mapped = open_vectors(self.path, entry.vectors, entry.rows)
             self._vector_files[key] = mapped
         return mapped
@@ -317,6 +319,8 @@ class IndexReader:
         """A shard's checked part footer, read once (a race reads it twice, harmlessly)."""
         footer = self._footers.get(key)
         if footer is None:
+            entry = self._manifest.shards[key]
+            verify_checksum(self.path, entry.part, entry.part_sha256)
             footer = read_footer(self.path, self._manifest, key)
             self._footers[key] = footer
         return footer
@@ -335,6 +339,7 @@ class IndexReader:
             entry = self._manifest.shards[key]
             if not entry.lookup:
                 return None
+            verify_checksum(self.path, entry.lookup, entry.lookup_sha256)
             lookup = LookupFile(self.path, entry.lookup, entry.rows)
             self._lookups[key] = lookup
         return lookup

@@ -57,6 +57,7 @@ def labelled_features(
     """(the backbone's encoder, dataset restricted to readable scenes, features (N, 2048)
     float32). Extraction runs on the GPU when there is one."""
     data = scan_image_folder(data_dir)
+    check_split_sizes(data, "scene file(s)")  # before the backbone's hours, then readable ones
     backbone = BackboneEncoder(load_backbone(backbone_name, backbone_weights))
     features = cached_features(backbone, data, cache_dir)
     if features.errors:
@@ -105,14 +106,14 @@ def split_scores(net, features: np.ndarray, data: ImageFolder, seed: int,
 MIN_PER_CLASS = 3  # two for the train part (an anchor and its positive), one for the test part
 
 
-def check_split_sizes(data: ImageFolder) -> None:
+def check_split_sizes(data: ImageFolder, what: str = "readable scene(s)") -> None:
     """Refuse, naming the class, a dataset whose smallest class cannot give the 60/40 split a
     positive pair to train on and a scene to test with."""
     counts = np.bincount(data.labels, minlength=len(data.classes))
     smallest = int(np.argmin(counts))
     if counts[smallest] < MIN_PER_CLASS:
         raise DatasetError(
-            f"{data.root / data.classes[smallest]}: {counts[smallest]} readable scene(s); every "
+            f"{data.root / data.classes[smallest]}: {counts[smallest]} {what}; every "
             f"class needs at least {MIN_PER_CLASS} (two to train on as a positive pair, one to "
             "test with)")
 

@@ -130,18 +130,44 @@ def test_dead_endpoint_fails_fast(aws_env):
     assert info.value.transient and is_transient(info.value)
 
 
+def test_silent_endpoint_times_out(aws_env):
+    """An endpoint that accepts connections and never answers: the read timeout (here
+    shortened, as --storage-option does) ends the read in one line, not minutes later."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    options = s3_options(endpoint) | {"config_kwargs": {"read_timeout": 0.5}, "retries": 1}
+    start = time.monotonic()
+    try:
+        with pytest.raises(RemoteError, match="timed out") as info:
+            read_url("s3://bucket/a.jpg", options)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 5  # 0.5 s x 2 attempts x 1 retry, plus setup
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("retries", [0, "x", 1.5])
+def test_s3_retries_option_is_checked(retries):
+    with pytest.raises(RemoteError, match="retries must be a positive integer"):
+        url_filesystem("s3://bucket/a.jpg", {"retries": retries})
+
+
 def test_s3_retry_defaults_only_when_unset(monkeypatch):
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
     fs, path = url_filesystem("s3://bucket/a.jpg", {"skip_instance_cache": True})
     assert path == "bucket/a.jpg"
     assert fs.config_kwargs == {"retries": {"total_max_attempts": 2, "mode": "standard"},
-                                "connect_timeout": 3}
-    mine = {"config_kwargs": {"retries": {"max_attempts": 7}, "connect_timeout": 9},
-            "skip_instance_cache": True}
+                                "connect_timeout": 3, "read_timeout": 5}
+    assert fs.retries == 2  # a silent endpoint: 5 s x 2 attempts x 2 retries
+    mine = {"config_kwargs": {"retries": {"max_attempts": 7}, "connect_timeout": 9,
+                              "read_timeout": 60}, "skip_instance_cache": True, "retries": 5}
     fs, _ = url_filesystem("s3://bucket/a.jpg", mine)
-    assert fs.config_kwargs == {"retries": {"max_attempts": 7}, "connect_timeout": 9}
-    assert mine["config_kwargs"] == {"retries": {"max_attempts": 7}, "connect_timeout": 9}
+    assert fs.config_kwargs == {"retries": {"max_attempts": 7}, "connect_timeout": 9,
+                                "read_timeout": 60}
+    assert fs.retries == 5 and mine["retries"] == 5
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
     fs, _ = url_filesystem("s3://bucket/a.jpg", {"skip_instance_cache": True})
     assert "retries" not in fs.config_kwargs

@@ -44,7 +44,7 @@ from dahash_index.store import (
     quick_check,
     repair_index,
 )
-from dahash_index.store.manifest import Segment, ShardEntry
+from dahash_index.store.manifest import ShardEntry
 
 
 def url(shard: str) -> str:
