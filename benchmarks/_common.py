@@ -67,3 +67,12 @@ def results_header(argv: list[str]) -> dict:
     return {"command": "python " + " ".join(argv), "commit": commit,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine()}
+
+
+def write_results(path: Path, record: dict) -> None:
+    """Write a results file (JSON, results_header first) and say where."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")

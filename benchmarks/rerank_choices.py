@@ -16,12 +16,11 @@ alone. Features come from the project's feature cache (extracted on first use).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from _common import UCMERCED, results_header
+from _common import UCMERCED, results_header, write_results
 
 
 def ranked(score: np.ndarray) -> np.ndarray:
@@ -107,9 +106,7 @@ def main() -> int:
     record = results_header(sys.argv) | {"seed": args.seed,
                                          "held_out_classes": [data.classes[i] for i in held_out],
                                          "archive_b": rows, "rotated_copies": rotation}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, record)
     return 0
 
 

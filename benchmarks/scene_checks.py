@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import UCMERCED, results_header, subset_shards
+from _common import UCMERCED, results_header, subset_shards, write_results
 from PIL import Image
 
 TRANSFORMS = ("self", "rot90", "jpeg50", "crop90", "bright110")
@@ -77,6 +76,9 @@ def main() -> int:
     parser.add_argument("--rerank", default="ties,full,none")
     parser.add_argument("--transforms", default=",".join(TRANSFORMS))
     parser.add_argument("--orientations", default="1", help="e.g. 1,4")
+    parser.add_argument("--queries-per-class", type=int, default=None,
+                        help="query with the first N scenes of each class only (the index "
+                             "still holds every scene) [default: all]")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
                         "scene-checks.json")
     args = parser.parse_args()
@@ -87,13 +89,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = subset_shards(UCMERCED, args.classes, args.per_class, tmp / "shards")
-        scenes = sorted(p.resolve() for p in shards.glob("*/*") if p.is_file())
+        indexed = sorted(p.resolve() for p in shards.glob("*/*") if p.is_file())
+        scenes = [p for p in indexed if args.queries_per_class is None
+                  or sorted(q for q in indexed if q.parent == p.parent).index(p)
+                  < args.queries_per_class]
         index_dir = args.index
         if index_dir is None:
             index_dir = tmp / "index"
             start = time.perf_counter()
             build_index(str(shards), index_dir, args.model, progress=False)
-            print(f"built an index of {len(scenes)} scenes in {time.perf_counter() - start:.0f} s",
+            print(f"built an index of {len(indexed)} scenes in {time.perf_counter() - start:.0f} s",
                   flush=True)
         index = SceneIndex.open(index_dir)
         originals = [str(shards.resolve() / p.parent.name / p.name) for p in scenes]
@@ -113,11 +118,9 @@ def main() -> int:
                     results.setdefault(transform, {})[key] = found
                     print(f"{transform:<10} rerank {key:<20} rank 1 {found['rank1']:.4f}  "
                           f"top 5 {found['top5']:.4f}  ({len(queries)} scenes)", flush=True)
-    record = results_header(sys.argv) | {"model": str(args.model),
+    record = results_header(sys.argv) | {"model": str(args.model), "indexed": len(indexed),
                                          "scenes": len(scenes), "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, record)
     return 0
 
 

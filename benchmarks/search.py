@@ -14,14 +14,13 @@ minima), written to --out with the command, commit, date and machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine, results_header
+from _common import machine, results_header, write_results
 
 from dahash_index import runtime
 
@@ -117,9 +116,7 @@ def main() -> None:
         "threads": args.threads, "vector_bytes_per_row": vector_bytes / args.rows,
         "seconds": {name: t for name, t in zip(names, times, strict=True)},
         "median_seconds": medians}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, record)
 
 
 if __name__ == "__main__":
