@@ -186,9 +186,9 @@ def _transfer_section(transfer: dict) -> list[str]:
         f"Per seed, the network is trained on every scene of {transfer.get('source', 'A')}; "
         f"every scene of {target} then queries all the others, and {target}'s folder labels "
         "only score the rankings. *adapt*: `dahash-index adapt` fitted on "
-        f"{target}'s scenes and their mirror images and 90° rotations, no label. ITQ and PCA-sign are fitted on "
-        f"{target} without labels, LDA on the source with its labels. Float rankings have no "
-        "ties.",
+        f"{target}'s scenes, their mirror images and 90° rotations, no label. ITQ and "
+        f"PCA-sign are fitted on {target} without labels, LDA on the source with its labels. "
+        "Float rankings have no ties.",
         "",
     ]
     references = [(FLOAT_NAME, transfer["float"]), (LDA_NAME + " fitted on the source",
