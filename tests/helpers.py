@@ -177,3 +177,18 @@ def shard_errors(shard: str, n: int) -> list[dict]:
 def full_row(row: dict) -> dict:
     """A committed row as the reader returns it: every METADATA_SCHEMA column present."""
     return {name: row.get(name) for name in METADATA_SCHEMA.names}
+
+
+def rewrite_manifest(index: Path, edit, *, sealed: bool = True) -> None:
+    """Apply ``edit(manifest_dict)`` to ``index/manifest.json`` in place, as an older writer or
+    a consistent but wrong commit would have left it. ``sealed`` records a fresh checksum, so
+    the reader sees the edit itself and not a damaged file; formats before the checksum
+    (``sealed=False``) have none."""
+    from dahash_index.store.manifest import manifest_checksum
+
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest.pop("checksum", None)
+    edit(manifest)
+    if sealed:
+        manifest["checksum"] = manifest_checksum(manifest)
+    (index / "manifest.json").write_text(json.dumps(manifest))

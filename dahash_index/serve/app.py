@@ -47,16 +47,25 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dahash_index.errors import is_int, one_line
+from dahash_index.errors import one_line
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.scenes.chips import parse_window
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
 from dahash_index.serve.batching import EncodeBatcher
 from dahash_index.serve.openapi import docs_html, openapi_schema
+from dahash_index.serve.requests import (
+    ServiceError,
+    codes_of,
+    fetch_all,
+    int_param,
+    json_body,
+    row_of,
+    uploads_of,
+    urls_of,
+)
 from dahash_index.serve.scenes import hit_json, scene_json
 from dahash_index.serve.thumbnails import SIZES, Thumbnails
-from dahash_index.sources.remote import describe, url_filesystem
 from dahash_index.store import IndexStoreError
 
 MAX_SHORTLIST = 10_000  # rows a query may ask to re-rank (?shortlist=)
@@ -87,15 +96,6 @@ class ServiceSettings:
     allow_url_queries: bool = False
 
 
-class ServiceError(Exception):
-    """Answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> Starlette:
     """The app answering from ``index`` (open it with ``reload="auto"`` to see new commits)."""
     settings = settings or ServiceSettings()
@@ -121,11 +121,11 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
     thumbnails = Thumbnails(tuple(bands) if bands else None, index.storage_options)
 
     async def scene(request: Request) -> JSONResponse:
-        return JSONResponse(scene_json(_row(index, request.path_params["row_id"])))
+        return JSONResponse(scene_json(row_of(index, request.path_params["row_id"])))
 
     async def thumbnail(request: Request) -> Response:
-        row = _row(index, request.path_params["row_id"])
-        size = _int_param(request, "size")
+        row = row_of(index, request.path_params["row_id"])
+        size = int_param(request, "size")
         size = 256 if size is None else size
         if not SIZES[0] <= size <= SIZES[1]:
             raise ServiceError(422, f"size must be {SIZES[0]} .. {SIZES[1]}, got {size}")
@@ -148,7 +148,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         return codes, owners, vectors
 
     async def query(request: Request) -> JSONResponse:
-        top, radius, nprobe = (_int_param(request, name) for name in ("top", "radius", "nprobe"))
+        top, radius, nprobe = (int_param(request, name) for name in ("top", "radius", "nprobe"))
         if top is not None and radius is not None:
             raise ServiceError(422, "give top or radius, not both")
         if top is not None and not 1 <= top <= settings.max_hits:
@@ -160,7 +160,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         rerank = request.query_params.get("rerank", DEFAULT_RERANK)
         if rerank not in RERANKS:
             raise ServiceError(422, f"rerank must be one of {', '.join(RERANKS)}, got {rerank!r}")
-        shortlist = _int_param(request, "shortlist") or DEFAULT_SHORTLIST
+        shortlist = int_param(request, "shortlist") or DEFAULT_SHORTLIST
         if not 1 <= shortlist <= MAX_SHORTLIST:
             raise ServiceError(422, f"shortlist must be 1 .. {MAX_SHORTLIST}, got {shortlist}")
         try:
@@ -171,19 +171,19 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         owners = vectors = None
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            body = await _json_body(request)
+            body = await json_body(request)
             if isinstance(body, dict) and "urls" in body:
                 if not settings.allow_url_queries:
                     raise ServiceError(403, "URL queries are off: this service was started "
                                             "without --allow-url-queries")
-                names = _urls_of(body["urls"], settings.max_images)
+                names = urls_of(body["urls"], settings.max_images)
                 images = await run_in_threadpool(
-                    _fetch_all, names, index.storage_options, settings.max_upload_bytes)
+                    fetch_all, names, index.storage_options, settings.max_upload_bytes)
                 codes, owners, vectors = await encode(images, names, bands, window)
             else:
-                codes, names, vectors = _codes_of(body, index, settings.max_images)
+                codes, names, vectors = codes_of(body, index, settings.max_images)
         elif kind == "multipart/form-data":
-            images, names = await _uploads_of(request, settings.max_images)
+            images, names = await uploads_of(request, settings.max_images)
             codes, owners, vectors = await encode(images, names, bands, window)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
@@ -242,122 +242,6 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.add_middleware(_Guard, token=settings.token, max_bytes=settings.max_upload_bytes)
     return app
-
-
-def _row(index: SceneIndex, text: str) -> dict:
-    """The metadata row of the row id ``text`` (a path parameter): 422 unless an integer,
-    404 unless a row the index holds."""
-    if not text.isdigit() or len(text) > 19:
-        raise ServiceError(422, f"row id {text!r} is not a non-negative integer")
-    try:
-        table = index.reader.metadata(np.array([int(text)], dtype=np.int64))
-    except ValueError as err:
-        if isinstance(err, IndexStoreError):
-            raise
-        raise ServiceError(404, f"row id {text} is not in this index") from None
-    return table.to_pylist()[0]
-
-
-def _int_param(request: Request, name: str) -> int | None:
-    text = request.query_params.get(name)
-    if text is None:
-        return None
-    if not re.fullmatch(r"-?\d{1,9}", text.strip()):
-        raise ServiceError(422, f"{name} must be an integer, got {text!r}")
-    return int(text)
-
-
-async def _json_body(request: Request) -> object:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ServiceError(422, "the body is not JSON") from None
-
-
-def _codes_of(body: object, index: SceneIndex, max_items: int
-              ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i", no vectors); {"row_ids":
-    [int, ...]} -> the codes of those rows ("more like this"), names "scene ROW_ID", and
-    their re-rank vectors when the index keeps them."""
-    if isinstance(body, dict) and "row_ids" in body:
-        return _codes_of_rows(index, body["row_ids"], max_items)
-    bits = index.bits
-    codes = body.get("codes") if isinstance(body, dict) else None
-    if not isinstance(codes, list) or not codes:
-        raise ServiceError(422, 'expected {"codes": [hex, ...]}, {"row_ids": [int, ...]} or '
-                                '{"urls": [url, ...]}, with at least one')
-    if len(codes) > max_items:
-        raise ServiceError(422, f"{len(codes)} codes, above the limit of {max_items}")
-    out = np.empty((len(codes), bits // 8), dtype=np.uint8)
-    for i, code in enumerate(codes):
-        if not isinstance(code, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{bits // 4}}}", code):
-            raise ServiceError(422, f"code {i} is not {bits // 4} hex digits ({bits} bits)")
-        out[i] = np.frombuffer(bytes.fromhex(code), dtype=np.uint8)
-    return out, [f"code {i}" for i in range(len(codes))], None
-
-
-def _codes_of_rows(index: SceneIndex, row_ids: object, max_items: int
-                   ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    if not isinstance(row_ids, list) or not row_ids or not all(
-            is_int(r) and 0 <= r < 2**63 for r in row_ids):
-        raise ServiceError(422, "row_ids must be a list of at least one row id (an integer "
-                                "from 0 to 2^63 - 1)")
-    if len(row_ids) > max_items:
-        raise ServiceError(422, f"{len(row_ids)} row ids, above the limit of {max_items}")
-    try:
-        table = index.reader.metadata(np.array(row_ids, dtype=np.int64), ["code"])
-    except ValueError as err:
-        if isinstance(err, IndexStoreError):
-            raise
-        raise ServiceError(404, one_line(err)) from None
-    codes = np.frombuffer(b"".join(table["code"].to_pylist()), dtype=np.uint8)
-    ids = np.array(row_ids, dtype=np.int64)
-    vectors = index.reader.vectors(ids) if index.reader.has_vectors else None
-    return (codes.reshape(len(row_ids), index.bits // 8), [f"scene {r}" for r in row_ids],
-            vectors)
-
-
-def _urls_of(urls: object, max_images: int) -> list[str]:
-    if not isinstance(urls, list) or not urls or not all(
-            isinstance(u, str) and u.strip() for u in urls):
-        raise ServiceError(422, "urls must be a list of at least one path or URL")
-    if len(urls) > max_images:
-        raise ServiceError(422, f"{len(urls)} urls, above the limit of {max_images}")
-    return urls
-
-
-def _fetch_all(urls: list[str], storage_options: dict | None, max_bytes: int) -> list[bytes]:
-    """The bytes at each of ``urls`` (``{"urls"}`` queries): 413 for one above ``max_bytes``,
-    422 naming the URL for one that cannot be read."""
-    images = []
-    for url in urls:
-        try:
-            fs, path = url_filesystem(url, storage_options)
-            with fs.open(path, "rb") as f:
-                data = f.read(max_bytes + 1)
-        except Exception as err:  # fsspec and object-store clients raise their own types
-            raise ServiceError(422, f"cannot read {describe(url, err)}") from None
-        if len(data) > max_bytes:
-            raise ServiceError(413, f"{url}: larger than the limit of {max_bytes} bytes")
-        images.append(data)
-    return images
-
-
-async def _uploads_of(request: Request, max_images: int) -> tuple[list[bytes], list[str]]:
-    """The form's ``image`` files -> (their bytes, their file names)."""
-    try:
-        form = await request.form(max_files=max_images, max_fields=max_images)
-    except HTTPException as err:  # Starlette's refusal of too many files or fields
-        raise ServiceError(422, err.detail) from None
-    files = [f for f in form.getlist("image") if not isinstance(f, str)]
-    if not files:
-        raise ServiceError(422, "no image: send one or more files in the form field 'image'")
-    images, names = [], []
-    for i, upload in enumerate(files):
-        images.append(await upload.read())
-        names.append(upload.filename or f"image {i}")
-    await form.close()
-    return images, names
 
 
 class _Guard:

@@ -32,19 +32,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import os
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import IO
 
 from fsspec.implementations.local import LocalFileSystem
 
 from dahash_index.errors import is_utf8, printable
-from dahash_index.scenes.scene import SCENE_SUFFIXES
 from dahash_index.sources.remote import (
     RemoteError,
     describe,
@@ -52,8 +48,15 @@ from dahash_index.sources.remote import (
     read_url,
     url_filesystem,
 )
+from dahash_index.sources.tars import (
+    TAR_DAMAGE,
+    CorruptTar,
+    is_scene,
+    is_tar,
+    member_label,
+    tar_members,
+)
 
-TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tgz", ".tar.gz")
 ROOT_SHARD = "."
 # The reason a scene whose name is not UTF-8 is left out (its name is printed escaped).
 NOT_UTF8 = "file name is not valid UTF-8; rename the file to index it"
@@ -172,9 +175,9 @@ class ShardReader:
                 kind = "directory" if os.path.isdir(entry["name"]) else "file"
             if kind == "directory":
                 shards.append(Shard(name, self._url(name), "dir"))
-            elif _is_tar(name):
+            elif is_tar(name):
                 shards.append(Shard(name, self._url(name), "tar"))
-            elif _is_scene(name):
+            elif is_scene(name):
                 has_loose = True
         if has_loose:
             shards.append(Shard(ROOT_SHARD, self._base, "root"))
@@ -245,9 +248,9 @@ class ShardReader:
         count = 0
         try:
             with self.fs.open(self._path(shard.name), "rb") as f:
-                for _ in _tar_members(f, read=False):
+                for _ in tar_members(f, read=False):
                     count += 1
-        except _TAR_DAMAGE:
+        except TAR_DAMAGE:
             pass
         return count
 
@@ -277,7 +280,7 @@ class ShardReader:
                 and not (self._local and e.get("islink") and os.path.isdir(e["name"]))
             ]
             names = sorted(
-                (n, e) for n, e in entries if not n.startswith((".", "_")) and _is_scene(n)
+                (n, e) for n, e in entries if not n.startswith((".", "_")) and is_scene(n)
             )
             if self._local:
                 return [(n, _local_info(self._path(n))) for n, _ in names]
@@ -289,7 +292,7 @@ class ShardReader:
         for rel, info in self._walk(top):
             # Only components below the shard count as hidden: the shards URL itself
             # may well sit under a dot-directory.
-            if any(p.startswith(".") for p in rel.split("/")) or not _is_scene(rel):
+            if any(p.startswith(".") for p in rel.split("/")) or not is_scene(rel):
                 continue
             found.append((f"{shard.name}/{rel}", info))
         return sorted(found)
@@ -325,7 +328,7 @@ class ShardReader:
                 # is fetched front to back with fsspec's read-ahead instead of one ranged
                 # request per header; it also reads .tar.gz. Members must then be read
                 # in archive order, before the next header, which is what we do.
-                for member, problem, data in _tar_members(f, read=True):
+                for member, problem, data in tar_members(f, read=True):
                     last = member
                     if not is_utf8(member.name):
                         yield error(printable(member.name), NOT_UTF8)
@@ -333,11 +336,12 @@ class ShardReader:
                     if problem is not None:
                         yield error(member.name, problem)
                     else:
-                        yield SceneBytes(shard.url, shard.name, member.name, _label(member), data)
+                        yield SceneBytes(shard.url, shard.name, member.name,
+                                         member_label(member), data)
         except Exception as exc:
             if is_transient(exc):
                 raise ShardReadError(f"shard {describe(shard.url, exc)}") from exc
-            if not isinstance(exc, _TAR_DAMAGE):
+            if not isinstance(exc, TAR_DAMAGE):
                 raise
             where = f"after member {last.name!r}" if last is not None else "at the start"
             detail = _one_line(exc, with_type=isinstance(exc, OSError))
@@ -354,11 +358,11 @@ def read_scene(url: str, member: str | None, storage_options: dict | None = None
     fs, path = url_filesystem(url, storage_options)
     try:
         with fs.open(path, "rb") as f:
-            for found, problem, data in _tar_members(f, read=True):
+            for found, problem, data in tar_members(f, read=True):
                 if found.name == member and problem is None:
                     return data
     except Exception as exc:
-        if not isinstance(exc, (OSError, tarfile.TarError, _CorruptTar)):
+        if not isinstance(exc, (OSError, tarfile.TarError, CorruptTar)):
             raise
         raise RemoteError(describe(url, exc), url, is_transient(exc)) from exc
     raise FileNotFoundError(f"{url}: the tar holds no scene {member!r}")
@@ -383,89 +387,11 @@ def _remote_info(info: dict) -> tuple:
     return info.get("size"), None
 
 
-# --- tar helpers ---------------------------------------------------------------------
-
-
-class _CorruptTar(Exception):
-    """A damaged header past the first member, which tarfile would take for the end."""
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    # tarfile treats an unreadable or cut-off header after the first member as the end
-    # of the archive, silently dropping the rest of a damaged shard. An all-zero block
-    # (the real end marker) or a clean EOF still ends it normally.
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        try:
-            return super().fromtarfile(tarfile_)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:
-            raise _CorruptTar(f"bad header ({exc})") from None
-
-
-# What a damaged tar can raise while streaming: tarfile's own errors, our header check,
-# and the decompressors' errors, which tarfile passes through unwrapped mid-member.
-_TAR_DAMAGE = (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError, _CorruptTar)
-
-
-# The tarfile reading the shard is opened and iterated only here, in one place, so that
-# counting and reading apply the same rules.
-def _tar_members(
-    f: IO[bytes], read: bool
-) -> Iterator[tuple[tarfile.TarInfo, str | None, bytes | None]]:
-    """Yield (member, problem, data) for each member that is a scene or must be reported.
-
-    problem is None for a scene, whose bytes are in data when ``read`` (else None).
-    Directories, non-scene files and hidden names are skipped silently. Raises
-    tarfile.TarError / OSError / _CorruptTar on damage, truncated member data included.
-    """
-    with tarfile.open(fileobj=f, mode="r|*", tarinfo=_StrictTarInfo) as tf:
-        for member in tf:
-            if member.isdir():
-                continue
-            # Safety first, before any suffix filter: '../x' or '/etc/passwd' are signs of
-            # a hostile or broken tar worth reporting even when they are not scenes.
-            problem = _unsafe_member(member)
-            if problem is not None:
-                yield member, problem, None
-                continue
-            parts = PurePosixPath(member.name).parts
-            if any(p.startswith(".") for p in parts) or not _is_scene(member.name):
-                continue  # AppleDouble '._x.jpg', '.DS_Store', sidecars, ...
-            # In stream mode the data must be read now, before tarfile moves on to the
-            # next header; a cut-off member raises ReadError here.
-            data = tf.extractfile(member).read() if read else None
-            yield member, None, data
-
-
-def _unsafe_member(member: tarfile.TarInfo) -> str | None:
-    name = member.name
-    if name.startswith("/") or ".." in PurePosixPath(name).parts:
-        return f"tar member name escapes the shard: {name}"
-    if member.issym() or member.islnk():
-        return f"tar member is a link: {name} -> {member.linkname}"
-    if not member.isfile():
-        return f"tar member is not a regular file (device or FIFO): {name}"
-    return None
-
-
-def _label(member: tarfile.TarInfo) -> str | None:
-    parts = PurePosixPath(member.name).parts
-    return parts[-2] if len(parts) > 1 else None
-
-
 # --- small helpers -------------------------------------------------------------------
 
 
 def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _is_scene(name: str) -> bool:
-    return name.lower().endswith(SCENE_SUFFIXES)
-
-
-def _is_tar(name: str) -> bool:
-    return name.lower().endswith(TAR_SUFFIXES)
 
 
 def _one_line(exc: BaseException, with_type: bool = True) -> str:

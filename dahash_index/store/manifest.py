@@ -171,7 +171,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     ``KEEP_MANIFESTS`` are kept), from which ``check --repair`` restores a damaged
     manifest. The caller fsyncs the directory to make the rename durable."""
     body = manifest.to_json()
-    data = json.dumps(body | {"checksum": _checksum(body)}, indent=1).encode()
+    data = json.dumps(body | {"checksum": manifest_checksum(body)}, indent=1).encode()
     history = directory / HISTORY
     history.mkdir(exist_ok=True)
     atomic_write(history / f"{manifest.generation:06d}.json", lambda f: f.write(data))
@@ -180,7 +180,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     atomic_write(directory / MANIFEST, lambda f: f.write(data))
 
 
-def _checksum(body: dict) -> str:
+def manifest_checksum(body: dict) -> str:
     """sha256 of the manifest's canonical JSON: a flipped byte that still parses shows."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                           ).hexdigest()
@@ -211,7 +211,7 @@ def read_manifest(directory: Path, path: Path | None = None) -> Manifest:
                               "good one") from None
     if isinstance(manifest, dict) and "checksum" in manifest:  # older manifests lack one
         recorded = manifest.pop("checksum")
-        if recorded != _checksum(manifest):
+        if recorded != manifest_checksum(manifest):
             raise IndexStoreError(f"{directory}: {path.name}: checksum differs from the one "
                                   "recorded at commit (damaged); `dahash-index check --repair "
                                   f"{directory}` restores the last good one")

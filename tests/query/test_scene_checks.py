@@ -1,11 +1,16 @@
 """Scene-level checks on real data, on a UC Merced subset (the 2,100 scenes are
-``benchmarks/scene_checks.py``'s): with the trained model and re-ranking on, every scene
-queried by its own file comes back at rank 1, and a copy changed in one way (rotated 90°,
-JPEG quality 50, the centre 90 % resized back, brightness x 1.1) finds its original near the
-top."""
+``benchmarks/scene_checks.py``'s): with the trained model, every scene queried by its own file
+comes back at rank 1 (default re-ranking), and a copy changed in one way (rotated 90°, JPEG
+quality 50, the centre 90 % resized back, brightness x 1.1) finds its original near the top
+with ``rerank="full"``: the Hamming shortlist re-ranked by the vector. (The default, ``ties``,
+keeps the Hamming order between distances, and a changed copy's code moves a few bits.)
+
+UC Merced holds byte-identical twins (airplane01/airplane02): a hit with the same bytes as
+the query's original counts as the original."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -41,10 +46,17 @@ def scenes_index(tmp_path_factory, trained_model, run_cli):
     return shards, SceneIndex.open(root / "index")
 
 
-def originals_rank(index: SceneIndex, queries: list, originals: list[str]) -> np.ndarray:
+def content(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def originals_rank(index: SceneIndex, queries: list, originals: list[str],
+                   rerank: str) -> np.ndarray:
+    """Each query's rank of its original among the top 5 hits (6: not there)."""
     ranks = np.full(len(queries), 6)
-    for row in index.query(queries, top=5).to_pylist():  # the default re-ranking
-        if row["url"] == originals[row["query"]]:
+    for row in index.query(queries, top=5, rerank=rerank).to_pylist():
+        if content(row["url"]) == content(originals[row["query"]]):
             ranks[row["query"]] = min(ranks[row["query"]], row["rank"])
     return ranks
 
@@ -53,7 +65,7 @@ def originals_rank(index: SceneIndex, queries: list, originals: list[str]) -> np
 def test_every_scene_finds_itself_at_rank_1(scenes_index):
     shards, index = scenes_index
     files = sorted(str(p) for p in shards.glob("*/*"))
-    assert np.all(originals_rank(index, files, files) == 1)
+    assert np.all(originals_rank(index, files, files, "ties") == 1)
 
 
 @pytest.mark.realdata
@@ -62,5 +74,6 @@ def test_a_changed_copy_finds_its_original(scenes_index, how):
     shards, index = scenes_index
     files = sorted(str(p) for p in shards.glob("*/*"))
     queries = [changed(np.asarray(Image.open(f).convert("RGB")), how) for f in files]
-    ranks = originals_rank(index, queries, files)
+    ranks = originals_rank(index, queries, files, "full")
+    # Measured on this subset: rank 1 for 0.93-0.98 of each transform, top 5 for all.
     assert np.mean(ranks == 1) >= 0.9 and np.mean(ranks <= 5) >= 0.95, ranks

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import identity
+from helpers import identity, rewrite_manifest
 
 from dahash_index.files import atomic_write, sha256_file
 from dahash_index.store import (
@@ -127,9 +127,8 @@ def test_check_finds_a_damaged_or_wrong_lookup_file_and_repair_drops_its_shard(i
 
     # Intact, checksum recorded, but not the part's rows: only the comparison sees it.
     write(index / rel, rows(40, "s2").set_column(0, "url", pa.array(["x"] * 40)))
-    manifest = json.loads((index / "manifest.json").read_text())
-    manifest["shards"]["s3://b/s2"]["lookup_sha256"] = sha256_file(index / rel)
-    (index / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(index, lambda m: m["shards"]["s3://b/s2"].update(
+        lookup_sha256=sha256_file(index / rel)))
     report = check_index(index)
     assert [str(d) for d in report.damage] == [f"{rel}: differs from the shard's part "
                                                "(shard s3://b/s2)"]

@@ -10,7 +10,6 @@ few dozen rows span many of them; some parts keep one row group.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import rewrite_manifest
 
+from dahash_index.files import sha256_file
 from dahash_index.model.backbones import BackboneSpec
 from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.network import dahash_net
@@ -79,11 +80,19 @@ def build(path: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def drop_lookups(path: Path) -> None:
     """Make the index one written before lookup files: its hits are read from the parts."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    for entry in manifest["shards"].values():
-        (path / entry.pop("lookup")).unlink()
-        del entry["lookup_sha256"]
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    def drop(manifest: dict) -> None:
+        for entry in manifest["shards"].values():
+            (path / entry.pop("lookup")).unlink()
+            del entry["lookup_sha256"]
+
+    rewrite_manifest(path, drop, sealed=False)
+
+
+def reseal(index: Path, shard: str) -> None:
+    """Record the part's present checksum in the manifest, as another writer committing it
+    would: then only the reader's own checks on the part can tell."""
+    rewrite_manifest(index, lambda m: m["shards"][shard].update(
+        part_sha256=sha256_file(index / m["shards"][shard]["part"])))
 
 
 @pytest.fixture(params=["lookup files", "parts only"])
@@ -295,8 +304,10 @@ def test_part_without_statistics_checks_ids_when_read(parquet_index, monkeypatch
     manifest = reader.manifest
     entries = list(manifest.shards.values())
     s0, s5 = entries[0], entries[5]
+    s0_url = next(iter(manifest.shards))
     table = pq.read_table(parquet_index / s0.part)
     pq.write_table(table, parquet_index / s0.part, row_group_size=5, write_statistics=False)
+    reseal(parquet_index, s0_url)
     fresh = IndexReader.open(parquet_index)
     assert_same(fresh.metadata(np.array([7, 1, -1])),
                 full_read(fresh, np.array([7, 1, -1]), [c for c in ALL_COLUMNS if c != "code"]))
@@ -304,10 +315,12 @@ def test_part_without_statistics_checks_ids_when_read(parquet_index, monkeypatch
     swapped = table.set_column(0, table.schema.field("row_id"),
                                pa.array(np.arange(100, 123, dtype=np.int64)))
     pq.write_table(swapped, parquet_index / s0.part, row_group_size=5, write_statistics=False)
+    reseal(parquet_index, s0_url)
     with pytest.raises(IndexStoreError, match="row ids are not 0..22"):
         IndexReader.open(parquet_index).metadata(np.array([7]))
     # With statistics, the footer alone shows it, when the part is first needed.
     pq.write_table(swapped, parquet_index / s0.part, row_group_size=5)
+    reseal(parquet_index, s0_url)
     fresh = IndexReader.open(parquet_index)
     assert fresh.metadata(np.array([s5.first_row]), ["url"]).num_rows == 1
     with pytest.raises(IndexStoreError, match="row ids are not 0..22"):
@@ -319,6 +332,7 @@ def test_damaged_footer_is_named(parquet_index):
     rel = reader.manifest.shards["s3://bucket/s3"].part
     data = (parquet_index / rel).read_bytes()
     (parquet_index / rel).write_bytes(data[:-20])
+    reseal(parquet_index, "s3://bucket/s3")
     fresh = IndexReader.open(parquet_index)
     fresh.metadata(np.array([0]))  # another part: still answered
     with pytest.raises(IndexStoreError, match=f"{rel} is unreadable"):

@@ -4,7 +4,6 @@ dropping shards, check and repair, reopening, format-1 manifests, the writer loc
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import full_row, identity, shard_codes, shard_errors, shard_rows
+from helpers import full_row, identity, rewrite_manifest, shard_codes, shard_errors, shard_rows
 
 from dahash_index import files
 from dahash_index.indexes import (
@@ -238,10 +237,11 @@ def test_index_file_from_before_segments_is_read_then_replaced(index_dir, ckpts)
     old = new_index(16)
     add_codes(old, shard_codes(0, 5), np.arange(5))
     files.atomic_write(index_dir / "index-3.faiss", lambda f: write_index(old, f))
-    m = json.loads((index_dir / "manifest.json").read_text())
-    del m["index_segments"]
-    m.update(index_file="index-3.faiss", index_shards=[url("s0"), url("s1")], generation=3)
-    (index_dir / "manifest.json").write_text(json.dumps(m))
+    def before_segments(m: dict) -> None:
+        del m["index_segments"]
+        m.update(index_file="index-3.faiss", index_shards=[url("s0"), url("s1")], generation=3)
+
+    rewrite_manifest(index_dir, before_segments, sealed=False)
     for mmap in (False, True):
         r = IndexReader.open(index_dir, mmap=mmap)
         (segment,) = r.manifest.index_segments
@@ -470,12 +470,15 @@ def test_manifest_and_part_disagreeing(index_dir, ckpts):
     (index_dir / "parts" / "000002.parquet").write_bytes(
         (index_dir / "parts" / "000001.parquet").read_bytes()
     )
+    with pytest.raises(IndexStoreError, match="parts/000002.parquet: checksum differs"):
+        IndexReader.open(index_dir).metadata()
+    # Recorded as the commit's own checksum, only the row-id comparison still sees it.
+    rewrite_manifest(index_dir, lambda m: m["shards"][url("s1")].update(
+        part_sha256=sha256_file(index_dir / "parts" / "000002.parquet")))
     with pytest.raises(IndexStoreError, match="row ids"):
         IndexReader.open(index_dir).metadata()
 
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    manifest["row_count"] = 7
-    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(index_dir, lambda m: m.update(row_count=7))
     with pytest.raises(IndexStoreError, match="row_count"):
         IndexReader.open(index_dir)
     (index_dir / "manifest.json").write_text("{not json")
@@ -625,7 +628,7 @@ def test_drop_shards_and_repair(index_dir, ckpts):
 
     assert repair_index(report) == [url("s1")]
     r = IndexReader.open(index_dir)
-    assert list(r.manifest.shards) == [url("s0"), url("s2")] and r.manifest.index_file is None
+    assert list(r.manifest.shards) == [url("s0"), url("s2")]  # segments rebuilt at once
     np.testing.assert_array_equal(r.row_ids(), [0, 1, 4, 5])
     assert r.faiss_index().ntotal == 4 and check_index(index_dir).ok
 
@@ -650,15 +653,16 @@ def test_format_1_manifest_is_read(index_dir, ckpts):
     _commit(w, "s0", 2)
     w.finalize()
     w.close()
-    m = json.loads((index_dir / "manifest.json").read_text())
-    entry = m["shards"].pop(url("s0"))
-    for key in ("name", "fingerprint", "part_sha256", "errors_sha256"):
-        del entry[key]
-    m["shards"]["s0"] = {**entry, "source": url("s0")}
-    m["index_shards"] = ["s0"]
-    m["format"] = "dahash-index/1"
-    del m["index_retired"]
-    (index_dir / "manifest.json").write_text(json.dumps(m))
+    def format_1(m: dict) -> None:
+        entry = m["shards"].pop(url("s0"))
+        for key in ("name", "fingerprint", "part_sha256", "errors_sha256"):
+            del entry[key]
+        m["shards"]["s0"] = {**entry, "source": url("s0")}
+        m["index_shards"] = ["s0"]
+        m["format"] = "dahash-index/1"
+        del m["index_retired"]
+
+    rewrite_manifest(index_dir, format_1, sealed=False)
     r = IndexReader.open(index_dir)
     assert list(r.manifest.shards) == [url("s0")] and r.faiss_index().ntotal == 2
     assert r.manifest.shards[url("s0")].fingerprint is None  # indexed again when seen
