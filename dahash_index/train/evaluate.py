@@ -216,6 +216,20 @@ def fit_rerank(features: np.ndarray, oriented: dict | None, index: np.ndarray,
                                                for k in RERANK_ORIENTATIONS])
 
 
+def rerank_vectors(features: np.ndarray, oriented: dict | None, fit_idx: np.ndarray,
+                   db_idx: np.ndarray, query_idx: np.ndarray,
+                   average_orientations: bool) -> dict[str, np.ndarray]:
+    """The re-rank vectors of the database and query scenes, by the projection fitted on
+    ``fit_idx`` as ``train`` fits it: {"train_vectors": (len(db_idx), D), "test_vectors":
+    (len(query_idx), D)} float32. They depend on the split, not on the network, so one
+    evaluation computes them once per split (the fit costs seconds, a short training less)."""
+    projection = fit_rerank(features, oriented, fit_idx, average_orientations)
+    scene = (np.mean([_oriented(features, oriented, k) for k in ORIENTATIONS], axis=0)
+             if average_orientations else features)
+    return {"train_vectors": projection(scene[db_idx]).astype(np.float32),
+            "test_vectors": projection(scene[query_idx]).astype(np.float32)}
+
+
 def train_and_score(
     features: np.ndarray,
     oriented: dict | None,
@@ -226,11 +240,13 @@ def train_and_score(
     config: TrainConfig,
     seed: int,
     rerank: str = "none",
+    vectors: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Train one network on ``fit_idx`` and score the codes of ``query_idx`` against those of
     ``db_idx`` (the standard protocol: fit = db = the train part, queries = the test part);
     with ``rerank``, also the rankings re-ranked by the model's re-rank vectors (fitted on
-    ``fit_idx`` as ``train`` fits them).
+    ``fit_idx`` as ``train`` fits them; ``vectors``: those of ``rerank_vectors``, when the
+    caller has them already).
 
     features (N, C) float32; oriented: orientation -> (N, C) float32 features, or None (needed
     by configs that train on or average other orientations: ``needed_orientations``).
@@ -244,13 +260,11 @@ def train_and_score(
                                  config.average_orientations))
         for idx in (db_idx, query_idx)
     )
-    vectors = {}
-    if rerank != "none":
-        projection = fit_rerank(features, oriented, fit_idx, config.average_orientations)
-        scene = (np.mean([_oriented(features, oriented, k) for k in ORIENTATIONS], axis=0)
-                 if config.average_orientations else features)
-        vectors = {"train_vectors": projection(scene[db_idx]).astype(np.float32),
-                   "test_vectors": projection(scene[query_idx]).astype(np.float32)}
+    if rerank == "none":
+        vectors = {}
+    elif vectors is None:
+        vectors = rerank_vectors(features, oriented, fit_idx, db_idx, query_idx,
+                                 config.average_orientations)
     result = score_codes(db_codes, labels[db_idx], query_codes, labels[query_idx], **vectors,
                          rerank=rerank)
     result["train_seconds"] = seconds
@@ -269,10 +283,10 @@ def _init_worker(features: np.ndarray, oriented: dict | None, labels: np.ndarray
 
 
 def _train_and_score_in_worker(fit_idx, db_idx, query_idx, config: TrainConfig,
-                               seed: int, rerank: str) -> dict:
+                               seed: int, rerank: str, vectors: dict | None) -> dict:
     return train_and_score(_WORKER_DATA["features"], _WORKER_DATA["oriented"],
                            _WORKER_DATA["labels"], fit_idx, db_idx, query_idx, config, seed,
-                           rerank)
+                           rerank, vectors)
 
 
 def protocol_parts(labels: np.ndarray, seed: int, protocol: str) -> tuple[np.ndarray, ...]:
@@ -333,18 +347,31 @@ def run_evaluation(
                    VARIANTS[name](replace(base, bits=bits)).validate(),
                    protocol_parts(labels, seed, protocol))
                   for bits in bits_list for name in names for seed in seeds]
+    split_vectors: dict = {}  # (protocol, seed, average_orientations) -> rerank_vectors
+    if rerank != "none":
+        for protocol, _, _, seed, config, parts in tasks:
+            key = (protocol, seed, config.average_orientations)
+            if key not in split_vectors:
+                split_vectors[key] = rerank_vectors(features, oriented, *parts,
+                                                    config.average_orientations)
+
+    def vectors_of(protocol: str, seed: int, config: TrainConfig) -> dict | None:
+        return split_vectors.get((protocol, seed, config.average_orientations))
+
     executor = None
     if jobs > 1:
         threads = max(1, torch.get_num_threads() // jobs)
         executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
                                        initargs=(features, oriented, labels, threads))
-        futures = [executor.submit(_train_and_score_in_worker, *parts, config, seed, rerank)
-                   for _, _, _, seed, config, parts in tasks]
+        futures = [executor.submit(_train_and_score_in_worker, *parts, config, seed, rerank,
+                                   vectors_of(protocol, seed, config))
+                   for protocol, _, _, seed, config, parts in tasks]
         outcomes = (f.result() for f in futures)
     else:
-        outcomes = (train_and_score(features, oriented, labels, *parts, config, seed, rerank)
-                    for _, _, _, seed, config, parts in tasks)
+        outcomes = (train_and_score(features, oriented, labels, *parts, config, seed, rerank,
+                                    vectors_of(protocol, seed, config))
+                    for protocol, _, _, seed, config, parts in tasks)
     try:
         for (protocol, bits, name, seed, _, _), scores in zip(tasks, outcomes, strict=True):
             results[protocol].setdefault(str(bits), {}).setdefault(name, []).append(scores)

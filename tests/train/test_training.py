@@ -25,10 +25,16 @@ def subset(tmp_path_factory) -> Path:
                          ["agricultural", "beach", "forest", "harbor"])
 
 
+@pytest.fixture(scope="module")
+def subset_cache(tmp_path_factory) -> Path:
+    """One feature cache for the tests on ``subset``: its scenes go through the backbone once."""
+    return tmp_path_factory.mktemp("ucm-features")
+
+
 @pytest.mark.realdata
-def test_short_training_beats_random_codes(subset, tmp_path):
+def test_short_training_beats_random_codes(subset, subset_cache, tmp_path):
     scores = train_command(subset, 32, tmp_path / "m.pt", 0, "dahash", ["steps=150"],
-                           "tf2015", None, tmp_path / "cache")
+                           "tf2015", None, subset_cache)
     # Random 32-bit codes on the same split, averaged over 5 draws.
     labels = np.repeat(np.arange(4), 20)
     train_idx, test_idx = split_per_class(labels, 0)
@@ -141,13 +147,13 @@ FAST_VARIANTS = [v for v in VARIANTS if "orientation" not in v and v != "MiLAN"]
 
 
 @pytest.mark.realdata
-def test_eval_writes_the_report_for_every_variant(subset, tmp_path):
+def test_eval_writes_the_report_for_every_variant(subset, subset_cache, tmp_path):
     train_command(subset, 16, tmp_path / "m.pt", 0, "dahash", ["steps=20"], "tf2015", None,
-                  tmp_path / "cache")
+                  subset_cache)
     result = CliRunner().invoke(main, [
         "eval", "--data", str(subset), "--model", str(tmp_path / "m.pt"), "--bits", "8,16",
         "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "eval"), "--report",
-        str(tmp_path / "report.md"), "--cache-dir", str(tmp_path / "cache"),
+        str(tmp_path / "report.md"), "--cache-dir", str(subset_cache),
         "--variants", ",".join(FAST_VARIANTS),
         "--novel-variants", "full,attention: none"])
     assert result.exit_code == 0, result.output
