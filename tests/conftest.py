@@ -226,16 +226,16 @@ def other_checkpoint(tmp_path_factory, tf2015_spec) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, run_cli) -> Path:
-    """A 64-bit model trained with ``dahash-index train`` and the shipped preset on 30 scenes
-    of each of UC Merced's 21 classes (630 scenes; with the views the preset trains on and
-    the re-rank projection is fitted on, each scene's mirror image and 90° turn, 1,890
+    """A 64-bit model trained with ``dahash-index train`` and the shipped preset on 24 scenes
+    of each of UC Merced's 21 classes (504 scenes; with the views the preset trains on and
+    the re-rank projection is fitted on, each scene's mirror image and 90° turn, 1,512
     backbone passes when the feature cache, $DAHASH_INDEX_CACHE or
     ~/.cache/dahash-index/features, is cold). The step count is pinned so that a longer
     preset cannot slow the tests down."""
     if not UCMERCED.is_dir():
         pytest.skip(f"real data not found at {UCMERCED} (../shared/datasets)")
     root = tmp_path_factory.mktemp("trained")
-    data = link_ucmerced(root / "data", per_class=30)
+    data = link_ucmerced(root / "data", per_class=24)
     result = run_cli("train", "--data", data, "--bits", "64", "--out", root / "model.pt",
                      "--set", "steps=800", check=True)
     assert (root / "model.pt").is_file(), result.stdout

@@ -455,7 +455,7 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
 
 
 # Every class, 20 scenes each (the originals of ucmerced-tif-sample among them): 420 scenes.
-N_CLASSES, PER_CLASS = 21, 20
+N_CLASSES, PER_CLASS = 21, 12
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_missing_ray_is_one_line_with_the_pip_hint(tmp_path, quick_checkpoint, r
 # --- UC Merced ------------------------------------------------------------------------------
 
 
-CLASSES, PER_CLASS = 6, 33  # 2 batches a shard (32 and 1)
+CLASSES, PER_CLASS = 4, 33  # 2 batches a shard (32 and 1)
 
 
 @pytest.fixture(scope="module")

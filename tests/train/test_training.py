@@ -201,18 +201,18 @@ def test_bad_training_setting_leaves_the_model_file_alone(tmp_path, setting, mes
 
 
 @pytest.mark.realdata
-def test_eval_transfer_scores_every_row_on_the_other_archive(tmp_path):
-    source = link_ucmerced(tmp_path / "a", 10, ["agricultural", "beach", "forest", "harbor"])
+def test_eval_transfer_scores_every_row_on_the_other_archive(subset, subset_cache, tmp_path):
+    source = subset
     target = link_ucmerced(tmp_path / "b", 10, ["river", "runway", "overpass"])
     train_command(source, 16, tmp_path / "m.pt", 0, "dahash", ["steps=20"], "tf2015", None,
-                  tmp_path / "cache")  # eval trains with this model's config: 20 steps
+                  subset_cache)  # eval trains with this model's config: 20 steps
     result = CliRunner().invoke(main, [
         "eval", "--data", str(source), "--model", str(tmp_path / "m.pt"), "--transfer",
         str(target), "--protocols", "transfer", "--bits", "16", "--seeds", "0", "--out",
-        str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")])
+        str(tmp_path / "eval"), "--cache-dir", str(subset_cache)])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "## Transfer: a model trained on a codes b" in report
+    assert f"## Transfer: a model trained on {source.name} codes b" in report
     for row in ("the model's codes", "the model's codes, re-ranked (ties)",
                 "the model's codes, re-ranked (full)", "after adapt on B",
                 "after adapt on B, re-ranked (full)", "ITQ fitted on B", "PCA-sign fitted on B",
