@@ -152,7 +152,7 @@ def test_eval_writes_the_report_for_every_variant(subset, subset_cache, tmp_path
                   subset_cache)
     result = CliRunner().invoke(main, [
         "eval", "--data", str(subset), "--model", str(tmp_path / "m.pt"), "--bits", "8,16",
-        "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "eval"), "--report",
+        "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "eval"), "--report",
         str(tmp_path / "report.md"), "--cache-dir", str(subset_cache),
         "--variants", ",".join(FAST_VARIANTS),
         "--novel-variants", "full,attention: none"])
@@ -167,8 +167,8 @@ def test_eval_writes_the_report_for_every_variant(subset, subset_cache, tmp_path
     assert "](eval/pr-16.png)" in report
     assert (tmp_path / "eval" / "pr-8.png").stat().st_size > 1000
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
-    assert len(results["standard"]["16"]["full"]) == 2  # one entry per seed
-    assert len(results["novel"]["8"]["full"]) == 2
+    assert len(results["standard"]["16"]["full"]) == 1  # one entry per seed
+    assert len(results["novel"]["8"]["full"]) == 1
     assert results["standard"]["16"]["full"][0]["distinct_codes"] >= 1
 
 
