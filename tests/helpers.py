@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dahash_index.store import METADATA_SCHEMA
+from dahash_index.store.manifest import manifest_checksum
 
 # The datasets live beside the repository (../shared/datasets), wherever it is cloned;
 # DAHASH_INDEX_DATASETS points elsewhere (a GPU machine that ../shared does not travel to).
@@ -184,8 +185,6 @@ def rewrite_manifest(index: Path, edit, *, sealed: bool = True) -> None:
     a consistent but wrong commit would have left it. ``sealed`` records a fresh checksum, so
     the reader sees the edit itself and not a damaged file; formats before the checksum
     (``sealed=False``) have none."""
-    from dahash_index.store.manifest import manifest_checksum
-
     manifest = json.loads((index / "manifest.json").read_text())
     manifest.pop("checksum", None)
     edit(manifest)

@@ -56,7 +56,7 @@ async def json_body(request: Request) -> object:
 
 
 def codes_of(body: object, index: SceneIndex, max_items: int
-              ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+             ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """{"codes": [hex, ...]} -> (uint8 (n, K/8), names "code i", no vectors); {"row_ids":
     [int, ...]} -> the codes of those rows ("more like this"), names "scene ROW_ID", and
     their re-rank vectors when the index keeps them."""

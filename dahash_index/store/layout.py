@@ -16,6 +16,7 @@ from dahash_index.columns import (
     WINDOW_COLUMNS,
 )
 from dahash_index.errors import check_bits, one_line
+from dahash_index.files import sha256_file
 from dahash_index.indexes.registry import list_kinds
 from dahash_index.model.identity import missing_model
 
@@ -90,8 +91,6 @@ CHECKSUM_DIFFERS = "checksum differs from the one recorded at commit"
 def checksum_problem(directory: Path, rel: str, expected: str | None) -> str | None:
     """CHECKSUM_DIFFERS when ``directory/rel`` does not hash to ``expected`` (the SHA-256
     recorded at commit), else None (also when none was recorded, as by older indexes)."""
-    from dahash_index.files import sha256_file
-
     if expected is not None and sha256_file(directory / rel) != expected:
         return CHECKSUM_DIFFERS
     return None
