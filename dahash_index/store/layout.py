@@ -100,8 +100,13 @@ def verify_checksum(directory: Path, rel: str, expected: str | None) -> None:
     """Refuse, in one line, a file of the index that does not match its recorded checksum:
     a flipped byte would otherwise answer queries wrongly and silently."""
     if checksum_problem(directory, rel, expected) is not None:
-        raise IndexStoreError(f"{directory}: {rel}: {CHECKSUM_DIFFERS}; `dahash-index check "
-                              f"--repair {directory}` repairs it")
+        raise checksum_error(directory, rel)
+
+
+def checksum_error(directory: Path, rel: str) -> IndexStoreError:
+    """The one-line refusal of a file of the index that differs from its checksum at commit."""
+    return IndexStoreError(f"{directory}: {rel}: {CHECKSUM_DIFFERS}; `dahash-index check "
+                           f"--repair {directory}` repairs it")
 
 
 def now() -> str:

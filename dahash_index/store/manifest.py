@@ -74,6 +74,11 @@ class ShardEntry:
     precision: str | None = None  # the backbone's arithmetic; None: not recorded
     vectors: str | None = None  # its re-rank vectors (``store.vectors``); None: it has none
     vectors_sha256: str | None = None
+    # ``store.blocks``: the lookup and vectors files' block digests, and the offset of each
+    # record batch's message in the lookup file; absent in entries committed before them
+    lookup_blocks: str | None = None
+    lookup_batches: list[int] | None = None
+    vectors_blocks: str | None = None
 
     def files(self) -> list[tuple[str, str]]:
         """(kind, relative path) of each file the entry names: "part", "errors", "lookup",
@@ -92,7 +97,8 @@ class ShardEntry:
         return data
 
 
-_OPTIONAL = ("lookup", "lookup_sha256", "precision", "vectors", "vectors_sha256")
+_OPTIONAL = ("lookup", "lookup_sha256", "precision", "vectors", "vectors_sha256", "lookup_blocks",
+             "lookup_batches", "vectors_blocks")
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,11 @@ def read_manifest(directory: Path, path: Path | None = None) -> Manifest:
     ordered row ranges, totals that add up."""
     path = path or directory / MANIFEST
     if not path.is_file():
-        raise IndexStoreError(f"{directory}: not a dahash index (no {MANIFEST})")
+        hint = ""
+        if not directory.is_dir() or not any(directory.iterdir()):  # nothing built here yet
+            hint = (f"; `dahash-index build --shards DIR --index {directory}` builds one "
+                    "from the scenes under DIR")
+        raise IndexStoreError(f"{directory}: not a dahash index (no {MANIFEST}){hint}")
     try:
         manifest = json.loads(path.read_bytes())
     except (OSError, ValueError) as err:

@@ -13,10 +13,10 @@ import pyarrow as pa
 from dahash_index.arrow_arrays import numeric_array
 from dahash_index.indexes import ShardedIndex
 from dahash_index.lru import BytesLru
+from dahash_index.store.blocks import BlockChecks
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
-    METADATA_SCHEMA,
     MODEL,
     IndexStoreError,
     ModelMismatchError,
@@ -46,8 +46,8 @@ class IndexReader:
     """The last committed state of an index directory, as of ``open`` (or ``reopen``).
 
     Metadata is read lazily, so a reader's memory stays small whatever the row count: the rows
-    of hits come from the shards' lookup files (``store.lookup``: memory-mapped, one small
-    batch decompressed per hit). Where a shard has none (committed before them), or the codes
+    of hits come from the shards' lookup files (``store.lookup``: memory-mapped, uncompressed,
+    only the hits' rows touched). Where a shard has none (committed before them), or the codes
     are asked for, from its Parquet part: its footer once (its row groups' sizes, a few kB),
     then only the row groups and columns that the rows need. A running writer does not
     disturb it (it never rewrites a shard's files, and deletes only files that no manifest
@@ -75,7 +75,7 @@ class IndexReader:
         self._ends = self._starts + np.array([e.rows for e in entries], dtype=np.int64)
         self._index: ShardedIndex | None = None
         self._base = base
-        self._vector_files: dict[str, np.ndarray] = {}
+        self._vector_files: dict[str, tuple[np.memmap, BlockChecks | None]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = False) -> IndexReader:
@@ -181,7 +181,7 @@ class IndexReader:
         columns: default all of the part schema but ``code``. With row_ids every column is
         nullable in the result, as -1 rows are null throughout. A row id that no committed
         shard holds (never assigned, or retired when its shard was re-indexed) is refused.
-        With row_ids only their lookup files' batches are read (or, for shards without one,
+        With row_ids only their rows of the lookup files are read (or, for shards without one,
         the row groups of the parts that hold them, their ``columns`` only).
         """
         schema = metadata_schema(self.bits)
@@ -216,23 +216,15 @@ class IndexReader:
         lows = np.searchsorted(wanted, self._starts)
         highs = np.searchsorted(wanted, self._ends)
         pieces: list[pa.Table] = []
-        found: list[pa.RecordBatch] = []  # rows from lookup files, joined into one piece
-        found_lo = 0
         for key, start, lo, hi in zip(keys, self._starts, lows, highs, strict=True):
             if hi == lo:
                 continue
             lookup = self._lookup(key) if "code" not in columns else None
             if lookup is None:
-                if found:
-                    pieces.append(_joined(found, wanted[found_lo:lo], columns, relaxed))
-                    found = []
                 pieces += self._take(key, wanted[lo:hi] - start, columns, relaxed)
             else:
-                if not found:
-                    found_lo = lo
-                found += lookup.take(wanted[lo:hi] - start)
-        if found:
-            pieces.append(_joined(found, wanted[found_lo:], columns, relaxed))
+                pieces.append(_with_row_ids(lookup.take(wanted[lo:hi] - start), wanted[lo:hi],
+                                            columns, relaxed))
         if pieces:
             gathered = pa.concat_tables(pieces).combine_chunks()
         else:  # only -1s, or no ids: something for the masked take below to index
@@ -262,22 +254,33 @@ class IndexReader:
             raise ValueError("row ids must be committed rows of this index")
         out = None
         for shard in np.unique(part_of):
-            mapped = self._vectors(keys[shard])
+            mapped, checks = self._vectors(keys[shard])
             if out is None:
                 out = np.empty((len(ids), mapped.shape[1]), np.float32)
             at = np.flatnonzero(part_of == shard)
-            out[at] = mapped[ids[at] - self._starts[shard]]
+            local = ids[at] - self._starts[shard]
+            if checks is not None:  # the rows' bytes, verified before they are used
+                row_bytes = mapped.shape[1] * mapped.itemsize
+                first = mapped.offset + local * row_bytes
+                checks.verify_bytes(first, first + row_bytes - 1)
+            out[at] = mapped[local]
         return out if out is not None else np.empty((0, 0), np.float32)
 
-    def _vectors(self, key: str) -> np.ndarray:
-        """A shard's vectors file, memory-mapped once."""
-        mapped = self._vector_files.get(key)
-        if mapped is None:
+    def _vectors(self, key: str) -> tuple[np.memmap, BlockChecks | None]:
+        """A shard's vectors file, memory-mapped once, with its block checksums (None for a
+        shard committed before them: the whole file was verified instead)."""
+        found = self._vector_files.get(key)
+        if found is None:
             entry = self._manifest.shards[key]
-            verify_checksum(self.path, entry.vectors, entry.vectors_sha256)
-            mapped = open_vectors(self.path, entry.vectors, entry.rows)
-            self._vector_files[key] = mapped
-        return mapped
+            checks = None
+            if entry.vectors_blocks:
+                checks = BlockChecks(self.path, entry.vectors, entry.vectors_blocks)
+                checks.verify(np.array([0]))  # the .npy header: shape and dtype
+            else:
+                verify_checksum(self.path, entry.vectors, entry.vectors_sha256)
+            found = (open_vectors(self.path, entry.vectors, entry.rows), checks)
+            self._vector_files[key] = found
+        return found
 
     def errors(self) -> pa.Table:
         """The scenes that could not be indexed, of every committed shard (ERRORS_SCHEMA)."""
@@ -339,8 +342,10 @@ class IndexReader:
             entry = self._manifest.shards[key]
             if not entry.lookup:
                 return None
-            verify_checksum(self.path, entry.lookup, entry.lookup_sha256)
-            lookup = LookupFile(self.path, entry.lookup, entry.rows)
+            if not entry.lookup_blocks:  # committed before block checksums: the whole file
+                verify_checksum(self.path, entry.lookup, entry.lookup_sha256)
+            lookup = LookupFile(self.path, entry.lookup, entry.rows, entry.lookup_blocks,
+                                entry.lookup_batches)
             self._lookups[key] = lookup
         return lookup
 
@@ -375,11 +380,10 @@ def _row_group_cache() -> BytesLru[pa.Table]:
     return BytesLru(ROW_GROUP_CACHE_BYTES, lambda table: table.nbytes)
 
 
-def _joined(batches: list[pa.RecordBatch], ids: np.ndarray, columns: list[str],
-            relaxed: pa.Schema) -> pa.Table:
-    """Rows taken from lookup files (METADATA_SCHEMA batches) with their row ids (int64 (m,)),
-    as one ``relaxed`` table of ``columns``."""
-    table = pa.Table.from_batches(batches, schema=METADATA_SCHEMA)
+def _with_row_ids(table: pa.Table, ids: np.ndarray, columns: list[str], relaxed: pa.Schema
+                  ) -> pa.Table:
+    """Rows taken from a lookup file (METADATA_SCHEMA) with their row ids (int64 (m,)), as a
+    ``relaxed`` table of ``columns``."""
     row_ids = numeric_array(ids)
     return pa.table({c: row_ids if c == "row_id" else table[c] for c in columns}).cast(relaxed)
 

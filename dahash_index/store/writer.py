@@ -16,6 +16,7 @@ import pyarrow as pa
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.indexes.binary import check_codes
 from dahash_index.model.identity import ModelIdentity
+from dahash_index.store.blocks import file_digests
 from dahash_index.store.directory import create_index_dir, lock_index_dir, remove_leftovers
 from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
 from dahash_index.store.layout import (
@@ -189,10 +190,12 @@ class IndexWriter:
         generation = m.generation + 1
         # A name no committed manifest uses: an interrupted attempt's file is never referenced.
         name = f"{generation:06d}.parquet"
+        batches: list[int] = []  # where the lookup file's batches end (``write_lookup``)
         files = {
             "part": (f"parts/{name}", lambda f: write_table(part, f)),
             "errors": (f"errors/{name}", lambda f: write_table(errs, f)),
-            "lookup": (f"lookup/{generation:06d}.arrow", lambda f: write_lookup(scene, f)),
+            "lookup": (f"lookup/{generation:06d}.arrow",
+                       lambda f: batches.extend(write_lookup(scene, f))),
         }
         if vectors is not None:
             files["vectors"] = (f"vectors/{generation:06d}.npy",
@@ -200,11 +203,15 @@ class IndexWriter:
         checksums = {}
         for kind, (rel, write) in files.items():
             atomic_write(self.path / rel, write)
-            checksums[f"{kind}_sha256"] = sha256_file(self.path / rel)
+            if kind in ("lookup", "vectors"):  # large: readers verify them block by block
+                checksums[f"{kind}_sha256"], checksums[f"{kind}_blocks"] = \
+                    file_digests(self.path / rel)
+            else:
+                checksums[f"{kind}_sha256"] = sha256_file(self.path / rel)
         entry = ShardEntry(shard_name, fingerprint, files["part"][0], files["errors"][0], first,
                            n, errs.num_rows, lookup=files["lookup"][0], precision=precision,
                            vectors=files["vectors"][0] if vectors is not None else None,
-                           **checksums)
+                           lookup_batches=list(batches), **checksums)
         # The renames must be durable before the manifest that references them is.
         for folder in SHARD_FILES.values():
             fsync_dir(self.path / folder)

@@ -32,6 +32,7 @@ from helpers import (
     messages,
 )
 
+from dahash_index.cli.query import PLAIN_HEADER
 from dahash_index.model.checkpoint import load_checkpoint
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader, IndexWriter, check_index
@@ -348,7 +349,7 @@ def test_empty_index_and_no_hits_say_so(tmp_path, run_cli, quick_checkpoint):
     scene = UCMERCED / "beach" / "beach00.jpg"
     result = run_cli("query", scene, "--index", index, check=True)
     assert f"Warning: {index} holds no rows yet" in result.stderr
-    assert result.stdout.strip() == f"# {scene}: no hits"
+    assert result.stdout.splitlines() == [PLAIN_HEADER, f"# {scene}: no hits"]
 
 
 def test_missing_model_suggests_train(tmp_path, run_cli):

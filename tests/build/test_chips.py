@@ -31,7 +31,7 @@ from dahash_index.sources.windows import (
     read_window,
     tile_scenes,
 )
-from dahash_index.store.lookup import LOOKUP_BATCH_ROWS
+from dahash_index.store.lookup import LZ4_BATCH_ROWS
 
 # --- the grid and the footprints (hand-computed) -----------------------------------------------
 
@@ -251,9 +251,11 @@ def test_index_from_before_chips_opens_and_answers(tiled, tmp_path, run_cli):
             rows = part.drop_columns(["row_id", "code"])
             options = pa.ipc.IpcWriteOptions(compression="lz4")
             with pa.ipc.new_file(old / entry["lookup"], rows.schema, options=options) as w:
-                for batch in rows.to_batches(max_chunksize=LOOKUP_BATCH_ROWS):
+                for batch in rows.to_batches(max_chunksize=LZ4_BATCH_ROWS):
                     w.write_batch(batch)
             entry["lookup_sha256"] = sha256_file(old / entry["lookup"])
+        for key in ("lookup_blocks", "lookup_batches", "vectors_blocks"):  # not in format 2
+            entry.pop(key, None)
     manifest["format"] = "dahash-index/2"
     del manifest["checksum"]  # format 2 had none
     (old / "manifest.json").write_text(json.dumps(manifest))

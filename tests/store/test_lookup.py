@@ -23,7 +23,7 @@ from dahash_index.store import (
 )
 from dahash_index.store import lookup as lookup_module
 from dahash_index.store import reader as reader_module
-from dahash_index.store.lookup import LOOKUP_BATCH_ROWS, LookupFile, write_lookup
+from dahash_index.store.lookup import LOOKUP_BATCH_ROWS, LZ4_BATCH_ROWS, LookupFile, write_lookup
 
 
 def rows(n: int, shard: str = "s") -> pa.Table:
@@ -35,21 +35,32 @@ def rows(n: int, shard: str = "s") -> pa.Table:
     )
 
 
-def write(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda f: write_lookup(table, f))
+def write(path: Path, table: pa.Table, batch_rows: int = LOOKUP_BATCH_ROWS) -> None:
+    atomic_write(path, lambda f: write_lookup(table, f, batch_rows))
 
 
-def test_rows_at_batch_edges_round_trip(tmp_path):
-    n = 2 * LOOKUP_BATCH_ROWS + 3
+@pytest.mark.parametrize("take_rows", [1 << 16, 8])  # 8: one batch a take, as a file's large
+def test_rows_at_batch_edges_round_trip(tmp_path, monkeypatch, take_rows):
+    monkeypatch.setattr(lookup_module, "_TAKE_ROWS", take_rows)
+    size = 8
+    n = 2 * size + 3
     table = rows(n)
-    write(tmp_path / "x.arrow", table)
+    write(tmp_path / "x.arrow", table, batch_rows=size)
     lookup = LookupFile(tmp_path, "x.arrow", n)
-    wanted = np.array([0, 1, LOOKUP_BATCH_ROWS - 1, LOOKUP_BATCH_ROWS, 2 * LOOKUP_BATCH_ROWS,
-                       n - 1])
-    got = pa.Table.from_batches(lookup.take(wanted), schema=METADATA_SCHEMA)
-    assert got.equals(table.take(pa.array(wanted)))
+    assert lookup.batch_rows == size
+    wanted = np.array([0, 1, size - 1, size, size, 2 * size, n - 1])
+    assert lookup.take(wanted).equals(table.take(pa.array(wanted)))
+    assert lookup.take(np.array([n - 1])).equals(table.slice(n - 1))  # the short last batch
     assert lookup.read_all().equals(table)
-    assert lookup.take(np.empty(0, np.int64)) == []
+    assert lookup.take(np.empty(0, np.int64)).num_rows == 0
+
+
+def test_a_file_is_one_uncompressed_batch_per_million_rows(tmp_path):
+    write(tmp_path / "x.arrow", rows(10))
+    reader = pa.ipc.open_file(tmp_path / "x.arrow")
+    assert reader.num_record_batches == 1
+    assert reader.schema.metadata == {b"dahash_index:batch_rows": b"1048576"}
+    assert LookupFile(tmp_path, "x.arrow", 10).take(np.array([3]))["width"].to_pylist() == [3]
 
 
 def test_empty_shard(tmp_path):
@@ -145,10 +156,20 @@ def test_leftover_lookup_files_are_removed(index, ckpts):
         "000001.arrow", "000002.arrow", "000003.arrow"]
 
 
-def test_batch_size_is_what_the_file_says(tmp_path, monkeypatch):
-    """A file written with another batch size is refused by its batch count, never misread."""
-    monkeypatch.setattr(lookup_module, "LOOKUP_BATCH_ROWS", 4)
-    write(tmp_path / "x.arrow", rows(10))
-    monkeypatch.undo()
-    with pytest.raises(IndexStoreError, match="holds 3 batches"):
-        LookupFile(tmp_path, "x.arrow", 10)
+def test_batch_size_is_what_the_file_says(tmp_path):
+    """A file says its batch size; one that says none is an LZ4 file of 256-row batches (as
+    lookup files were written before), read all the same."""
+    write(tmp_path / "x.arrow", rows(10), batch_rows=4)
+    assert LookupFile(tmp_path, "x.arrow", 10).take(np.array([9]))["width"].to_pylist() == [9]
+    n = LZ4_BATCH_ROWS + 5
+    table = rows(n)
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.ipc.new_file(tmp_path / "old.arrow", METADATA_SCHEMA, options=options) as writer:
+        for batch in table.to_batches(max_chunksize=LZ4_BATCH_ROWS):
+            writer.write_batch(batch)
+    old = LookupFile(tmp_path, "old.arrow", n)
+    assert old.batch_rows == LZ4_BATCH_ROWS
+    wanted = np.array([2, LZ4_BATCH_ROWS, n - 1])
+    assert old.take(wanted).equals(table.take(pa.array(wanted)))
+    with pytest.raises(IndexStoreError, match="holds 2 batches"):
+        LookupFile(tmp_path, "old.arrow", n + LZ4_BATCH_ROWS)

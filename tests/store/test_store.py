@@ -43,6 +43,7 @@ from dahash_index.store import (
     quick_check,
     repair_index,
 )
+from dahash_index.store.blocks import file_digests
 from dahash_index.store.manifest import ShardEntry
 
 
@@ -116,6 +117,8 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
         errors_sha256=sha256_file(errors_file),
         lookup="lookup/000002.arrow",
         lookup_sha256=sha256_file(index_dir / "lookup/000002.arrow"),
+        lookup_blocks=file_digests(index_dir / "lookup/000002.arrow")[1],
+        lookup_batches=[],  # no rows: no batch
         first_row=3,
         rows=0,
         error_count=2,

@@ -1,0 +1,96 @@
+"""Checksums by block (dahash_index/store/blocks.py): recorded at commit for the lookup and
+vectors files, verified by readers for just the bytes a query reads."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import identity
+
+from dahash_index.files import sha256_file
+from dahash_index.store import METADATA_SCHEMA, IndexReader, IndexStoreError, IndexWriter
+from dahash_index.store import blocks as blocks_module
+from dahash_index.store import reader as reader_module
+from dahash_index.store.blocks import BlockChecks, file_digests
+
+BLOCK = 64  # small blocks, so that a small index spans many
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(blocks_module, "BLOCK_BYTES", BLOCK)
+
+
+def flip(path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_digests_of_each_block_and_of_the_whole(tmp_path, small_blocks):
+    data = bytes(range(160))  # two blocks and a half
+    (tmp_path / "f").write_bytes(data)
+    whole, digests = file_digests(tmp_path / "f")
+    assert whole == sha256_file(tmp_path / "f")
+    assert digests == "".join(hashlib.sha256(data[i:i + BLOCK]).hexdigest()[:32]
+                              for i in (0, 64, 128))
+
+
+def test_only_the_blocks_read_are_verified(tmp_path, small_blocks):
+    (tmp_path / "f").write_bytes(bytes(range(160)))
+    _, digests = file_digests(tmp_path / "f")
+    flip(tmp_path / "f", 70)  # block 1
+    checks = BlockChecks(tmp_path, "f", digests)
+    checks.verify_range(0, 64)
+    checks.verify_bytes(np.array([130]), np.array([159]))
+    with pytest.raises(IndexStoreError, match=r"f: checksum differs from the one recorded at "
+                                              r"commit; `dahash-index check --repair"):
+        checks.verify_bytes(np.array([60]), np.array([66]))  # a span over blocks 0 and 1
+    with pytest.raises(IndexStoreError, match="checksum differs"):
+        checks.verify(np.array([3]))  # past the end: a damaged structure pointed there
+    (tmp_path / "g").write_bytes(bytes(100))
+    with pytest.raises(IndexStoreError, match="g: checksum differs"):
+        BlockChecks(tmp_path, "g", digests)  # a file of another length
+
+
+@pytest.fixture
+def index(tmp_path, ckpts, small_blocks):
+    path = tmp_path / "index"
+    rows = pa.Table.from_pylist(
+        [{"url": f"s3://b/{i:04d}.tif", "shard": "s", "width": i, "height": 2, "bands": 3,
+          "dtype": "uint8"} for i in range(40)], schema=METADATA_SCHEMA)
+    vectors = np.arange(40 * 4, dtype=np.float32).reshape(40, 4)
+    with IndexWriter.open(path, identity(ckpts["a"])) as writer:
+        writer.commit_shard("s", "s3://b/s", np.zeros((40, 2), np.uint8), rows, [],
+                            vectors=vectors)
+    return path
+
+
+def test_a_reader_verifies_blocks_not_whole_files(index, monkeypatch):
+    def whole(*args):
+        raise AssertionError("a whole file was hashed")
+
+    monkeypatch.setattr(reader_module, "verify_checksum", whole)
+    reader = IndexReader.open(index)
+    assert reader.metadata(np.array([39, 3]), ["url", "width"]).to_pylist() == [
+        {"url": "s3://b/0039.tif", "width": 39}, {"url": "s3://b/0003.tif", "width": 3}]
+    assert reader.vectors(np.array([2])).tolist() == [[8.0, 9.0, 10.0, 11.0]]
+
+
+def test_a_flipped_byte_is_refused_where_it_is_read_and_only_there(index):
+    entry = IndexReader.open(index).manifest.shards["s3://b/s"]
+    lookup = index / entry.lookup
+    at = lookup.read_bytes().index(b"s3://b/0030.tif")
+    flip(lookup, at + 8)
+    vectors = index / entry.vectors
+    flip(vectors, 128 + 30 * 8)  # row 30's first float16
+    reader = IndexReader.open(index)
+    assert reader.metadata(np.array([1]), ["url"])["url"].to_pylist() == ["s3://b/0001.tif"]
+    assert reader.vectors(np.array([1])).tolist() == [[4.0, 5.0, 6.0, 7.0]]
+    with pytest.raises(IndexStoreError, match=f"{entry.lookup}: checksum differs"):
+        reader.metadata(np.array([30]), ["url"])
+    with pytest.raises(IndexStoreError, match=f"{entry.vectors}: checksum differs"):
+        reader.vectors(np.array([30]))
