@@ -137,10 +137,45 @@ def rerank_order(groups: np.ndarray, distance: np.ndarray, ids: np.ndarray,
     -score, id), so that only rows of equal distance change places; "full" by (-score,
     distance, id). The one definition of the modes, for the index's queries and for
     ``eval``."""
+    if mode not in RERANKS:
+        raise ValueError(f"rerank must be one of none, ties, full, got {mode!r}")
     if mode == "none" or score is None:
-        return np.lexsort((ids, distance, groups))
+        return lexsort_ints((ids, distance, groups))
+    worse = descending_key(score)
+    if _in_order(groups, distance, ids):  # as a search gives them: one stable sort is enough
+        return lexsort_ints((worse, distance, groups) if mode == "ties" else (worse, groups))
     if mode == "ties":
-        return np.lexsort((ids, -score, distance, groups))
-    if mode == "full":
-        return np.lexsort((ids, distance, -score, groups))
-    raise ValueError(f"rerank must be one of none, ties, full, got {mode!r}")
+        return np.lexsort((ids, worse, distance, groups))
+    return np.lexsort((ids, distance, worse, groups))
+
+
+def lexsort_ints(keys: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.lexsort(keys)`` (the last key primary) for non-negative integer keys (h,): one
+    stable argsort of the keys packed into one int64 when their bit widths add up to 63 at
+    most (a pass per key is the cost of a lexsort), else ``np.lexsort``."""
+    keys = [np.asarray(k).astype(np.int64, copy=False) for k in keys]
+    if len(keys[0]) == 0:
+        return np.zeros(0, np.int64)
+    widths = [int(k.max()).bit_length() for k in keys]
+    if sum(widths) > 63 or min(int(k.min()) for k in keys) < 0:
+        return np.lexsort(keys)
+    packed = np.zeros(len(keys[0]), np.int64)
+    shift = 0
+    for key, width in zip(keys, widths, strict=True):
+        packed |= key << shift
+        shift += width
+    return np.argsort(packed, kind="stable")
+
+
+def descending_key(score: np.ndarray) -> np.ndarray:
+    """float32 (h,) -> int64 (h,) in [0, 2**32): the larger the score, the smaller the key
+    (equal scores, 0.0 and -0.0 included, equal keys): sorts as ``-score`` does."""
+    bits = (np.asarray(score, np.float32) + np.float32(0.0)).view(np.uint32).astype(np.int64)
+    ascending = np.where(bits >= 1 << 31, (1 << 32) - 1 - bits, bits | (1 << 31))
+    return (1 << 32) - 1 - ascending
+
+
+def _in_order(groups: np.ndarray, distance: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether the hits are sorted by (group, distance, id)."""
+    g, d, i = (np.diff(np.asarray(a, np.int64)) for a in (groups, distance, ids))
+    return bool(np.all((g > 0) | ((g == 0) & ((d > 0) | ((d == 0) & (i >= 0))))))

@@ -21,6 +21,9 @@ import faiss
 import numpy as np
 
 from dahash_index import indexes
+from dahash_index.model.rerank import lexsort_ints
+
+SCORE_CHUNK = 16384  # hits scored at a time (16,384 x 64 float32: 4 MB)
 
 
 def fetch_size(rerank: str, top: int, shortlist: int) -> int:
@@ -51,12 +54,13 @@ def merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetc
         valid = ids >= 0  # row-major boolean indexing keeps each code's rank order
         counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
     query = np.repeat(owners, counts)
-    order = np.lexsort((d, ids, query))  # each (query, row) pair's smallest distance first
-    query, d, ids = query[order], d[order], ids[order]
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
-    query, d, ids = query[first], d[first], ids[first]
-    order = np.lexsort((ids, d, query))
+    if len(np.unique(owners)) < len(owners):  # a row may be found by several codes of a query
+        order = lexsort_ints((d, ids, query))  # each (query, row) pair's smallest distance first
+        query, d, ids = query[order], d[order], ids[order]
+        first = np.ones(len(ids), dtype=bool)
+        first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
+        query, d, ids = query[first], d[first], ids[first]
+    order = lexsort_ints((ids, d, query))
     return query[order], d[order].astype(np.int32), ids[order]
 
 
@@ -82,22 +86,26 @@ def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarra
         mine = owners == q
         parts.append(merged(index, codes[mine], owners[mine], fetch, within, nprobe))
     query, d, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    at = np.lexsort((ids, d, query))
+    at = lexsort_ints((ids, d, query))
     return query[at], d[at], ids[at]
 
 
 def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors: np.ndarray,
            row_vectors: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """The re-rank score of each hit, float32 (h,): the cosine of the row's vector and its
-    query's (the best over a query's codes). query_vectors: (m, D), row i for code i."""
-    rows = row_vectors(ids) if len(ids) else np.empty((0, query_vectors.shape[1]), np.float32)
+    query's (the best over a query's codes). query_vectors: (m, D), row i for code i.
+    Computed SCORE_CHUNK hits at a time: the gathered vectors stay in the CPU's cache."""
     q_vectors = np.asarray(query_vectors, np.float32)
+    out = np.full(len(ids), -np.inf, np.float32)
     if len(np.unique(owners)) == len(owners):  # one code a query: one dot product a hit
         code_of = np.full(int(owners.max()) + 1 if len(owners) else 0, -1, np.int64)
         code_of[owners] = np.arange(len(owners))
-        found = np.einsum("ij,ij->i", rows, q_vectors[code_of[query]])
-        return np.clip(found, -1.0, 1.0).astype(np.float32)  # float16 rounding
-    out = np.full(len(ids), -np.inf, np.float32)
+        for at in range(0, len(ids), SCORE_CHUNK):
+            part = slice(at, at + SCORE_CHUNK)
+            out[part] = np.einsum("ij,ij->i", row_vectors(ids[part]),
+                                  q_vectors[code_of[query[part]]])
+        return np.clip(out, -1.0, 1.0)  # float16 rounding
+    rows = row_vectors(ids) if len(ids) else np.empty((0, q_vectors.shape[1]), np.float32)
     for code, q in enumerate(owners):
         mine = query == q
         out[mine] = np.maximum(out[mine], rows[mine] @ q_vectors[code])
@@ -114,6 +122,15 @@ def best_per_scene(query: np.ndarray, keys: list[tuple]) -> np.ndarray:
             seen.add((q, key))
             keep[j] = True
     return keep
+
+
+def within_top_distance(query: np.ndarray, d: np.ndarray, top: int) -> np.ndarray:
+    """bool mask of the hits no farther than their query's ``top``-th (every hit of a query
+    with fewer); hits ordered by query, then distance."""
+    starts = np.searchsorted(query, query, side="left")
+    ends = np.searchsorted(query, query, side="right")
+    at_top = np.minimum(starts + top, ends) - 1
+    return d <= d[at_top]
 
 
 def first_per_query(query: np.ndarray, top: int) -> np.ndarray:

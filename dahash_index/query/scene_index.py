@@ -288,6 +288,10 @@ class SceneIndex:
                 query_of, hit_d, hit_ids = ranking.complete_ties(
                     index, codes, owners, query_of, hit_d, hit_ids, top, fetch, nprobe)
             score = None
+            if rerank == "ties" and radius is None and group_by is None:
+                # rows beyond a query's top-th distance cannot be among its hits: not scored
+                keep = ranking.within_top_distance(query_of, hit_d, top)
+                query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
             if rerank != "none":
                 score = ranking.scores(query_of, hit_ids, owners, vectors, reader.vectors)
                 at = rerank_order(query_of, hit_d, hit_ids, score, rerank)

@@ -10,9 +10,11 @@ from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.network import dahash_net
 from dahash_index.model.rerank import (
     RerankProjection,
+    descending_key,
     fit_invariant,
     fit_pca,
     fit_projection,
+    lexsort_ints,
     rerank_order,
     unit_rows,
 )
@@ -77,3 +79,41 @@ def test_the_order_of_each_mode_by_hand():
                                                                                  10]
     with pytest.raises(ValueError, match="rerank must be one of none, ties, full"):
         rerank_order(groups, distance, ids, score, "some")
+
+
+def test_the_order_of_each_mode_from_hits_in_any_order():
+    """Hits not in (query, distance, id) order, ties of score included, give the order the
+    definition says (the one-sort shortcut only applies to hits in search order)."""
+    groups = np.array([1, 0, 0, 1, 0, 0])
+    distance = np.array([0, 1, 0, 0, 1, 1])
+    ids = np.array([5, 3, 4, 2, 1, 0])
+    score = np.array([0.2, 0.7, 0.1, 0.2, 0.7, -0.0], np.float32)
+    # ties: query 0: distance 0 (id 4), then distance 1 by score (ids 1 and 3 tie: by id), 0
+    assert ids[rerank_order(groups, distance, ids, score, "ties")].tolist() == [4, 1, 3, 0,
+                                                                                 2, 5]
+    assert ids[rerank_order(groups, distance, ids, score, "full")].tolist() == [1, 3, 4, 0,
+                                                                                 2, 5]
+    in_order = rerank_order(groups, distance, ids, None, "none")
+    assert ids[in_order].tolist() == [4, 0, 1, 3, 2, 5]
+    g, d, i, s = groups[in_order], distance[in_order], ids[in_order], score[in_order]
+    for mode in ("ties", "full"):  # the same from hits in search order
+        assert i[rerank_order(g, d, i, s, mode)].tolist() == \
+            ids[rerank_order(groups, distance, ids, score, mode)].tolist()
+
+
+def test_lexsort_ints_packs_keys_or_falls_back():
+    a = np.array([3, 1, 2, 1, 0])
+    b = np.array([0, 1, 0, 1, 1])  # primary
+    assert lexsort_ints((a, b)).tolist() == [2, 0, 4, 1, 3]  # stable: 1 before 3
+    wide = np.array([1 << 40, 0, 1 << 40, 5, 7])  # 41 + 41 bits: too wide to pack
+    assert lexsort_ints((wide, wide >> 20)).tolist() == np.lexsort((wide, wide >> 20)).tolist()
+    assert lexsort_ints((np.array([2, -1, 0]),)).tolist() == [1, 2, 0]  # negative: lexsort
+    assert lexsort_ints((np.zeros(0, np.int64),)).tolist() == []
+
+
+def test_descending_key_sorts_as_minus_score():
+    score = np.array([0.5, -1.0, 0.0, -0.0, 1.0, -0.25], np.float32)
+    key = descending_key(score)
+    assert np.argsort(key, kind="stable").tolist() == [4, 0, 2, 3, 5, 1]
+    assert key[2] == key[3]  # 0.0 and -0.0 tie, as their floats do
+    assert key.min() >= 0 and key.max() < 1 << 32

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import identity, shard_rows
 
+from dahash_index.query.ranking import within_top_distance
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexWriter
 
@@ -93,3 +94,12 @@ def test_bad_rerank_arguments_are_refused(four):
         four.query_codes(A[None], rerank="best")
     with pytest.raises(ValueError, match="shortlist must be an integer >= 1"):
         four.query_codes(A[None], rerank="full", shortlist=0)
+
+
+def test_within_top_distance_keeps_the_top_and_its_ties():
+    # query 0: distances 0 1 1 1 2 (top 2: the 2nd is at 1, so every 1 stays); query 1: one hit
+    query = np.array([0, 0, 0, 0, 0, 1])
+    d = np.array([0, 1, 1, 1, 2, 5])
+    assert within_top_distance(query, d, 2).tolist() == [True] * 4 + [False, True]
+    assert within_top_distance(query, d, 5).tolist() == [True] * 6
+    assert within_top_distance(query, d, 1).tolist() == [True, False, False, False, False, True]
