@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import link_ucmerced
 
+from dahash_index.cli.query import PLAIN_HEADER
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 CLASSES = ("agricultural", "beach", "buildings", "forest", "freeway", "harbor", "overpass",
            "river")
@@ -73,7 +75,8 @@ def test_the_walk_through_runs_as_written(scenes, run_cli, cli_env, monkeypatch)
         result = run_cli(*args, env=env)
         assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
         outputs.setdefault(args[0], result.stdout)  # the walk-through's, not adapt's build
-    hits = outputs["query"].splitlines()
+    header, *hits = outputs["query"].splitlines()
+    assert header == PLAIN_HEADER and f"\n{PLAIN_HEADER}\n" in README.read_text()
     assert hits[0] == "# my-archive/beach/beach00.jpg"
     assert len(hits) == 6 and all(re.match(r"\s+\d+\s+\d+\s+[01]\.\d{4}\s+\d+ /", h)
                                   for h in hits[1:])

@@ -22,6 +22,7 @@ from dahash_index.cli.options import (
 from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
 from dahash_index.errors import printable
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
+from dahash_index.query.export import FORMATS
 
 
 @click.command(short_help="Find the scenes nearest to query images.")
@@ -37,7 +38,14 @@ from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
               help="IVF lists to visit (IVF indexes).")
 @click.option("--bands", default=None, metavar="R,G,B", help="Bands of multi-band queries.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit (JSON lines).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit (JSON lines): "
+              "--format json.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="plain", show_default=True,
+              help="plain: a line per hit; json: JSON lines; csv: a header, then a line per "
+                   "hit; geojson: a FeatureCollection of the hits' WGS84 footprints with "
+                   "their metadata; parquet: GeoParquet 1.1 (needs --out).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the hits to this file instead of standard output.")
 @mmap_flag
 @click.option("--server", default=None, metavar="URL",
               help="Ask a running `dahash-index serve` at URL instead of opening the index "
@@ -62,7 +70,7 @@ from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
                    "is its nearest orientation's, its score the best. Overhead scenes have no "
                    "'up'. Not with --server.")
 @storage_flags
-def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, server,
+def query(images, index_dir, model, top, radius, nprobe, bands, as_json, fmt, out, mmap, server,
           window, group_by, rerank, shortlist, orientations, endpoint_url, storage_pairs):
     """Find the scenes most similar to each IMAGE (path or URL): by Hamming distance between
     codes, then by the re-rank score (the cosine of the scenes' re-rank vectors).
@@ -75,6 +83,11 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
     """
     if top is not None and radius is not None:
         raise click.UsageError("give --top or --radius, not both")
+    if as_json and fmt not in ("plain", "json"):
+        raise click.UsageError("--json is --format json: give one of them")
+    fmt = "json" if as_json else fmt
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet writes a file: give --out FILE")
     if server is not None and (index_dir or model or mmap is not None or orientations != "1"):
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model, --mmap or --orientations")
@@ -94,7 +107,11 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, mmap, s
                                 storage, parse_window(window) if window else None)
     except (ValueError, OSError, RuntimeError) as err:
         fail(err)
-    failed = _print_hits(rows, images, as_json)
+    failed = _print_errors(rows)
+    try:
+        _write_hits(rows, images, fmt, out)
+    except OSError as err:
+        fail(err)
     if server is None:
         exit_now(1 if failed else 0)
     if failed:
@@ -151,27 +168,59 @@ def _window_png(name: str, window: str, bands: str | None, storage: dict) -> byt
     return out.getvalue()
 
 
-def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
-    """Print the hits (or JSON lines) of query rows, and their errors on stderr; True when a
-    query failed."""
-    import json
-
+def _print_errors(rows: list[dict]) -> bool:
+    """Print each failed query's error on stderr, in one line; True when one failed."""
     failed = False
-    answered = set()
     for row in rows:
-        answered.add(row["query"])
         if row["error"] is not None:
             failed = True
             error = row["error"]
             if not error.startswith(row["query_name"]):
                 error = f"{row['query_name']}: {error}"
             click.echo(f"Error: {printable(error)}", err=True)
-            continue
-        if as_json:
-            click.echo(json.dumps({k: v for k, v in row.items() if k != "error"}))
+    return failed
+
+
+def _write_hits(rows: list[dict], images: Sequence[str], fmt: str, out: Path | None) -> None:
+    """The hits in ``fmt`` (``query.export.FORMATS``), to ``out`` or standard output."""
+    import json
+
+    from dahash_index.files import atomic_write
+    from dahash_index.query import export
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = export.to_geoparquet(rows)
+        atomic_write(out, lambda f: pq.write_table(table, f))
+        return
+    if fmt == "csv":
+        text = export.to_csv(rows)
+    elif fmt == "geojson":
+        text = json.dumps(export.to_geojson(rows)) + "\n"
+    elif fmt == "json":
+        text = "".join(json.dumps(hit) + "\n" for hit in export.hit_rows(rows))
+    else:
+        text = _plain(rows, images)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write(out, lambda f: f.write(text.encode()))
+
+
+PLAIN_HEADER = "rank dist   score   row_id scene [metadata]"
+
+
+def _plain(rows: list[dict], images: Sequence[str]) -> str:
+    """The plain format: a header line, then per query a "# name" line and a line per hit."""
+    lines = [PLAIN_HEADER]
+    answered = set()
+    for row in rows:
+        answered.add(row["query"])
+        if row["error"] is not None:
             continue
         if row["rank"] == 1:
-            click.echo(f"# {printable(row['query_name'])}")
+            lines.append(f"# {printable(row['query_name'])}")
         name = printable(f"{row['url']}[{row['member']}]" if row["member"] else row["url"])
         extra = " ".join(f"{k}={row[k]}" for k in ("label", "width", "height", "crs")
                          if row.get(k) is not None)
@@ -180,9 +229,9 @@ def _print_hits(rows: list[dict], images: Sequence[str], as_json: bool) -> bool:
         if row.get("west") is not None:
             extra += " wgs84=" + ",".join(f"{row[k]:.6f}" for k in WGS84_COLUMNS)
         score = "-" if row.get("score") is None else f"{row['score']:.4f}"
-        click.echo(f"{row['rank']:>4} {row['distance']:>3} {score:>7} {row['row_id']:>8} "
-                   f"{name} {extra}")
+        lines.append(f"{row['rank']:>4} {row['distance']:>4} {score:>7} {row['row_id']:>8} "
+                     f"{name} {extra}")
     for number, name in enumerate(images):
-        if number not in answered and not as_json:
-            click.echo(f"# {printable(name)}: no hits")
-    return failed
+        if number not in answered:
+            lines.append(f"# {printable(name)}: no hits")
+    return "".join(line + "\n" for line in lines)

@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from helpers import (
     UCMERCED,
@@ -449,6 +450,38 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
     assert len(own) == 1 and own[0]["distance"] == 0
     expected = {k: v for k, v in rows["dated.tif"].items()}
     assert {k: own[0][k] for k in expected} == expected
+
+    # The same hits as GeoJSON (footprints from the WGS84 bounds), CSV and GeoParquet.
+    args = ["query", dated, "--index", index, "--bands", "3,2,1", "--top", "3"]
+    collection = json.loads(run_cli(*args, "--format", "geojson", check=True).stdout)
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 3
+    for feature, hit in zip(collection["features"], hits, strict=True):
+        assert feature["type"] == "Feature" and feature["properties"] == hit
+        (ring,) = feature["geometry"]["coordinates"]
+        w, s, e, n = (hit[k] for k in ("west", "south", "east", "north"))
+        assert feature["geometry"]["type"] == "Polygon"
+        assert ring == [[w, s], [e, s], [e, n], [w, n], [w, s]]
+    lines = run_cli(*args, "--format", "csv", check=True).stdout.splitlines()
+    assert lines[0].startswith("query,query_name,rank,distance,score,row_id,url,")
+    assert len(lines) == 4
+    run_cli(*args, "--format", "parquet", "--out", tmp_path / "hits.parquet", check=True)
+    table = pq.read_table(tmp_path / "hits.parquet")
+    assert json.loads(table.schema.metadata[b"geo"])["primary_column"] == "geometry"
+    assert table["url"].to_pylist() == [h["url"] for h in hits]
+    refused = run_cli(*args, "--format", "parquet")
+    assert refused.returncode == 2 and "give --out FILE" in refused.stderr
+    plain = run_cli(*args, check=True).stdout.splitlines()
+    assert plain[0] == "rank dist   score   row_id scene [metadata]"
+    assert plain[1] == f"# {dated}" and len(plain) == 5
+
+
+def test_query_without_an_index_says_how_to_build_one(tmp_path, run_cli):
+    missing = tmp_path / "index"
+    result = run_cli("query", tmp_path / "a.jpg", "--index", missing)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"Error: {missing}: not a dahash index (no manifest.json); `dahash-index build "
+        f"--shards DIR --index {missing}` builds one from the scenes under DIR")
 
 
 # --- UC Merced on S3: SIGKILL part-way, resume, query with the original TIFFs -----------------
