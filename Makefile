@@ -9,7 +9,7 @@ DATA   ?= ../shared/datasets/ucmerced
 AID    ?= ../shared/datasets/aid-sample
 RUNS   ?= runs/ucmerced
 
-.PHONY: install test demo lint coverage
+.PHONY: install test demo lint coverage bench bench-full
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ coverage: install
 	COVERAGE_RCFILE=.ci/coveragerc $(PY) -m coverage run -m pytest -q
 	COVERAGE_RCFILE=.ci/coveragerc $(PY) -m coverage combine -q
 	COVERAGE_RCFILE=.ci/coveragerc $(PY) -m coverage report | tee coverage.txt | tail -1
+
+# The benchmarks' quick subset (about 10 minutes), then docs/benchmarks.md's measured section
+# rewritten from benchmarks/results/*.json; bench-full: the sizes the goals name (hours).
+bench: install
+	$(PY) benchmarks/run_all.py --quick
+
+bench-full: install
+	$(PY) benchmarks/run_all.py
 
 lint: install
 	$(VENV)/bin/ruff check .

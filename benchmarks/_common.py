@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("DAHASH_INDEX_DATASETS") or REPO.parent / "shared" / "datasets")
 UCMERCED = DATASETS / "ucmerced"
@@ -59,11 +61,16 @@ def results_header(argv: list[str]) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # Only changes to code count: a doc edited while a benchmark runs changes no figure.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "dahash_index", "benchmarks/*.py", "pyproject.toml"],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
         commit += " (uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    script = Path(argv[0]).resolve()
+    if script.is_relative_to(REPO):  # the same command wherever it was started from
+        argv = [str(script.relative_to(REPO)), *argv[1:]]
     return {"command": "python " + " ".join(argv), "commit": commit,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine()}
@@ -76,3 +83,29 @@ def write_results(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def evict(root: Path) -> int:
+    """Drop every file under ``root`` from the page cache (``posix_fadvise(DONTNEED)``, after
+    an fsync so that no dirty page stays), so that the next read comes from the disk: a cold
+    case. -> the number of files. Pages mapped by a running process stay until it unmaps."""
+    count = 0
+    for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        count += 1
+    return count
+
+
+def headline(figure: str, runs: list[float], unit: str, goal: str = "",
+             met: bool | None = None, scale: float = 1.0) -> dict:
+    """One figure of a results file as ``benchmarks/report.py`` renders it: every run, the
+    median (what a goal is judged on) and the minimum, times ``scale`` (e.g. 1e3 for ms)."""
+    values = [float(r) * scale for r in runs]
+    return {"figure": figure, "unit": unit, "runs": values,
+            "median": float(np.median(values)) if values else None,
+            "min": min(values) if values else None, "goal": goal, "met": met}

@@ -31,10 +31,13 @@ def as_words(codes: np.ndarray) -> np.ndarray:
 
 
 def ucmerced_codes(model: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The trained model's codes of every UC Merced scene: uint8 (N, 8), labels int (N,)."""
+    """The trained model's codes of the UC Merced scenes it was not trained on (the test
+    split of its split seed): uint8 (N, 8), labels int (N,). Train scenes sit closer to their
+    class centres than the scenes of an archive the model never saw."""
     from dahash_index.model.checkpoint import load_checkpoint
     from dahash_index.model.codes import hash_codes
     from dahash_index.model.orientations import ORIENTATIONS
+    from dahash_index.train.data import split_per_class
     from dahash_index.train.evaluate import scene_outputs
     from dahash_index.train.workflow import labelled_features, oriented_features
 
@@ -48,7 +51,8 @@ def ucmerced_codes(model: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
     net = checkpoint.build_net()
     outputs = scene_outputs(net, features, oriented, np.arange(len(features)),
                             net.config.average_orientations)
-    return hash_codes(outputs), np.asarray(images.labels)
+    _, test = split_per_class(np.asarray(images.labels), checkpoint.split_seed or 0)
+    return hash_codes(outputs)[test], np.asarray(images.labels)[test]
 
 
 def majority_centres(words: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -79,16 +83,24 @@ def distance_stats(words: np.ndarray, labels: np.ndarray, centres: np.ndarray) -
 
 class CodeModel:
     """Draws class-structured codes: a random centre of ``classes``, ``d`` bits flipped with
-    d ~ ``hist`` (BITS + 1,) probabilities; deterministic in (seed, stream)."""
+    d ~ ``hist`` (BITS + 1,) probabilities; deterministic in (seed, stream). ``held_out`` more
+    centres are drawn for queries of classes the archive does not hold (``draw(...,
+    held_out=True)``); ``noise``: the fraction of ``draw``'s codes that are uniform random
+    codes instead (class -1: scenes like no other, as clouds, sea or no-data tiles)."""
 
     POOL = 4096  # random d-bit masks per d; a random rotation makes 64 x as many
 
-    def __init__(self, hist: np.ndarray, classes: int, seed: int) -> None:
+    def __init__(self, hist: np.ndarray, classes: int, seed: int, held_out: int = 0,
+                 noise: float = 0.0) -> None:
         rng = np.random.default_rng([seed, 0])
         self.seed = seed
+        self.classes = classes
+        self.noise = noise
         self.cdf = np.cumsum(hist / hist.sum())
-        self.centres = rng.integers(0, 1 << 63, size=classes, dtype=np.uint64) * np.uint64(2) \
-            + rng.integers(0, 2, size=classes, dtype=np.uint64)
+        # The archive's centres do not depend on how many are held out (the build's child
+        # process draws the archive without them); those come from a stream of their own.
+        self.centres = np.concatenate([
+            uniform_words(classes, rng), uniform_words(held_out, np.random.default_rng([seed, 4]))])
         # masks[d, i]: exactly d bits set, the first d of a random permutation of the 64.
         ranks = np.argsort(rng.random((self.POOL, BITS)), axis=1)
         weights = (np.uint64(1) << np.arange(BITS, dtype=np.uint64))
@@ -96,16 +108,30 @@ class CodeModel:
         for d in range(1, BITS + 1):
             self.masks[d] = np.bitwise_or.reduce(weights[ranks[:, :d]], axis=1)
 
-    def draw(self, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
-        """n codes uint8 (n, 8) and their class numbers int64 (n,)."""
+    def draw(self, n: int, stream: int, held_out: bool = False, noise: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """n codes uint8 (n, 8) and their class numbers int64 (n,): of the archive's classes
+        (with ``noise``, the model's fraction of them uniform, class -1), or with ``held_out``
+        of the held-out classes only (no noise)."""
         rng = np.random.default_rng([self.seed, 1, stream])
-        cls = rng.integers(0, len(self.centres), size=n)
+        low, high = (self.classes, len(self.centres)) if held_out else (0, self.classes)
+        cls = rng.integers(low, high, size=n)
         d = np.minimum(np.searchsorted(self.cdf, rng.random(n)), BITS)
         masks = self.masks[d, rng.integers(0, self.POOL, size=n)]
         r = rng.integers(0, BITS, size=n).astype(np.uint64)
         rotated = (masks << r) | (masks >> ((np.uint64(BITS) - r) % np.uint64(BITS)))
         words = self.centres[cls] ^ rotated
+        if noise and not held_out and self.noise:
+            noisy = rng.random(n) < self.noise
+            words[noisy] = uniform_words(int(noisy.sum()), rng)
+            cls[noisy] = -1
         return words.view(np.uint8).reshape(n, 8), cls
+
+
+def uniform_words(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n uniform random 64-bit codes, uint64 (n,)."""
+    return rng.integers(0, 1 << 63, size=n, dtype=np.uint64) * np.uint64(2) \
+        + rng.integers(0, 2, size=n, dtype=np.uint64)
 
 
 # --- the metadata: pyarrow arrays from numpy ------------------------------------------------
@@ -162,7 +188,8 @@ def metadata_rows(part: int, first: int, cls: np.ndarray, seed: int, lean: bool)
         columns["url"] = labels_of(np.zeros(n, np.int64), ["s3://eo-archive/x.tif"])
         return pa.table(columns)
     columns["url"] = url_column(part, first, n, rng)
-    columns["label"] = labels_of(cls, [f"class-{c:04d}" for c in range(int(cls.max()) + 1)])
+    names = ["noise", *(f"class-{c:04d}" for c in range(int(cls.max()) + 1))]
+    columns["label"] = labels_of(cls + 1, names)  # class -1: a uniform noise code
     zone = rng.integers(0, 8, size=n)
     columns["crs"] = labels_of(zone, [f"EPSG:{32629 + z}" for z in range(8)])
     left = rng.uniform(166_000, 834_000, n).round(1)
