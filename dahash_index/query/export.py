@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,10 +19,6 @@ if TYPE_CHECKING:
 
 # pyarrow is imported by to_geoparquet only: `query --server` prints CSV and GeoJSON without it.
 FORMATS = ("plain", "json", "csv", "geojson", "parquet")
-
-# GeoParquet 1.1 (https://geoparquet.org/releases/v1.1.0/): WKB polygons in lon/lat; with no
-# "crs" given, a reader takes OGC:CRS84.
-GEOPARQUET_VERSION = "1.1.0"
 
 
 def hit_rows(rows: Sequence[dict]) -> list[dict]:
@@ -67,27 +61,11 @@ def to_geojson(rows: Sequence[dict]) -> dict:
 
 def to_geoparquet(rows: Sequence[dict]) -> pa.Table:
     """The hits as a table with a ``geometry`` column (WKB polygons, null without a footprint)
-    and GeoParquet 1.1 metadata: ``pyarrow.parquet.write_table`` makes a file that GeoPandas,
-    DuckDB's spatial extension and QGIS open as a layer."""
+    and GeoParquet 1.1 metadata (``store.geoparquet``): ``pyarrow.parquet.write_table`` makes a
+    file that GeoPandas, DuckDB and QGIS open as a layer."""
     import pyarrow as pa
 
+    from dahash_index.store.geoparquet import with_footprints
+
     hits = hit_rows(rows)
-    table = pa.Table.from_pylist(hits) if hits else pa.table({})
-    rings = [footprint(h) for h in hits]
-    geometry = pa.array([_wkb_polygon(r) if r else None for r in rings], pa.binary())
-    table = table.append_column("geometry", geometry)
-    found = [r for r in rings if r]
-    column = {"encoding": "WKB", "geometry_types": ["Polygon"] if found else []}
-    if found:
-        column["bbox"] = [min(r[0][0] for r in found), min(r[0][1] for r in found),
-                          max(r[2][0] for r in found), max(r[2][1] for r in found)]
-    geo = {"version": GEOPARQUET_VERSION, "primary_column": "geometry",
-           "columns": {"geometry": column}}
-    return table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                          b"geo": json.dumps(geo).encode()})
-
-
-def _wkb_polygon(ring: list[list[float]]) -> bytes:
-    """One ring as a little-endian WKB Polygon."""
-    flat = [value for point in ring for value in point]
-    return struct.pack(f"<BIII{len(flat)}d", 1, 3, 1, len(ring), *flat)
+    return with_footprints(pa.Table.from_pylist(hits) if hits else pa.table({}))

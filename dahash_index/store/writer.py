@@ -19,6 +19,7 @@ from dahash_index.model.identity import ModelIdentity
 from dahash_index.store.blocks import file_digests
 from dahash_index.store.directory import create_index_dir, lock_index_dir, remove_leftovers
 from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
+from dahash_index.store.geoparquet import with_footprints
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     KINDS,
@@ -187,6 +188,8 @@ class IndexWriter:
             [pa.array(ids), codes_to_arrow(codes), *scene.columns],
             schema=metadata_schema(m.bits),
         )
+        # A GeoParquet layer for GIS tools; the index's own reads never ask for the column.
+        part = with_footprints(part)
         generation = m.generation + 1
         # A name no committed manifest uses: an interrupted attempt's file is never referenced.
         name = f"{generation:06d}.parquet"

@@ -31,6 +31,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import duckdb
+import geopandas
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -438,6 +440,21 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
         )
         assert row["datetime"] == ("2021-06-15T10:30:00" if tags else None)
         assert row["label"] == "utm33" and row["shard"] == "utm33" and row["member"] is None
+
+    # The part is a GeoParquet layer: GeoPandas and DuckDB read its footprints.
+    (entry,) = reader.manifest.shards.values()
+    part = index / entry.part
+    layer = geopandas.read_parquet(part)
+    assert layer.crs.equals("OGC:CRS84") and layer.geometry.name == "geometry"
+    for name, shape in zip(layer["url"].map(lambda u: Path(u).name), layer.geometry,
+                           strict=True):
+        row = rows[name]
+        assert shape.geom_type == "Polygon" and shape.exterior.is_ccw
+        assert shape.bounds == (row["west"], row["south"], row["east"], row["north"])
+    found = duckdb.sql(f"SELECT url, geometry FROM read_parquet('{part}') ORDER BY row_id")
+    by_url = {Path(u).name: bytes(g) for u, g in found.fetchall()}
+    assert by_url == {Path(u).name: shape.wkb for u, shape in zip(layer["url"], layer.geometry,
+                                                                   strict=True)}
 
     # query --json carries the same metadata; the scene finds itself at distance 0.
     dated = shards / "utm33" / "dated.tif"

@@ -555,7 +555,10 @@ def test_part_file_is_plain_parquet(index_dir, ckpts):
     w = IndexWriter.open(index_dir, identity(ckpts["a"]))
     _commit(w, "s0", 3)
     table = pq.read_table(index_dir / "parts" / "000001.parquet")
-    assert table.schema.equals(metadata_schema(16))
+    # the part's columns, then its footprints for GIS tools (rows 0 and 2 are georeferenced)
+    assert table.schema.remove_metadata().equals(
+        metadata_schema(16).append(pa.field("geometry", pa.binary())))
+    assert [g is None for g in table["geometry"].to_pylist()] == [False, True, False]
     assert table["code"].to_pylist() == [c.tobytes() for c in shard_codes(0, 3)]
 
 
