@@ -51,7 +51,8 @@ demo: install
 	$(VENV)/bin/dahash-index eval --data $(DATA) --model $(RUNS)/model.pt --bits 64 \
 		--seeds 0,1,2 --transfer $(AID) --protocols transfer --out $(RUNS)/transfer
 	rm -rf $(RUNS)/index  # the model was just retrained: an older index belongs to another model
-	$(VENV)/bin/dahash-index build --shards $(DATA) --index $(RUNS)/index --model $(RUNS)/model.pt
+	$(VENV)/bin/dahash-index build --shards $(DATA) --index $(RUNS)/index --model $(RUNS)/model.pt \
+		--label-from folder
 	$(VENV)/bin/dahash-index info $(RUNS)/index
 	$(VENV)/bin/dahash-index query ../shared/datasets/ucmerced-tif-sample/airplane/airplane00.tif \
 		--index $(RUNS)/index --model $(RUNS)/model.pt --top 10

@@ -248,14 +248,16 @@ def trained_model(tmp_path_factory, run_cli) -> Path:
 
 @pytest.fixture(scope="session")
 def small(tmp_path_factory, quick_checkpoint, run_cli):
-    """Two committed dir shards ('good', 'more') of synthetic scenes, built with the CLI."""
+    """Two committed dir shards ('good', 'more') of synthetic scenes, built with the CLI (folder
+    labels: later builds of the index keep them)."""
     root = tmp_path_factory.mktemp("small")
     shards = root / "shards"
     for rel, seed in GOOD.items():
         save_scene(shards / rel, seed)
     index = root / "index"
     result = run_cli(
-        "build", "--shards", shards, "--index", index, "--model", quick_checkpoint, check=True
+        "build", "--shards", shards, "--index", index, "--model", quick_checkpoint,
+        "--label-from", "folder", check=True
     )
     assert f"{index} holds {len(GOOD)} rows" in result.stdout, result.stdout
     return {"root": root, "shards": shards, "index": index, "model": quick_checkpoint}

@@ -254,7 +254,7 @@ def test_12_a_newline_in_a_name_stays_on_its_line(tmp_path, model, run_cli_proce
     save_scene(tmp_path / "r/s/two\nlines.jpg", 1)
     save_scene(tmp_path / "r/s/plain.jpg", 2)
     run_cli_process("build", "--shards", tmp_path / "r", "--index", tmp_path / "i", "--model",
-                    model, check=True)
+                    model, "--label-from", "folder", check=True)
     out = run_cli_process("query", tmp_path / "r/s/plain.jpg", "--index", tmp_path / "i",
                           "--top", "2", check=True).stdout
     lines = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]

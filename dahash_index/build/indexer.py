@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,6 +25,7 @@ from dahash_index.build.engines import get_runner
 from dahash_index.build.job import BuildEvents, BuildJob, BuildOptions
 from dahash_index.build.stages import ShardTask, check_bands, gone_shards, plan_shards
 from dahash_index.model.checkpoint import Checkpoint, load_checkpoint
+from dahash_index.sources.labels import SceneLabels
 from dahash_index.sources.shards import Shard, ShardReader, shards_root
 from dahash_index.store import MANIFEST, IndexWriter, ModelMismatchError, read_manifest
 from dahash_index.store.staging import StagedResult, list_results, remove_result
@@ -72,9 +73,12 @@ def build_index(
             "or scene files"
         )
     checkpoint = load_checkpoint(model_path)
+    options = replace(options, labels=_labels(index_dir, options.labels))
     extra = {"bands": list(options.bands) if options.bands else None}
     if options.tiling is not None:  # an index built whole keeps the extra it always had
         extra["tiling"] = options.tiling.as_dict()
+    if options.labels.recorded is not None:  # and one with folder labels too
+        extra["labels"] = options.labels.recorded
     created = not (index_dir / MANIFEST).is_file()
     writer = IndexWriter.open(index_dir, checkpoint.identity, options.kind, options.nlist, extra,
                               options.wait)
@@ -90,6 +94,28 @@ def build_index(
     writer.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _labels(index_dir: Path, given: SceneLabels | None) -> SceneLabels:
+    """The build's labelling: ``given``, else the index's own (none for a new index).
+    Refuses (ValueError) to label an index's new scenes another way than its others."""
+    if not (index_dir / MANIFEST).is_file():
+        return given or SceneLabels("none")
+    manifest = read_manifest(index_dir)
+    recorded = manifest.extra.get("labels")  # absent: folder labels, as before the choice
+    if given is None:
+        if recorded is not None and recorded.startswith("csv"):
+            raise ValueError(f"{index_dir}: its labels come from a CSV file ({recorded}); give "
+                             "it again: --label-from FILE")
+        return SceneLabels("folder" if recorded is None else recorded)
+    if given.recorded != recorded and manifest.row_count:
+        def name(value: str | None) -> str:
+            return "folder" if value is None else value
+
+        raise ValueError(f"{index_dir}: its labels come from {name(recorded)}, not "
+                         f"{name(given.recorded)}; build into a new index to label scenes "
+                         "another way")
+    return given
 
 
 def _prune_only(shards_url: str, index_dir: Path, model_path: str | Path,

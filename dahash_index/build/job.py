@@ -17,6 +17,7 @@ from dahash_index.model.encoder import check_device
 from dahash_index.model.precision import check_precision
 from dahash_index.scenes.chips import Tiling
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS
+from dahash_index.sources.labels import SceneLabels
 from dahash_index.sources.shards import ShardReader
 from dahash_index.store import KINDS
 from dahash_index.store.staging import StagedResult
@@ -42,6 +43,9 @@ class BuildOptions:
     tiling: Tiling | None = None  # large TIFFs as chips (``chips``); None: every scene whole
     precision: str | None = None  # "fp32", "tf32", "bf16"; None: the device's default
     device_jpegs: bool | None = None  # JPEGs decoded on the device; None: when it is a GPU
+    # Where scenes' labels come from (``sources.labels``); None: the index's own choice, and
+    # no labels for a new index.
+    labels: SceneLabels | None = None
     # Called where the worker runs, after each encoded batch, with its scene count
     # (instrumentation); must pickle for the Ray engine.
     on_batch: Callable[[int], None] | None = None

@@ -23,6 +23,7 @@ from dahash_index.build.job import BuildJob
 from dahash_index.build.shard_stream import index_shard, stream_shards
 from dahash_index.build.stages import ShardResult, ShardTask
 from dahash_index.model.encoder import SceneEncoder
+from dahash_index.sources.labels import SceneLabels
 from dahash_index.sources.shards import ShardReadError
 from dahash_index.sources.windows import read_shard, tile_scenes
 from dahash_index.store.staging import StagedResult, write_result
@@ -104,6 +105,10 @@ class ShardWorker:
         """Put one shard's result into the index's staging area, tagged with the model and
         the shard's identity, for the committer to adopt."""
         shard = task.shard
+        labels = self.job.options.labels or SceneLabels("none")
+        for row in result.rows:
+            row["label"] = labels.label(row["url"], row.get("member"), row.get("label"),
+                                        self.job.reader.base)
         return write_result(self.job.staging, self.job.checkpoint.identity, shard.name,
                             shard.url, task.fingerprint, result.codes, result.rows,
                             result.errors, result.chips_skipped, result.precision,

@@ -104,10 +104,16 @@ class _KindOption(click.Option):
 @click.option("--min-side", type=int, default=None, metavar="PX",
               help="With --tile: scenes with a side of at most this stay whole [default: 2 x "
                    "the tile].")
+@click.option("--label-from", "label_from", default=None, metavar="folder|none|CSV",
+              help="Where each scene's label comes from: folder (the name of the folder that "
+                   "holds it, for DIR/<class>/<scene> archives), none, or a CSV file of "
+                   "url,label lines (a scene's URL as indexed, or its path under --shards; "
+                   "a tar member's: TAR/MEMBER). [default: the index's own choice; none for a "
+                   "new index]")
 @storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, device,
           precision, resume, retry_errors, prune, wait, engine, ray_address, tile, stride, min_side,
-          endpoint_url, storage_pairs):
+          label_from, endpoint_url, storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
 
     A shard is its URL plus a fingerprint of its files (names, sizes, modification times or
@@ -121,6 +127,7 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, dev
     from dahash_index.build.job import BuildOptions
     from dahash_index.scenes.chips import Tiling
     from dahash_index.scenes.scene import parse_bands
+    from dahash_index.sources.labels import labels_from
 
     if tile is None and (stride is not None or min_side is not None):
         fail(ValueError("--stride and --min-side apply only with --tile"))
@@ -134,12 +141,13 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, dev
         raise click.ClickException(f"{index_dir} already holds an index (use --resume)")
     storage = storage_options(storage_pairs, endpoint_url)
     try:
+        labels = labels_from(label_from) if label_from is not None else None
         options = BuildOptions(kind=kind, nlist=nlist,
                                bands=parse_bands(bands) if bands else None,
                                batch_size=batch_size, workers=workers, device=device,
                                precision=precision, storage_options=storage,
                                retry_errors=retry_errors, prune=prune, wait=wait, engine=engine,
-                               ray_address=ray_address, tiling=tiling)
+                               ray_address=ray_address, tiling=tiling, labels=labels)
         report = build_index(shards, index_dir, model, options)
     except (ValueError, OSError, RuntimeError) as err:
         fail(err)

@@ -89,6 +89,11 @@ def info(index_dir, as_json):
         if tiling:
             click.echo(f"chips      {tiling['tile']} px every {tiling['stride']} px, of TIFFs "
                        f"over {tiling['min_side']} px a side (build --tile)")
+        labels = m.extra.get("labels")
+        click.echo("labels     " + ("the folder that holds each scene" if labels is None else
+                                    "none" if labels == "none" else
+                                    f"from a CSV file (sha256 {labels.split()[-1]}...)")
+                   + " (build --label-from)")
         click.echo(f"updated    {m.updated}")
     _report_damage(index_dir, health.damage)
 

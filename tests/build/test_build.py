@@ -416,7 +416,7 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
     )
     assert f"{index} holds 3 rows" in result.stdout and "0 error(s)" in result.stdout
     reader = IndexReader.open(index)
-    assert reader.manifest.extra == {"bands": [3, 2, 1]}
+    assert reader.manifest.extra == {"bands": [3, 2, 1], "labels": "none"}
     rows = {Path(r["url"]).name: r for r in reader.metadata().to_pylist()}
     assert sorted(rows) == sorted(GEOTIFFS)
     for name, (width, height, (a, _, c, _, e, f), _, tags) in GEOTIFFS.items():
@@ -439,7 +439,8 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
             "uint16",
         )
         assert row["datetime"] == ("2021-06-15T10:30:00" if tags else None)
-        assert row["label"] == "utm33" and row["shard"] == "utm33" and row["member"] is None
+        # no --label-from: no label (the folder's name, utm33, says nothing of the scene)
+        assert row["label"] is None and row["shard"] == "utm33" and row["member"] is None
 
     # The part is a GeoParquet layer: GeoPandas and DuckDB read its footprints.
     (entry,) = reader.manifest.shards.values()
@@ -490,6 +491,44 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
     plain = run_cli(*args, check=True).stdout.splitlines()
     assert plain[0] == "rank dist   score   row_id scene [metadata]"
     assert plain[1] == f"# {dated}" and len(plain) == 5
+
+
+def test_labels_come_from_the_choice_the_index_keeps(tmp_path, run_cli, quick_checkpoint):
+    for rel, seed in (("geo/a.jpg", 1), ("geo/b.jpg", 2), ("more/c.jpg", 3)):
+        save_scene(tmp_path / "shards" / rel, seed)
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"url,label\ngeo/a.jpg,wetland\n{tmp_path / 'shards/more/c.jpg'},urban\n")
+    build = ["build", "--shards", tmp_path / "shards", "--model", quick_checkpoint]
+
+    def labels(index: Path) -> dict:
+        meta = IndexReader.open(index).metadata(columns=["url", "label"]).to_pylist()
+        return {Path(r["url"]).name: r["label"] for r in meta}
+
+    run_cli(*build, "--index", tmp_path / "plain", check=True)
+    assert labels(tmp_path / "plain") == {"a.jpg": None, "b.jpg": None, "c.jpg": None}
+    run_cli(*build, "--index", tmp_path / "folder", "--label-from", "folder", check=True)
+    assert labels(tmp_path / "folder") == {"a.jpg": "geo", "b.jpg": "geo", "c.jpg": "more"}
+    run_cli(*build, "--index", tmp_path / "csv", "--label-from", csv, check=True)
+    assert labels(tmp_path / "csv") == {"a.jpg": "wetland", "b.jpg": None, "c.jpg": "urban"}
+    for index, said in (("plain", "none"), ("folder", "the folder that holds each scene"),
+                        ("csv", "from a CSV file (sha256 ")):
+        info = run_cli("info", tmp_path / index, check=True).stdout
+        assert f"labels     {said}" in info, info
+
+    # A later build keeps the index's choice, and refuses another one in one line.
+    save_scene(tmp_path / "shards" / "new" / "d.jpg", 4)
+    run_cli(*build, "--index", tmp_path / "folder", check=True)
+    assert labels(tmp_path / "folder")["d.jpg"] == "new"
+    refused = run_cli(*build, "--index", tmp_path / "folder", "--label-from", "none")
+    assert_one_line_failure(refused, f"{tmp_path / 'folder'}: its labels come from folder, "
+                                     "not none; build into a new index")
+    refused = run_cli(*build, "--index", tmp_path / "csv")
+    assert_one_line_failure(refused, f"{tmp_path / 'csv'}: its labels come from a CSV file")
+    run_cli(*build, "--index", tmp_path / "csv", "--label-from", csv, check=True)
+    assert labels(tmp_path / "csv")["d.jpg"] is None
+    bad = run_cli(*build, "--index", tmp_path / "other", "--label-from", tmp_path / "no.csv")
+    assert_one_line_failure(bad, f"--label-from {tmp_path / 'no.csv'}: neither none nor folder")
+    assert not (tmp_path / "other").exists()
 
 
 def test_query_without_an_index_says_how_to_build_one(tmp_path, run_cli):
@@ -563,6 +602,8 @@ def s3_index(tmp_path_factory, ucmerced_s3, trained_model, s3_endpoint, cli_env,
         str(trained_model),
         "--endpoint-url",
         s3_endpoint,
+        "--label-from",
+        "folder",
         # One decode process, as a GPU build has: the kill must not leave it orphaned.
         "--workers",
         "1",

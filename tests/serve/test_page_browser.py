@@ -37,7 +37,7 @@ def server(tmp_path_factory, trained_model, run_cli, cli_env):
     shards = link_ucmerced(root / "shards", 8)
     index = root / "index"
     run_cli("build", "--shards", shards, "--index", index, "--model", trained_model,
-            timeout=1800, check=True)
+            "--label-from", "folder", timeout=1800, check=True)
     with running_service(index, cli_env) as url:
         yield {"url": url, "shards": shards}
 

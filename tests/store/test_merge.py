@@ -426,7 +426,7 @@ def test_ucmerced_halves_merge_into_the_whole(tmp_path, quick_checkpoint, run_cl
         shards = link_ucmerced(tmp_path / f"shards-{name}", 10, part)
         index = tmp_path / f"index-{name}"
         run_cli("build", "--shards", shards, "--index", index, "--model", quick_checkpoint,
-                "--workers", 0, check=True)
+                "--workers", 0, "--label-from", "folder", check=True)
         indexes.append(index)
     out = tmp_path / "merged"
     report = merge_indexes(out, indexes[:2], progress=False)
