@@ -27,6 +27,7 @@ from dahash_index.build.stages import ShardTask, check_bands, gone_shards, plan_
 from dahash_index.model.checkpoint import Checkpoint, load_checkpoint
 from dahash_index.sources.labels import SceneLabels
 from dahash_index.sources.shards import Shard, ShardReader, shards_root
+from dahash_index.sources.stac import StacReader
 from dahash_index.store import MANIFEST, IndexWriter, ModelMismatchError, read_manifest
 from dahash_index.store.staging import StagedResult, list_results, remove_result
 
@@ -56,12 +57,15 @@ def build_index(
     progress: bool = True,
 ) -> BuildReport:
     """Index every new or changed shard under ``shards_url`` into ``index_dir`` (created or
-    resumed). Shards the storage fails on are left out and named in ``report.failed``."""
+    resumed); with ``options.stac``, ``shards_url`` is a STAC catalog and its collections are
+    the shards (``sources.stac``). Shards the storage fails on are left out and named in
+    ``report.failed``."""
     options = options or BuildOptions()
     start = time.perf_counter()
     index_dir = Path(index_dir)
     try:
-        reader = ShardReader(shards_url, options.storage_options or None)
+        reader = (StacReader(shards_url, options.asset, options.storage_options or None)
+                  if options.stac else ShardReader(shards_url, options.storage_options or None))
     except FileNotFoundError:
         if options.prune and (index_dir / MANIFEST).is_file():  # a moved or deleted archive
             return _prune_only(shards_url, index_dir, model_path, options, start)

@@ -19,6 +19,7 @@ from dahash_index.scenes.chips import Tiling
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS
 from dahash_index.sources.labels import SceneLabels
 from dahash_index.sources.shards import ShardReader
+from dahash_index.sources.stac import StacReader
 from dahash_index.store import KINDS
 from dahash_index.store.staging import StagedResult
 
@@ -46,6 +47,8 @@ class BuildOptions:
     # Where scenes' labels come from (``sources.labels``); None: the index's own choice, and
     # no labels for a new index.
     labels: SceneLabels | None = None
+    stac: bool = False  # the URL is a STAC catalog or item collection (``sources.stac``)
+    asset: str | None = None  # with stac: each item's asset to index; None: its first image
     # Called where the worker runs, after each encoded batch, with its scene count
     # (instrumentation); must pickle for the Ray engine.
     on_batch: Callable[[int], None] | None = None
@@ -71,6 +74,8 @@ class BuildOptions:
             check_int("workers", self.workers, 0)
         check_int("max_pixels", self.max_pixels, 1)
         ENGINES.check(self.engine)
+        if self.asset is not None and not self.stac:
+            raise ValueError("asset applies only to a STAC catalog (stac)")
         if self.ray_address is not None and self.engine != "ray":
             raise ValueError("ray_address applies only to engine 'ray'")
         if not isinstance(self.wait, (int, float)) or self.wait < 0:
@@ -85,7 +90,7 @@ class BuildJob:
 
     options: BuildOptions
     checkpoint: Checkpoint
-    reader: ShardReader
+    reader: ShardReader | StacReader
     staging: Path
 
 

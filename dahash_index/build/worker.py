@@ -106,9 +106,11 @@ class ShardWorker:
         the shard's identity, for the committer to adopt."""
         shard = task.shard
         labels = self.job.options.labels or SceneLabels("none")
+        reader = self.job.reader
         for row in result.rows:
             row["label"] = labels.label(row["url"], row.get("member"), row.get("label"),
-                                        self.job.reader.base)
+                                        reader.base)
+            row.update(reader.scene_fields(row["url"]))
         return write_result(self.job.staging, self.job.checkpoint.identity, shard.name,
                             shard.url, task.fingerprint, result.codes, result.rows,
                             result.errors, result.chips_skipped, result.precision,

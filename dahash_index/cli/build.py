@@ -43,9 +43,16 @@ class _KindOption(click.Option):
 
 
 @click.command(short_help="Index shards of scenes (new or changed ones) into an index.")
-@click.option("--shards", required=True, metavar="DIR_OR_URL",
+@click.option("--shards", default=None, metavar="DIR_OR_URL",
               help="Local directory or fsspec URL (s3://, gs://, memory://, file://). Each "
                    "subdirectory or .tar is a shard; loose files at the top form one shard.")
+@click.option("--stac", default=None, metavar="CATALOG",
+              help="Instead of --shards: a STAC catalog, collection, item or item collection "
+                   "(a JSON file or URL). Each item's --asset is a scene, each collection a "
+                   "shard; rows keep the item's id, datetime and properties.")
+@click.option("--asset", default=None, metavar="KEY",
+              help="With --stac: the asset of each item to index [default: its first image "
+                   "asset].")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help=f"Index directory [default: {HOME_HELP}/index].")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -113,7 +120,7 @@ class _KindOption(click.Option):
 @storage_flags
 def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, device,
           precision, resume, retry_errors, prune, wait, engine, ray_address, tile, stride, min_side,
-          label_from, endpoint_url, storage_pairs):
+          label_from, stac, asset, endpoint_url, storage_pairs):
     """Stream shards of scenes into a FAISS binary index with Parquet metadata.
 
     A shard is its URL plus a fingerprint of its files (names, sizes, modification times or
@@ -129,6 +136,11 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, dev
     from dahash_index.scenes.scene import parse_bands
     from dahash_index.sources.labels import labels_from
 
+    if (shards is None) == (stac is None):
+        fail(ValueError("give either --shards DIR_OR_URL or --stac CATALOG"))
+    source, flag = (shards, "--shards") if stac is None else (stac, "--stac")
+    if asset is not None and stac is None:
+        fail(ValueError("--asset applies only with --stac"))
     if tile is None and (stride is not None or min_side is not None):
         fail(ValueError("--stride and --min-side apply only with --tile"))
     try:
@@ -147,18 +159,19 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, dev
                                batch_size=batch_size, workers=workers, device=device,
                                precision=precision, storage_options=storage,
                                retry_errors=retry_errors, prune=prune, wait=wait, engine=engine,
-                               ray_address=ray_address, tiling=tiling, labels=labels)
-        report = build_index(shards, index_dir, model, options)
+                               ray_address=ray_address, tiling=tiling, labels=labels,
+                               stac=stac is not None, asset=asset)
+        report = build_index(source, index_dir, model, options)
     except (ValueError, OSError, RuntimeError) as err:
         fail(err)
     gone = report.shards_gone
     if gone and report.pruned:
-        click.echo(f"pruned {len(gone)} shard(s) under {shards} that no longer exist "
+        click.echo(f"pruned {len(gone)} shard(s) under {source} that no longer exist "
                    f"(e.g. {printable(gone[0])}); their rows are retired", err=True)
     elif gone:
-        click.echo(f"Warning: {len(gone)} shard(s) indexed from {shards} no longer exist (e.g. "
+        click.echo(f"Warning: {len(gone)} shard(s) indexed from {source} no longer exist (e.g. "
                    f"{printable(gone[0])}); their rows still answer queries; `dahash-index "
-                   f"build --shards {shards} --prune` retires them", err=True)
+                   f"build {flag} {source} --prune` retires them", err=True)
     again = f", {report.shards_reindexed} of them again" if report.shards_reindexed else ""
     click.echo(
         f"indexed {report.scenes} scenes from {report.shards_indexed} shard(s){again} "

@@ -43,7 +43,8 @@ from dahash_index.query.export import FORMATS
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="plain", show_default=True,
               help="plain: a line per hit; json: JSON lines; csv: a header, then a line per "
                    "hit; geojson: a FeatureCollection of the hits' WGS84 footprints with "
-                   "their metadata; parquet: GeoParquet 1.1 (needs --out).")
+                   "their metadata; stac: a STAC ItemCollection (ids of the items built with "
+                   "--stac); parquet: GeoParquet 1.1 (needs --out).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the hits to this file instead of standard output.")
 @mmap_flag
@@ -198,6 +199,8 @@ def _write_hits(rows: list[dict], images: Sequence[str], fmt: str, out: Path | N
         text = export.to_csv(rows)
     elif fmt == "geojson":
         text = json.dumps(export.to_geojson(rows)) + "\n"
+    elif fmt == "stac":
+        text = json.dumps(export.to_stac_items(rows)) + "\n"
     elif fmt == "json":
         text = "".join(json.dumps(hit) + "\n" for hit in export.hit_rows(rows))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 # pyarrow is imported by to_geoparquet only: `query --server` prints CSV and GeoJSON without it.
-FORMATS = ("plain", "json", "csv", "geojson", "parquet")
+FORMATS = ("plain", "json", "csv", "geojson", "stac", "parquet")
+STAC_VERSION = "1.1.0"
+# The hit's own columns in a STAC item's properties, under a prefix of their own.
+_RANKING = ("query", "query_name", "rank", "distance", "score", "row_id")
 
 
 def hit_rows(rows: Sequence[dict]) -> list[dict]:
@@ -57,6 +61,30 @@ def to_geojson(rows: Sequence[dict]) -> dict:
                          "geometry": {"type": "Polygon", "coordinates": [ring]} if ring else None,
                          "properties": hit})
     return {"type": "FeatureCollection", "features": features}
+
+
+def to_stac_items(rows: Sequence[dict]) -> dict:
+    """The hits as a STAC ItemCollection: one Item per hit, its id the STAC item's it was
+    built from (``build --stac``) or ``row-<row_id>``; its footprint and bbox; the item's
+    properties and datetime; the ranking as ``dahash:rank``, ``dahash:distance``,
+    ``dahash:score`` ... properties; the scene as the ``scene`` asset."""
+    items = []
+    for hit in hit_rows(rows):
+        ring = footprint(hit)
+        properties = json.loads(hit["properties"]) if hit.get("properties") else {}
+        properties["datetime"] = hit.get("datetime") or properties.get("datetime")
+        properties.update({f"dahash:{k}": hit.get(k) for k in _RANKING})
+        href = hit["url"] if not hit.get("member") else f"{hit['url']}/{hit['member']}"
+        items.append({
+            "type": "Feature", "stac_version": STAC_VERSION,
+            "id": hit.get("item_id") or f"row-{hit['row_id']}",
+            "geometry": {"type": "Polygon", "coordinates": [ring]} if ring else None,
+            **({"bbox": [*ring[0], *ring[2]]} if ring else {}),
+            "properties": properties,
+            "assets": {"scene": {"href": href, "roles": ["data"]}},
+            "links": [],
+        })
+    return {"type": "FeatureCollection", "features": items}
 
 
 def to_geoparquet(rows: Sequence[dict]) -> pa.Table:

@@ -114,6 +114,9 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
         "width": {"type": "integer"}, "height": {"type": "integer"},
         "bands": {"type": "integer"}, "dtype": {"type": "string"},
         "crs": {"type": ["string", "null"]}, "datetime": {"type": ["string", "null"]},
+        "item_id": {"type": ["string", "null"], "description": "its STAC item (build --stac)"},
+        "properties": {"type": ["string", "null"],
+                       "description": "its STAC item's properties, as JSON"},
         "bounds": bounds | {"properties": {k: _NUMBER_OR_NULL for k in
                                            BOUNDS_COLUMNS}},
         "wgs84": bounds | {"properties": {k: _NUMBER_OR_NULL for k in

@@ -14,7 +14,7 @@ from dahash_index.columns import (
 
 # Metadata columns as they appear in a scene object; bounds and pixel size are grouped below.
 _PLAIN = ("row_id", "url", "member", "shard", "label", "width", "height", "bands", "dtype",
-          "crs", "datetime")
+          "crs", "datetime", "item_id", "properties")
 
 
 def scene_json(row: Mapping[str, Any]) -> dict[str, Any]:

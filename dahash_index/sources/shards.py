@@ -236,6 +236,11 @@ class ShardReader:
         data = json.dumps(files, sort_keys=True, default=str).encode()
         return hashlib.sha256(data).hexdigest()[:32]
 
+    def scene_fields(self, url: str) -> dict:
+        """Columns of the scene at ``url`` that its file does not give: none for files (a
+        ``stac.StacReader`` gives its items' ids and properties)."""
+        return {}
+
     def count_scenes(self, shard: Shard) -> int:
         """How many items ``iter_scenes`` yields for the shard, read errors aside.
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from dahash_index.columns import (
     BOUNDS_COLUMNS,
+    LATER_COLUMNS,
     WGS84_COLUMNS,
     WINDOW_COLUMNS,
 )
@@ -45,6 +46,9 @@ METADATA_SCHEMA = pa.schema(
         pa.field("datetime", pa.string()),
         # a chip's pixel window in its scene (``chips``); null for a whole scene
         *(pa.field(name, pa.int32()) for name in WINDOW_COLUMNS),
+        # a STAC item's id and its properties as JSON (``build --stac``); null for files
+        pa.field("item_id", pa.string()),
+        pa.field("properties", pa.string()),
     ]
 )
 
@@ -121,26 +125,26 @@ def model_sha256(checkpoint_path: str | os.PathLike) -> str:
     return sha256_file(checkpoint_path)
 
 
-def with_window_columns(table: pa.Table | pa.RecordBatch, names: Sequence[str]
-                        ) -> pa.Table | pa.RecordBatch:
-    """``table`` with the WINDOW_COLUMNS among ``names`` that it lacks (a part or lookup file
-    written before chips) added as int32 nulls; its columns in ``names``' order."""
+def with_later_columns(table: pa.Table | pa.RecordBatch, names: Sequence[str]
+                       ) -> pa.Table | pa.RecordBatch:
+    """``table`` with the LATER_COLUMNS among ``names`` that it lacks (a part or lookup file
+    written before chips or STAC) added as nulls; its columns in ``names``' order."""
     have = table.schema.names
-    if all(name in have for name in names if name in WINDOW_COLUMNS):
+    if all(name in have for name in names if name in LATER_COLUMNS):
         return table
-    keep = [name for name in names if name in have or name in WINDOW_COLUMNS]
-    arrays = [table.column(name) if name in have else pa.nulls(table.num_rows, pa.int32())
+    keep = [name for name in names if name in have or name in LATER_COLUMNS]
+    fields = [table.schema.field(name) if name in have else METADATA_SCHEMA.field(name)
               for name in keep]
-    schema = pa.schema([table.schema.field(name) if name in have else pa.field(name, pa.int32())
-                        for name in keep])
+    arrays = [table.column(name) if name in have else pa.nulls(table.num_rows, field.type)
+              for name, field in zip(keep, fields, strict=True)]
     make = pa.RecordBatch if isinstance(table, pa.RecordBatch) else pa.Table
-    return make.from_arrays(arrays, schema=schema)
+    return make.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def lacks_only_windows(found: pa.Schema, schema: pa.Schema) -> bool:
-    """Whether ``found`` is ``schema`` but for some WINDOW_COLUMNS (a file from before
-    chips), or ``schema`` itself."""
-    kept = pa.schema([f for f in schema if f.name in found.names or f.name not in WINDOW_COLUMNS])
+def lacks_only_later_columns(found: pa.Schema, schema: pa.Schema) -> bool:
+    """Whether ``found`` is ``schema`` but for some LATER_COLUMNS (a file from before chips
+    or STAC), or ``schema`` itself."""
+    kept = pa.schema([f for f in schema if f.name in found.names or f.name not in LATER_COLUMNS])
     return all(name in found.names for name in kept.names) and pa.schema(
         [found.field(name) for name in kept.names]).equals(kept)
 

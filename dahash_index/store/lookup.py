@@ -33,9 +33,9 @@ from dahash_index.store.layout import (
     METADATA_SCHEMA,
     IndexStoreError,
     checksum_error,
-    lacks_only_windows,
+    lacks_only_later_columns,
     unreadable,
-    with_window_columns,
+    with_later_columns,
 )
 
 # Rows per record batch of the files written now: large, as a batch costs nothing to open; a
@@ -93,7 +93,7 @@ class LookupFile:
             self._base = source.read_buffer(1).address if self._checks is not None else 0
         except (OSError, pa.ArrowException) as err:
             raise unreadable(directory, rel, err) from None
-        if not lacks_only_windows(self._reader.schema, METADATA_SCHEMA):
+        if not lacks_only_later_columns(self._reader.schema, METADATA_SCHEMA):
             raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
         said = (self._reader.schema.metadata or {}).get(_BATCH_ROWS_KEY)
         self.batch_rows = int(said) if said and said.isdigit() and int(said) > 0 \
@@ -189,7 +189,7 @@ class LookupFile:
             batch = self._reader.get_batch(b)
         except (OSError, pa.ArrowException) as err:
             raise unreadable(self.directory, self.rel, err) from None
-        batch = with_window_columns(batch, METADATA_SCHEMA.names)  # from before chips: nulls
+        batch = with_later_columns(batch, METADATA_SCHEMA.names)  # from before chips or STAC: nulls
         expected = min(self.batch_rows, self.rows - b * self.batch_rows)
         if batch.num_rows != expected:
             raise IndexStoreError(

@@ -22,8 +22,9 @@ from dahash_index.model.identity import ModelIdentity
 from dahash_index.store.layout import MANIFEST, SHARD_FILES, IndexStoreError, ModelMismatchError
 
 FORMAT = "dahash-index/3"
-# Read and upgraded in memory; written back as FORMAT. Format 2 lacks WINDOW_COLUMNS: its
-# parts and lookup files are read with those columns null (``layout.with_window_columns``).
+# Read and upgraded in memory; written back as FORMAT. Format 2 lacks WINDOW_COLUMNS, and
+# files written before STAC lack STAC_COLUMNS: parts and lookup files are read with the
+# columns they lack null (``layout.with_later_columns``).
 OLD_FORMATS = ("dahash-index/1", "dahash-index/2")
 
 # ``shards`` maps each committed shard's key (its full URL: the identity of a shard is where it

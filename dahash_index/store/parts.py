@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dahash_index.store.layout import (
+    LATER_COLUMNS,
     MANIFEST,
-    WINDOW_COLUMNS,
     IndexStoreError,
-    lacks_only_windows,
+    lacks_only_later_columns,
     metadata_schema,
     unreadable,
-    with_window_columns,
+    with_later_columns,
 )
 from dahash_index.store.manifest import Manifest
 
@@ -92,14 +92,14 @@ def read_parquet(
     directory: Path, rel: str, schema: pa.Schema, rows: int, mmap: bool = False
 ) -> pa.Table:
     """Read one part or errors file, refusing one that does not match what the manifest says
-    (a part from before chips is read with null windows: ``with_window_columns``)."""
+    (a part from before chips or STAC reads those columns as nulls: ``with_later_columns``)."""
     try:
         found = pq.read_schema(directory / rel, memory_map=mmap).names
-        names = [n for n in schema.names if n in found or n not in WINDOW_COLUMNS]
+        names = [n for n in schema.names if n in found or n not in LATER_COLUMNS]
         table = pq.read_table(directory / rel, columns=names, memory_map=mmap)
     except (OSError, pa.ArrowException) as err:
         raise unreadable(directory, rel, err) from None
-    table = with_window_columns(table, schema.names)
+    table = with_later_columns(table, schema.names)
     if not table.schema.equals(schema):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if table.num_rows != rows:
@@ -196,7 +196,7 @@ def read_footer(directory: Path, manifest: Manifest, shard: str) -> PartFooter:
         found = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as err:
         raise unreadable(directory, rel, err) from None
-    if not lacks_only_windows(found, metadata_schema(manifest.bits)):
+    if not lacks_only_later_columns(found, metadata_schema(manifest.bits)):
         raise IndexStoreError(f"{directory}: {rel} does not have the expected columns")
     if metadata.num_rows != rows:
         raise IndexStoreError(
@@ -239,7 +239,7 @@ def read_row_groups(
     columns = list(columns)
     read = columns if footer.ids_checked else list(dict.fromkeys([*columns, "row_id"]))
     present = footer.metadata.schema.names
-    read = [c for c in read if c in present or c not in WINDOW_COLUMNS]
+    read = [c for c in read if c in present or c not in LATER_COLUMNS]
     try:
         reader = pq.ParquetFile(footer.directory / footer.rel, metadata=footer.metadata,
                                 memory_map=mmap, read_dictionary=list(dictionary) or None)
@@ -252,7 +252,7 @@ def read_row_groups(
             first = footer.first_row + int(footer.group_starts[g])
             check_row_ids(footer.directory, footer.rel, chunk, first, len(chunk),
                           footer.first_row, footer.rows)
-    table = with_window_columns(table, columns)  # a part from before chips: null windows
+    table = with_later_columns(table, columns)  # a part from before chips or STAC: nulls
     return table.select(columns)  # in the order asked for, without an added row_id
 
 

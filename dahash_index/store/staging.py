@@ -39,7 +39,7 @@ from dahash_index.store.layout import (
     ERRORS_SCHEMA,
     METADATA_SCHEMA,
     IndexStoreError,
-    with_window_columns,
+    with_later_columns,
 )
 from dahash_index.store.parts import codes_from_arrow, codes_to_arrow, conform, write_table
 from dahash_index.store.vectors import check_vectors, write_vectors
@@ -148,7 +148,8 @@ def read_rows(result: StagedResult) -> tuple[np.ndarray, pa.Table, pa.Table]:
         errors = pq.read_table(result.path / "errors.parquet")
     except (OSError, pa.ArrowException) as err:
         raise IndexStoreError(f"{result.path}: unreadable shard result ({one_line(err)})") from None
-    table = with_window_columns(table, _rows_schema(result.bits).names)  # staged before chips
+    # staged before chips or STAC: those columns null
+    table = with_later_columns(table, _rows_schema(result.bits).names)
     if (not table.schema.equals(_rows_schema(result.bits)) or table.num_rows != result.rows
             or not errors.schema.equals(ERRORS_SCHEMA) or errors.num_rows != result.error_count):
         raise IndexStoreError(f"{result.path}: shard result does not match its result.json")

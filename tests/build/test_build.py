@@ -29,6 +29,7 @@ import tarfile
 import time
 import zlib
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -491,6 +492,75 @@ def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
     plain = run_cli(*args, check=True).stdout.splitlines()
     assert plain[0] == "rank dist   score   row_id scene [metadata]"
     assert plain[1] == f"# {dated}" and len(plain) == 5
+
+
+def test_a_stac_catalog_builds_what_the_folder_build_gives(tmp_path, run_cli,
+                                                          quick_checkpoint):
+    pystac = pytest.importorskip("pystac")
+    folder = tmp_path / "scenes" / "utm33"
+    folder.mkdir(parents=True)
+    for seed, (name, spec) in enumerate(GEOTIFFS.items()):
+        write_geotiff(folder / name, *spec, seed)
+    when = datetime(2021, 6, 15, 10, 30, tzinfo=timezone.utc)
+    catalog = pystac.Catalog("archive", "the GeoTIFF sample")
+    collection = pystac.Collection("utm33", "UTM zone 33", pystac.Extent(
+        pystac.SpatialExtent([[12.0, 40.0, 18.0, 50.0]]), pystac.TemporalExtent([[when, None]])))
+    catalog.add_child(collection)
+    for name in GEOTIFFS:
+        item = pystac.Item(f"scene-{Path(name).stem}", None, None, when, {"platform": "sample"})
+        # the first asset is no image: the first image asset is the scene
+        item.add_asset("metadata", pystac.Asset(str(folder / "meta.xml"),
+                                                media_type="application/xml"))
+        item.add_asset("data", pystac.Asset(str(folder / name),
+                                            media_type=pystac.MediaType.GEOTIFF))
+        collection.add_item(item)
+    catalog.normalize_hrefs(str(tmp_path / "stac"))
+    catalog.make_all_asset_hrefs_relative()  # resolved against each item's own file
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+
+    args = ["--model", quick_checkpoint, "--bands", "3,2,1"]
+    run_cli("build", "--shards", tmp_path / "scenes", "--index", tmp_path / "folder", *args,
+            check=True)
+    built = run_cli("build", "--stac", tmp_path / "stac" / "catalog.json", "--index",
+                    tmp_path / "stac-index", *args, check=True)
+    assert "indexed 3 scenes from 1 shard(s)" in built.stdout, built.stdout
+
+    def rows(index: Path) -> dict:
+        reader = IndexReader.open(index)
+        meta = reader.metadata().to_pylist()
+        return {str(Path(r["url"]).resolve()): (r, code.tobytes())
+                for r, code in zip(meta, reader.codes(), strict=True)}
+
+    by_folder, by_stac = rows(tmp_path / "folder"), rows(tmp_path / "stac-index")
+    assert sorted(by_stac) == sorted(by_folder)
+    for url, (row, code) in by_stac.items():
+        plain, plain_code = by_folder[url]
+        assert code == plain_code  # the same codes
+        assert row["shard"] == plain["shard"] == "utm33"
+        assert row["item_id"] == f"scene-{Path(url).stem}" and plain["item_id"] is None
+        assert json.loads(row["properties"])["platform"] == "sample"
+        assert row["datetime"] == "2021-06-15T10:30:00+00:00"  # the item's, over the tag's
+        # row ids follow the catalog's order, not the folder's sorted one
+        same = [k for k in plain
+                if k not in ("row_id", "url", "item_id", "properties", "datetime")]
+        assert {k: row[k] for k in same} == {k: plain[k] for k in same}
+    again = run_cli("build", "--stac", tmp_path / "stac" / "catalog.json", "--index",
+                    tmp_path / "stac-index", *args, check=True)
+    assert "(1 already committed)" in again.stdout
+
+    # The hits as a STAC ItemCollection, with the items' ids.
+    dated = folder / "dated.tif"
+    out = run_cli("query", dated, "--index", tmp_path / "stac-index", "--bands", "3,2,1",
+                  "--top", "3", "--format", "stac", check=True).stdout
+    hits = pystac.ItemCollection.from_dict(json.loads(out))
+    assert len(hits) == 3 and {i.id for i in hits} == {f"scene-{Path(n).stem}" for n in GEOTIFFS}
+    (own,) = [i for i in hits if i.id == "scene-dated"]  # (the quick model's codes may tie)
+    assert own.properties["dahash:distance"] == 0
+    assert Path(own.assets["scene"].href).resolve() == dated.resolve()
+    assert own.bbox == pytest.approx(own.geometry["coordinates"][0][0]
+                                     + own.geometry["coordinates"][0][2])
+    refused = run_cli("build", "--shards", tmp_path / "scenes", "--stac", tmp_path / "x.json")
+    assert_one_line_failure(refused, "give either --shards DIR_OR_URL or --stac CATALOG")
 
 
 def test_labels_come_from_the_choice_the_index_keeps(tmp_path, run_cli, quick_checkpoint):
