@@ -28,6 +28,7 @@ from helpers import (
     have_datasets,
     link_ucmerced,
     save_scene,
+    write_geotiff,
 )
 
 
@@ -261,6 +262,27 @@ def small(tmp_path_factory, quick_checkpoint, run_cli):
     )
     assert f"{index} holds {len(GOOD)} rows" in result.stdout, result.stdout
     return {"root": root, "shards": shards, "index": index, "model": quick_checkpoint}
+
+
+# Two folders of small GeoTIFFs in two UTM zones, a row of scenes each, dated apart: what the
+# page's map and filters need (labels from the folders).
+GEO_FOLDERS = {"coast": ("EPSG:32633", 500_000, "2021:06:{day:02d} 10:00:00"),
+               "hills": ("EPSG:32632", 600_000, "2022:03:{day:02d} 10:00:00")}
+GEO_PER_FOLDER = 6
+
+
+@pytest.fixture(scope="session")
+def geo_index(tmp_path_factory, quick_checkpoint, run_cli) -> dict:
+    """An index (built with the CLI, --label-from folder) of GEO_FOLDERS' scenes."""
+    root = tmp_path_factory.mktemp("geo")
+    for f, (folder, (crs, east, date)) in enumerate(GEO_FOLDERS.items()):
+        for i in range(GEO_PER_FOLDER):
+            write_geotiff(root / "shards" / folder / f"{folder}{i}.tif", 48, 48,
+                          (10.0, 0.0, east + 2000.0 * i, 0.0, -10.0, 5_000_000.0), {},
+                          {"TIFFTAG_DATETIME": date.format(day=10 + i)}, 10 * f + i, crs=crs)
+    run_cli("build", "--shards", root / "shards", "--index", root / "index", "--model",
+            quick_checkpoint, "--bands", "3,2,1", "--label-from", "folder", check=True)
+    return {"root": root, "shards": root / "shards", "index": root / "index"}
 
 
 # --- a local S3-compatible server ----------------------------------------------------------

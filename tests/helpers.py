@@ -191,3 +191,36 @@ def rewrite_manifest(index: Path, edit, *, sealed: bool = True) -> None:
     if sealed:
         manifest["checksum"] = manifest_checksum(manifest)
     (index / "manifest.json").write_text(json.dumps(manifest))
+
+
+def write_geotiff(path: Path, width, height, transform, options, tags, seed,
+                  crs: str = "EPSG:32633") -> None:
+    """A 4-band uint16 GeoTIFF of a smooth pattern plus noise (``seed``), in ``crs``, with the
+    affine ``transform`` (a, b, c, d, e, f), rasterio creation ``options`` and ``tags``."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    data = np.stack(
+        [
+            (200 + 40 * b + 7 * xx + 11 * yy + rng.integers(0, 300, (height, width)))
+            for b in range(4)
+        ]
+    ).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=4,
+        dtype="uint16",
+        crs=crs,
+        transform=Affine(*transform),
+        **options,
+    ) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)

@@ -32,9 +32,14 @@ from dahash_index.errors import one_line
 @click.option("--allow-url-queries", is_flag=True,
               help='Let POST /query take {"urls": [...]}: the service then reads any path or '
                    "URL it can reach for whoever may query it. Off by default.")
+@click.option("--basemap", default=None, metavar="URL",
+              help="Tiles under the page's map: an XYZ URL template such as "
+                   "https://tile.openstreetmap.org/{z}/{x}/{y}.png (the browser fetches them "
+                   "from there). Off by default: footprints are drawn on a blank map and the "
+                   "page asks nothing of any other server.")
 @storage_flags
 def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe, mmap,
-          allow_url_queries, endpoint_url, storage_pairs):
+          allow_url_queries, basemap, endpoint_url, storage_pairs):
     """Answer queries over HTTP from one index kept open, the model loaded once.
 
     \b
@@ -43,8 +48,13 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
       GET  /scenes/ROW_ID           one scene's metadata
       GET  /scenes/ROW_ID/thumbnail?size=256   a JPEG of it (cached)
       POST /query?top=50            images (multipart field 'image', repeatable),
-           /query?radius=R          {"codes": [hex, ...]}, {"row_ids": [...]}, or
-                                    {"urls": [...]} with --allow-url-queries
+           /query?radius=R          {"codes": [hex, ...]}, {"row_ids": [...]},
+                                    {"image_ids": [...]} (uploaded before), or
+                                    {"urls": [...]} with --allow-url-queries;
+                                    filters label=, crs=, date_from=, date_to=,
+                                    max_distance=, bbox=W,S,E,N; offset=, limit=;
+                                    format=csv|geojson for a file of the hits
+      POST /preview                 an upload's thumbnail and footprint
       GET  /docs, /openapi.json     the API, as HTML and as OpenAPI 3.1
 
     Shards that a build commits while the service runs are searched within a second, without
@@ -67,7 +77,7 @@ def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe
         raise click.ClickException(one_line(err)) from err
     settings = ServiceSettings(token=token, max_upload_bytes=int(max_upload_mb * (1 << 20)),
                                max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                               allow_url_queries=allow_url_queries)
+                               allow_url_queries=allow_url_queries, basemap=basemap)
     click.echo(f"serving {index_dir} ({index.row_count} rows) on http://{host}:{port}"
                f"{' (token required)' if token else ''}", err=True)
     uvicorn.run(create_app(index, settings), host=host, port=port, log_level="warning")

@@ -13,14 +13,22 @@ Routes (every one behind the bearer token when one is set; the page alone also t
                                a JPEG of that scene as the index saw it (bands, stretch),
                                read from its own url; cached. 502 when it cannot be read
     POST /query?top=50         images as multipart form field ``image`` (repeatable;
+                               each answer then has the image's ``image_id``;
          /query?radius=R       bands=R,G,B for multi-band ones; window=COL,ROW,W,H for a
                                part of each; group_by=scene for the best chip a scene),
                                or JSON {"codes": ["<hex of K/8 bytes>", ...]} or
-                               {"row_ids": [ROW_ID, ...]} (more like these) or, only
-                               with --allow-url-queries, {"urls": [URL, ...]} (fetched
-                               by the service); answers {"queries":
-                               [{"query": NAME, "hits": [HIT, ...]}, ...]}, each HIT rank,
-                               distance and the scene's metadata
+                               {"row_ids": [ROW_ID, ...]} (more like these) or
+                               {"image_ids": [ID, ...]} (images uploaded before) or,
+                               only with --allow-url-queries, {"urls": [URL, ...]}
+                               (fetched by the service); answers {"queries":
+                               [{"query": NAME, "hits": [HIT, ...], "total": N}, ...]},
+                               each HIT rank, distance and the scene's metadata.
+                               label=, crs=, date_from=, date_to=, max_distance=,
+                               bbox=W,S,E,N filter the hits found (``hit_filters``);
+                               offset= and limit= page them; format=csv|geojson
+                               answers with the (filtered) hits as a file
+    POST /preview              one uploaded image -> {"thumbnail": JPEG data URL,
+                               "wgs84": its footprint or null} (a TIFF too)
 
 Every error is ``{"error": "<one line>"}`` with its status: 401 (token), 403 (URL queries
 are off), 404, 413 (upload bytes or pixels above the limits), 422 (bad input: the message
@@ -31,7 +39,9 @@ thumbnails come from row ids, and their files from the index's metadata.
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -47,12 +57,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dahash_index.columns import WGS84_COLUMNS
 from dahash_index.errors import one_line
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.scenes.chips import parse_window
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
 from dahash_index.serve.batching import EncodeBatcher
+from dahash_index.serve.hit_filters import HitFilters, page_of
 from dahash_index.serve.openapi import docs_html, openapi_schema
 from dahash_index.serve.requests import (
     ServiceError,
@@ -65,10 +77,12 @@ from dahash_index.serve.requests import (
     urls_of,
 )
 from dahash_index.serve.scenes import hit_json, scene_json
-from dahash_index.serve.thumbnails import SIZES, Thumbnails
+from dahash_index.serve.thumbnails import SIZES, Thumbnails, render_preview
+from dahash_index.serve.uploaded import UploadedQueries, image_id
 from dahash_index.store import IndexStoreError
 
 MAX_SHORTLIST = 10_000  # rows a query may ask to re-rank (?shortlist=)
+ANSWER_FORMATS = ("json", "csv", "geojson")  # ?format=: the answer, or its hits as a file
 
 # A SceneDecodeError for an image above the pixel limit (images.check_pixels, _pillow_bomb).
 _TOO_MANY_PIXELS = re.compile(r"pixels, above the limit of \d+$")
@@ -84,7 +98,8 @@ class ServiceSettings:
     an upload waits for those of concurrent requests, to be encoded with them
     (``batching``). allow_url_queries: whether ``POST /query`` fetches ``{"urls": [...]}``
     itself (any path or URL the service can read, with the index's storage options; at most
-    max_upload_bytes each)."""
+    max_upload_bytes each). basemap: the page's map tiles, an XYZ URL template; None draws
+    footprints on a blank map, so that the page asks nothing of any other server."""
 
     token: str | None = None
     max_upload_bytes: int = 32 << 20
@@ -94,6 +109,7 @@ class ServiceSettings:
     max_answer_hits: int = 20_000
     batch_window_s: float = 0.005
     allow_url_queries: bool = False
+    basemap: str | None = None  # a tile URL template for the page's map ({z}/{x}/{y})
 
 
 def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> Starlette:
@@ -113,7 +129,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             "bits": m.bits, "kind": m.kind, "nlist": m.nlist,
             "generation": m.generation, "model_sha256": m.model_sha256,
             "backbone": m.backbone, "bands": m.extra.get("bands"),
-            "updated": m.updated,
+            "updated": m.updated, "basemap": settings.basemap,
         })
 
     batcher = EncodeBatcher(index, settings.batch_window_s, settings.max_images)
@@ -147,7 +163,9 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             raise ServiceError(status, "; ".join(failed))
         return codes, owners, vectors
 
-    async def query(request: Request) -> JSONResponse:
+    uploaded = UploadedQueries()
+
+    async def query(request: Request) -> Response:
         top, radius, nprobe = (int_param(request, name) for name in ("top", "radius", "nprobe"))
         if top is not None and radius is not None:
             raise ServiceError(422, "give top or radius, not both")
@@ -163,12 +181,20 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         shortlist = int_param(request, "shortlist") or DEFAULT_SHORTLIST
         if not 1 <= shortlist <= MAX_SHORTLIST:
             raise ServiceError(422, f"shortlist must be 1 .. {MAX_SHORTLIST}, got {shortlist}")
+        filters = HitFilters.from_params(request.query_params)
+        offset, limit = int_param(request, "offset") or 0, int_param(request, "limit")
+        if offset < 0 or (limit is not None and limit < 1):
+            raise ServiceError(422, "offset must be 0 or more and limit 1 or more")
+        fmt = request.query_params.get("format", "json")
+        if fmt not in ANSWER_FORMATS:
+            raise ServiceError(422, f"format must be one of {', '.join(ANSWER_FORMATS)}, got "
+                                    f"{fmt!r}")
         try:
             bands = parse_bands(bands) if bands is not None else None
             window = parse_window(window) if window is not None else None
         except ValueError as err:
             raise ServiceError(422, one_line(err)) from None
-        owners = vectors = None
+        owners = vectors = image_ids = None
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             body = await json_body(request)
@@ -180,11 +206,17 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
                 images = await run_in_threadpool(
                     fetch_all, names, index.storage_options, settings.max_upload_bytes)
                 codes, owners, vectors = await encode(images, names, bands, window)
+            elif isinstance(body, dict) and "image_ids" in body:
+                codes, names, owners, vectors = uploaded.recall(body["image_ids"],
+                                                                settings.max_images)
+                image_ids = body["image_ids"]
             else:
                 codes, names, vectors = codes_of(body, index, settings.max_images)
         elif kind == "multipart/form-data":
             images, names = await uploads_of(request, settings.max_images)
             codes, owners, vectors = await encode(images, names, bands, window)
+            image_ids = [image_id(data, bands, window) for data in images]
+            uploaded.remember(image_ids, names, codes, owners, vectors)
         else:
             raise ServiceError(422, "send images as multipart/form-data (field 'image') or "
                                     "codes as application/json ({\"codes\": [hex, ...]})")
@@ -203,14 +235,35 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             raise ServiceError(413, f"{table.num_rows} hits within radius {radius}, above the "
                                     f"limit of {settings.max_answer_hits} hits an answer; "
                                     "ask for a smaller radius or top")
-        rows = table.to_pylist()
-        answers = [{"query": name, "hits": []} for name in names]
-        for row in rows:
+        found: list[list[dict]] = [[] for _ in names]
+        for row in table.to_pylist():
             if row["rank"] is not None:
-                answers[row["query"]]["hits"].append(hit_json(row))
+                found[row["query"]].append(row)
+        if fmt != "json":  # every hit that passes the filters, as a file
+            return _export([hit for hits in found for hit in hits if filters.keep(hit)], fmt)
+        answers = []
+        for number, (name, hits) in enumerate(zip(names, found, strict=True)):
+            shown, total = page_of(hits, filters, offset, limit)
+            answer = {"query": name, "hits": [hit_json(r) for r in shown], "total": total,
+                      "offset": offset}
+            if image_ids is not None:
+                answer["image_id"] = image_ids[number]
+            answers.append(answer)
         return JSONResponse({"queries": answers})
 
-    page = (Path(__file__).parent / "static" / "index.html").read_bytes()
+    async def preview(request: Request) -> JSONResponse:
+        (data,), (name,) = await uploads_of(request, 1)
+        try:
+            jpeg, wgs84 = await run_in_threadpool(render_preview, data, name,
+                                                  tuple(bands) if bands else None, 256,
+                                                  settings.max_pixels)
+        except SceneDecodeError as err:
+            raise ServiceError(422, f"{name}: {one_line(err)}") from None
+        footprint = None if wgs84 is None else dict(zip(WGS84_COLUMNS, wgs84, strict=True))
+        return JSONResponse({"thumbnail": "data:image/jpeg;base64,"
+                             + base64.b64encode(jpeg).decode(), "wgs84": footprint})
+
+    page = _page()
 
     async def home(request: Request) -> Response:
         return Response(page, media_type="text/html")
@@ -232,6 +285,7 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
         Route("/scenes/{row_id}", scene),
         Route("/scenes/{row_id}/thumbnail", thumbnail),
         Route("/query", query, methods=["POST"]),
+        Route("/preview", preview, methods=["POST"]),
     ]
     handlers = {
         ServiceError: _service_error,
@@ -306,3 +360,27 @@ async def _store_error(request: Request, err: Exception) -> JSONResponse:
 
 async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error: {one_line(err)}"}, 500)
+
+
+def _export(hits: list[dict], fmt: str) -> Response:
+    """Hit rows as a CSV or GeoJSON file to download (``query.export``)."""
+    from dahash_index.query import export
+
+    if fmt == "csv":
+        body, media = export.to_csv(hits), "text/csv"
+    else:
+        body, media = json.dumps(export.to_geojson(hits)), "application/geo+json"
+    return Response(body, media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="hits.{fmt}"'})
+
+
+def _page() -> bytes:
+    """The search page, with Leaflet (shipped in ``static/leaflet``, BSD-2) inlined: the
+    page needs no other request to draw its map, and no token-less static route."""
+    static = Path(__file__).parent / "static"
+    html = (static / "index.html").read_text()
+    leaflet = static / "leaflet"
+    html = html.replace("<!-- leaflet.css -->",
+                        f"<style>{(leaflet / 'leaflet.css').read_text()}</style>")
+    return html.replace("<!-- leaflet.js -->",
+                        f"<script>{(leaflet / 'leaflet.js').read_text()}</script>").encode()

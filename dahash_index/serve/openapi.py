@@ -47,6 +47,10 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
             {"type": "object", "required": ["row_ids"], "properties": {"row_ids": {
                 "type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0},
                 "description": "more like these scenes of the index"}}},
+            {"type": "object", "required": ["image_ids"], "properties": {"image_ids": {
+                "type": "array", "minItems": 1, "items": {"type": "string"},
+                "description": "images uploaded before (an answer's image_id), while the "
+                               "service holds them (404 after)"}}},
             {"type": "object", "required": ["urls"], "properties": {"urls": {
                 "type": "array", "minItems": 1, "items": {"type": "string"},
                 "description": "images the service fetches itself (any fsspec URL); only "
@@ -101,10 +105,40 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
                        {"type": "string", "enum": list(RERANKS), "default": DEFAULT_RERANK}),
                 _param("shortlist", "query", "rows re-ranked with rerank=full",
                        {"type": "integer", "minimum": 1, "default": DEFAULT_SHORTLIST}),
+                _param("label", "query", "keep the hits with this label", {"type": "string"}),
+                _param("crs", "query", "keep the hits in this CRS", {"type": "string",
+                                                                     "example": "EPSG:32633"}),
+                _param("date_from", "query", "keep the hits dated on or after (YYYY-MM-DD)",
+                       {"type": "string", "format": "date"}),
+                _param("date_to", "query", "keep the hits dated on or before (YYYY-MM-DD)",
+                       {"type": "string", "format": "date"}),
+                _param("max_distance", "query", "keep the hits within this Hamming distance",
+                       {"type": "integer", "minimum": 0}),
+                _param("bbox", "query", "keep the hits whose WGS84 footprint meets this box "
+                       "(WEST,SOUTH,EAST,NORTH degrees)", {"type": "string",
+                                                           "example": "12.1,41.8,12.7,42.1"}),
+                _param("offset", "query", "the first hit of the page (after the filters)",
+                       {"type": "integer", "minimum": 0, "default": 0}),
+                _param("limit", "query", "hits a page [default: all]",
+                       {"type": "integer", "minimum": 1}),
+                _param("format", "query", "json: the answer; csv, geojson: every hit that "
+                       "passes the filters, as a file", {"type": "string",
+                                                         "enum": ["json", "csv", "geojson"],
+                                                         "default": "json"}),
             ],
             "requestBody": {"required": True, "content": query_body},
             "responses": {"200": _json("Answer", "hits per query"), "403": _ERROR,
                           "404": _ERROR, "413": _ERROR, "422": _ERROR}}},
+        "/preview": {"post": {
+            "summary": "An uploaded image's thumbnail (a TIFF too) and WGS84 footprint",
+            "requestBody": {"required": True, "content": {"multipart/form-data": {
+                "schema": {"type": "object", "properties": {
+                    "image": {"type": "string", "format": "binary"}}, "required": ["image"]}}}},
+            "responses": {"200": {"description": "{\"thumbnail\": a JPEG data URL, "
+                                                 "\"wgs84\": {west, south, east, north} or "
+                                                 "null}",
+                                  "content": {"application/json": {}}},
+                          "413": _ERROR, "422": _ERROR}}},
     }
     bounds = {"type": ["object", "null"], "description": "null when not georeferenced"}
     scene = {"type": "object", "properties": {
@@ -146,7 +180,12 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
             "type": "object", "properties": {
                 "query": {"type": "string", "description": "the upload's file name, "
                                                            "'code I', 'scene ROW_ID' or the URL"},
-                "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}}}}},
+                "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                "total": {"type": "integer", "description": "hits that pass the filters"},
+                "offset": {"type": "integer"},
+                "image_id": {"type": "string", "description": "an uploaded image's id: "
+                                                              "{\"image_ids\": [ID]} queries "
+                                                              "with it again"}}}}}},
     }
     return {
         "openapi": "3.1.0",

@@ -28,6 +28,14 @@ def render_thumbnail(data: bytes, name: str, bands: tuple[int, int, int] | None,
     return _jpeg(image, size)
 
 
+def render_preview(data: bytes, name: str, bands: tuple[int, int, int] | None, size: int,
+                   max_pixels: int) -> tuple[bytes, tuple[float, float, float, float] | None]:
+    """An uploaded query image as the page shows it: its JPEG thumbnail (a TIFF too, which a
+    browser cannot show) and its WGS84 bounds (west, south, east, north), or None."""
+    image, info = decode_scene(data, name, bands, max_pixels)
+    return _jpeg(image, size), info.bounds_wgs84
+
+
 def _jpeg(image: np.ndarray, size: int) -> bytes:
     picture = Image.fromarray(image)
     picture.thumbnail((size, size), Image.BILINEAR)

@@ -48,6 +48,7 @@ from helpers import (
     json_lines,
     save_scene,
     synthetic_scene,
+    write_geotiff,
 )
 from PIL import Image
 
@@ -357,35 +358,6 @@ GEOTIFFS = {
         {"TIFFTAG_DATETIME": "2021:06:15 10:30:00"},
     ),
 }
-
-
-def write_geotiff(path: Path, width, height, transform, options, tags, seed) -> None:
-    import rasterio
-    from rasterio.transform import Affine
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    data = np.stack(
-        [
-            (200 + 40 * b + 7 * xx + 11 * yy + rng.integers(0, 300, (height, width)))
-            for b in range(4)
-        ]
-    ).astype(np.uint16)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=4,
-        dtype="uint16",
-        crs="EPSG:32633",
-        transform=Affine(*transform),
-        **options,
-    ) as dst:
-        dst.write(data)
-        if tags:
-            dst.update_tags(**tags)
 
 
 def test_geotiff_metadata_in_the_index(tmp_path, run_cli, quick_checkpoint):
