@@ -146,13 +146,15 @@ def shown(driver) -> list[dict]:
 
 def load(driver, url: str, n: int) -> None:
     driver.get(url)
+    from selenium.common.exceptions import TimeoutException
+
     try:
         wait(driver, lambda d: len(cards(d)) == n and "hits for" in d.find_element(
             "id", "status").text)
-    except Exception:
-        print("DEBUG", driver.find_element("id", "status").text, len(cards(driver)),
-              driver.get_log("browser"))
-        raise
+    except TimeoutException:
+        raise AssertionError(f"{url}: {len(cards(driver))} hits, not {n}; status "
+                             f"{driver.find_element('id', 'status').text!r}; console "
+                             f"{driver.get_log('browser')}") from None
 
 
 def choose(driver, path) -> None:
