@@ -21,19 +21,22 @@ from _common import REPO, UCMERCED
 
 MODEL = REPO / "runs" / "ucmerced" / "model.pt"
 
-# (script and arguments, needs the trained model and UC Merced)
+# (script and arguments, what it needs: the trained model and UC Merced, UC Merced, nothing)
 QUICK = [
-    (["search.py", "--repeat", "5"], False),
-    (["lookup_batch.py", "--parts", "2", "--repeat", "5"], False),
-    (["scale.py", "--rows", "1000000", "--repeat", "5"], True),
+    (["search.py", "--repeat", "5"], None),
+    (["lookup_batch.py", "--parts", "2", "--repeat", "5"], None),
+    (["scale.py", "--rows", "1000000", "--repeat", "5"], "model"),
+    (["train_time.py", "--repeat", "3"], "data"),
+    (["feature_extraction.py", "--repeat", "3"], "data"),
 ]
 FULL = [
-    (["search.py", "--repeat", "5"], False),
+    *QUICK[3:],
+    (["search.py", "--repeat", "5"], None),
     (["search.py", "--rows", "10000000", "--repeat", "3", "--out",
-      str(REPO / "benchmarks" / "results" / "search-10m.json")], False),
-    (["lookup_batch.py", "--parts", "10", "--repeat", "7"], False),
-    (["scale.py", "--rows", "10000000", "--repeat", "7"], True),
-    (["scale.py", "--rows", "100000000", "--repeat", "7"], True),
+      str(REPO / "benchmarks" / "results" / "search-10m.json")], None),
+    (["lookup_batch.py", "--parts", "10", "--repeat", "7"], None),
+    (["scale.py", "--rows", "10000000", "--repeat", "7"], "model"),
+    (["scale.py", "--rows", "100000000", "--repeat", "7"], "model"),
 ]
 
 
@@ -43,9 +46,12 @@ def main() -> None:
     args = parser.parse_args()
     here = REPO / "benchmarks"
     failed = []
-    for argv, needs_model in QUICK if args.quick else FULL:
-        if needs_model and not (MODEL.is_file() and UCMERCED.is_dir()):
+    for argv, needs in QUICK if args.quick else FULL:
+        if needs == "model" and not (MODEL.is_file() and UCMERCED.is_dir()):
             print(f"skipped {' '.join(argv)}: needs {MODEL} (make demo) and {UCMERCED}")
+            continue
+        if needs == "data" and not UCMERCED.is_dir():
+            print(f"skipped {' '.join(argv)}: needs {UCMERCED}")
             continue
         print(f"== {' '.join(argv)}", flush=True)
         start = time.perf_counter()
