@@ -28,6 +28,7 @@ QUICK = [
     (["scale.py", "--rows", "1000000", "--repeat", "5"], "model"),
     (["train_time.py", "--repeat", "3"], "data"),
     (["feature_extraction.py", "--repeat", "3"], "data"),
+    (["build_throughput.py", "--rounds", "3"], "data"),
 ]
 FULL = [
     *QUICK[3:],
