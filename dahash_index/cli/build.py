@@ -139,8 +139,6 @@ def build(shards, index_dir, model, kind, nlist, bands, batch_size, workers, dev
     if (shards is None) == (stac is None):
         fail(ValueError("give either --shards DIR_OR_URL or --stac CATALOG"))
     source, flag = (shards, "--shards") if stac is None else (stac, "--stac")
-    if asset is not None and stac is None:
-        fail(ValueError("--asset applies only with --stac"))
     if tile is None and (stride is not None or min_side is not None):
         fail(ValueError("--stride and --min-side apply only with --tile"))
     try:

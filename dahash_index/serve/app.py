@@ -254,9 +254,8 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
     async def preview(request: Request) -> JSONResponse:
         (data,), (name,) = await uploads_of(request, 1)
         try:
-            jpeg, wgs84 = await run_in_threadpool(render_preview, data, name,
-                                                  tuple(bands) if bands else None, 256,
-                                                  settings.max_pixels)
+            jpeg, wgs84 = await run_in_threadpool(render_preview, data, name, thumbnails.bands,
+                                                  256, settings.max_pixels)
         except SceneDecodeError as err:
             raise ServiceError(422, f"{name}: {one_line(err)}") from None
         footprint = None if wgs84 is None else dict(zip(WGS84_COLUMNS, wgs84, strict=True))
