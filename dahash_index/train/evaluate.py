@@ -25,7 +25,13 @@ import torch
 
 from dahash_index.model.codes import hash_codes
 from dahash_index.model.orientations import AUGMENTATION_SETS, ORIENTATIONS
-from dahash_index.model.rerank import RERANK_ORIENTATIONS, RerankProjection, fit_projection
+from dahash_index.model.rerank import (
+    RECOMPRESSED,
+    RERANK_ORIENTATIONS,
+    RERANK_VIEWS,
+    RerankProjection,
+    fit_projection,
+)
 from dahash_index.train import lda, metrics
 from dahash_index.train.data import novel_class_split, split_per_class
 from dahash_index.train.ranking import hamming_rank_all, rerank_ranking
@@ -161,23 +167,24 @@ def score_lda(
     }
 
 
-def needed_orientations(configs: list[TrainConfig]) -> tuple[int, ...]:
-    """The orientations whose features ``configs`` need beyond orientation 0: those they
+def needed_orientations(configs: list[TrainConfig]) -> tuple[int | str, ...]:
+    """The views whose features ``configs`` need beyond orientation 0: the orientations they
     train on, all 8 for a model that codes a scene as their mean, and the views of the
-    re-rank projection (``model.rerank.RERANK_ORIENTATIONS``)."""
-    needed: set[int] = set(RERANK_ORIENTATIONS)  # the views of the re-rank projection
+    re-rank projection (``model.rerank.RERANK_VIEWS``: two orientations and the JPEG
+    re-encoded scene, last)."""
+    needed: set[int] = set(RERANK_ORIENTATIONS)
     for config in configs:
         needed.update(AUGMENTATION_SETS[config.orientations])
         if config.average_orientations:
             needed.update(ORIENTATIONS)
-    return tuple(sorted(needed - {0}))
+    return (*sorted(needed - {0}), RECOMPRESSED)
 
 
-def _oriented(features: np.ndarray, oriented: dict | None, k: int) -> np.ndarray:
+def _oriented(features: np.ndarray, oriented: dict | None, k: int | str) -> np.ndarray:
     if k == 0:
         return features
     if oriented is None or k not in oriented:
-        raise ValueError(f"this config needs the features of orientation {k}")
+        raise ValueError(f"this config needs the features of view {k}")
     return oriented[k]
 
 
@@ -206,14 +213,14 @@ def fit_rerank(features: np.ndarray, oriented: dict | None, index: np.ndarray,
                average_orientations: bool) -> RerankProjection:
     """The re-rank projection of a model (``model.rerank``), fitted without labels on the
     scenes ``index``: their features, and as other views of the same scenes those of
-    ``RERANK_ORIENTATIONS`` (oriented: orientation -> (N, C)). A model that codes a scene as
+    ``RERANK_VIEWS`` (oriented: view -> (N, C)). A model that codes a scene as
     the mean of its 8 orientations gets its vectors from that mean, and so is fitted on it
     (one view: a whitened PCA)."""
     if average_orientations:
         return fit_projection([np.mean([_oriented(features, oriented, k)[index]
                                         for k in ORIENTATIONS], axis=0)])
     return fit_projection([features[index]] + [_oriented(features, oriented, k)[index]
-                                               for k in RERANK_ORIENTATIONS])
+                                               for k in RERANK_VIEWS])
 
 
 def rerank_vectors(features: np.ndarray, oriented: dict | None, fit_idx: np.ndarray,

@@ -11,6 +11,7 @@ the precision; a cache whose record does not match is rebuilt, never used.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -49,12 +51,30 @@ def dataset_fingerprint(data: ImageFolder) -> str:
     return digest.hexdigest()
 
 
-class _SceneFiles(Dataset):
-    """Decodes scenes to (H, W, 3) uint8 arrays; a bad file yields None and its reason."""
+def recompressed(image: np.ndarray, quality: int) -> np.ndarray:
+    """An (H, W, 3) uint8 scene re-encoded as a JPEG of ``quality`` and decoded again."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
-    def __init__(self, root: Path, paths: list[str]) -> None:
+
+def recompress_quality(i: int, qualities: tuple[int, int]) -> int:
+    """The JPEG quality scene ``i`` of a dataset is re-encoded at: drawn from ``qualities``
+    (lowest, highest) by a generator seeded with ``i`` alone, so that it does not depend on
+    the order in which workers decode."""
+    low, high = qualities
+    return int(np.random.default_rng([0x4A504547, i]).integers(low, high + 1))
+
+
+class _SceneFiles(Dataset):
+    """Decodes scenes to (H, W, 3) uint8 arrays, re-encoded as JPEG (``recompressed``) when
+    ``recompress`` gives a range of qualities; a bad file yields None and its reason."""
+
+    def __init__(self, root: Path, paths: list[str],
+                 recompress: tuple[int, int] | None = None) -> None:
         self.root = root
         self.paths = paths
+        self.recompress = recompress
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,6 +85,8 @@ class _SceneFiles(Dataset):
             image, _ = decode_scene(path.read_bytes(), path.name)
         except (SceneDecodeError, OSError) as err:
             return i, None, f"{path}: {err}"
+        if self.recompress:
+            image = recompressed(image, recompress_quality(i, self.recompress))
         return i, image, None
 
 
@@ -94,16 +116,19 @@ def extract_features(
     workers: int = 1,
     progress: bool = True,
     orientation: int = 0,
+    recompress: tuple[int, int] | None = None,
 ) -> FeatureSet:
     """Run the backbone over ``root / p`` for p in ``paths``, each scene turned to
-    ``orientation`` (``dahash_index.model.orientations``) -> FeatureSet (bad files skipped).
+    ``orientation`` (``dahash_index.model.orientations``), and re-encoded as JPEG at a quality
+    in ``recompress`` (lowest, highest; ``recompress_quality``) when given -> FeatureSet (bad
+    files skipped).
 
     Decoding happens in ``workers`` background processes so it overlaps the forward pass.
     A file that cannot be decoded is reported on stderr in one line and left out.
     """
     check_orientation(orientation)
     loader = DataLoader(
-        _SceneFiles(root, paths),
+        _SceneFiles(root, paths, recompress),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -112,7 +137,8 @@ def extract_features(
     features = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     errors: dict[str, str] = {}
-    desc = f"features, orientation {orientation}" if orientation else "features"
+    desc = "features" + (f", orientation {orientation}" if orientation else "") + \
+        (", re-encoded as JPEG" if recompress else "")
     bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress)
     for batch in loader:
         good = [(i, x) for i, x, _ in batch if x is not None]
@@ -138,14 +164,16 @@ def cached_features(
     progress: bool = True,
     orientation: int = 0,
     fingerprint: str | None = None,
+    recompress: tuple[int, int] | None = None,
 ) -> FeatureSet:
-    """Features for every scene of ``data`` in one orientation, from the cache when it
+    """Features for every scene of ``data`` in one orientation (and re-encoded as JPEG at a
+    quality in ``recompress``, when given: ``extract_features``), from the cache when it
     matches, else extracted by ``extractor`` (its device and precision). ``fingerprint``
     (``dataset_fingerprint(data)``) saves re-hashing the files when the caller asks for
     several orientations.
 
-    The cache file is named by backbone, dataset fingerprint, orientation and precision, and
-    also stores all four, so a renamed or stale file is detected by its content, not its name.
+    The cache file is named by backbone, dataset fingerprint, view and precision, and also
+    stores all four, so a renamed or stale file is detected by its content, not its name.
     """
     orientation = check_orientation(orientation)
     precision = extractor.precision
@@ -154,7 +182,8 @@ def cached_features(
     fingerprint = fingerprint or dataset_fingerprint(data)
     sha = backbone.weights_sha256
     # orientation 0 and fp32 keep the names of caches from before the options existed
-    suffix = (f"-o{orientation}" if orientation else "") + \
+    jpeg = f"jpeg{recompress[0]}-{recompress[1]}" if recompress else ""
+    suffix = (f"-o{orientation}" if orientation else "") + (f"-{jpeg}" if jpeg else "") + \
         (f"-{precision}" if precision != "fp32" else "")
     path = cache_dir / f"{backbone.name}-{sha[:12]}-{fingerprint[:16]}{suffix}.npz"
     if path.is_file():
@@ -165,6 +194,7 @@ def cached_features(
                 and str(f["backbone_sha256"]) == sha
                 and int(f["orientation"] if "orientation" in f else 0) == orientation
                 and str(f["precision"] if "precision" in f else "fp32") == precision
+                and str(f["recompress"] if "recompress" in f else "") == jpeg
             ):
                 reasons = f["error_reasons"].tolist()
                 errors = dict(zip(f["error_paths"].tolist(), reasons, strict=True))
@@ -172,7 +202,7 @@ def cached_features(
         if progress:
             print(f"feature cache {path} does not match; rebuilding", file=sys.stderr)
     result = extract_features(extractor, data.root, data.paths, progress=progress,
-                              orientation=orientation)
+                              orientation=orientation, recompress=recompress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = dict(
         version=CACHE_VERSION,
@@ -180,6 +210,7 @@ def cached_features(
         backbone_sha256=sha,
         orientation=orientation,
         precision=precision,
+        recompress=jpeg,
         features=result.features,
         paths=np.asarray(result.paths, dtype=str),
         error_paths=np.asarray(list(result.errors), dtype=str),

@@ -13,6 +13,7 @@ from dahash_index.model.backbones import load_backbone
 from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.codes import hash_codes
 from dahash_index.model.encoder import BackboneEncoder
+from dahash_index.model.rerank import RECOMPRESS_QUALITIES, RECOMPRESSED
 from dahash_index.train.adapt import ADAPT_ORIENTATIONS, adapt_model, archive_scenes
 from dahash_index.train.data import (
     DatasetError,
@@ -70,19 +71,21 @@ def labelled_features(
 
 
 def oriented_features(backbone: BackboneEncoder, data: ImageFolder, cache_dir: Path | None,
-                      orientations: tuple[int, ...]) -> dict[int, np.ndarray]:
-    """{k: features (N, C) float32} of every scene of ``data`` turned to orientation k, for k
-    in ``orientations`` (``dahash_index.model.orientations``); each orientation is cached on its
-    own and extracted only when its cache is missing."""
-    if not orientations:
+                      views: tuple[int | str, ...]) -> dict[int | str, np.ndarray]:
+    """{k: features (N, C) float32} of every scene of ``data`` in view k, for k in ``views``:
+    an orientation (``dahash_index.model.orientations``), or ``model.rerank.RECOMPRESSED`` (the
+    scene re-encoded as JPEG). Each view is cached on its own and extracted only when its cache
+    is missing."""
+    if not views:
         return {}
     fingerprint = dataset_fingerprint(data)
     found = {}
-    for k in orientations:
-        result = cached_features(backbone, data, cache_dir, orientation=k,
-                                 fingerprint=fingerprint)
+    for k in views:
+        view = ({"recompress": RECOMPRESS_QUALITIES} if k == RECOMPRESSED
+                else {"orientation": k})
+        result = cached_features(backbone, data, cache_dir, fingerprint=fingerprint, **view)
         if result.paths != data.paths:
-            raise ValueError(f"{data.root}: orientation {k} could not read every scene "
+            raise ValueError(f"{data.root}: view {k} could not read every scene "
                              f"({len(result.errors)} failed)")
         found[k] = result.features
     return found

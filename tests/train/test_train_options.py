@@ -314,6 +314,19 @@ def test_oriented_feature_cache_equals_the_backbone_on_turned_scenes(tmp_path, c
     assert "does not match; rebuilding" in capsys.readouterr().err
     assert torch.allclose(torch.from_numpy(rebuilt.features), backbone(orient(images, 5)),
                           atol=1e-4)
+    # The JPEG re-encoded view: its own file, the backbone on the scenes re-encoded at the
+    # quality each one draws.
+    from dahash_index.train.features import recompress_quality, recompressed
+
+    jpeg = cached_features(extractor, data, cache, progress=False, recompress=(30, 90))
+    redone = torch.stack([
+        image_to_tensor(recompressed(decode_scene((data.root / p).read_bytes(), p)[0],
+                                     recompress_quality(i, (30, 90))))
+        for i, p in enumerate(data.paths)])
+    assert torch.allclose(torch.from_numpy(jpeg.features), backbone(redone), atol=1e-4)
+    assert len(list(cache.glob("*-jpeg30-90.npz"))) == 1
+    plain = cached_features(extractor, data, cache, progress=False)
+    assert not np.allclose(plain.features, jpeg.features)
 
 
 def test_milan_variant_trains_for_its_published_length():
@@ -395,11 +408,40 @@ def test_only_the_needed_orientations_are_extracted():
     from dahash_index.train.evaluate import needed_orientations
 
     base = TrainConfig()
-    # 1 and 4 always: the views the re-rank projection is fitted on (model.rerank)
-    assert needed_orientations([base]) == (1, 4)
-    assert needed_orientations([replace(base, orientations=2)]) == (1, 4)
-    assert needed_orientations([replace(base, orientations=4), base]) == (1, 2, 4, 6)
-    assert needed_orientations([replace(base, average_orientations=True)]) == tuple(range(1, 8))
+    # 1, 4 and the JPEG re-encoded scene always: the views the re-rank projection is fitted on
+    # (model.rerank)
+    assert needed_orientations([base]) == (1, 4, "jpeg")
+    assert needed_orientations([replace(base, orientations=2)]) == (1, 4, "jpeg")
+    assert needed_orientations([replace(base, orientations=4), base]) == (1, 2, 4, 6, "jpeg")
+    assert needed_orientations([replace(base, average_orientations=True)]) == \
+        (*range(1, 8), "jpeg")
+
+
+def test_recompress_quality_is_seeded_by_the_scene_alone_and_in_range():
+    from dahash_index.train.features import recompress_quality
+
+    qualities = [recompress_quality(i, (30, 90)) for i in range(500)]
+    assert qualities == [recompress_quality(i, (30, 90)) for i in range(500)]
+    assert min(qualities) == 30 and max(qualities) == 90  # both ends drawn, inclusive
+    assert len(set(qualities)) == 61
+    assert recompress_quality(7, (50, 50)) == 50
+
+
+def test_recompressed_scene_is_the_jpeg_decoded_again():
+    import io
+
+    from PIL import Image
+
+    from dahash_index.train.features import recompressed
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
+    out = recompressed(image, 50)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=50)
+    assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.asarray(Image.open(buffer).convert("RGB")))
+    assert not np.array_equal(out, image)  # noise does not survive quality 50
 
 
 def test_orient_image_turns_one_image_as_orient_turns_a_batch():
