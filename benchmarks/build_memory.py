@@ -4,7 +4,8 @@
 
 Each build runs in its own process over synthetic 256x256 PNG scenes (seeded noise), so
 its peak resident set size (ru_maxrss) is its own. Baseline: the build with the fewest
-shards; the project's figure is how much the peak grows with 4x and 16x the shards.
+shards; the project's figure is how much the peak grows with 4x and 16x the shards (goal:
+<= 1.1 x, flat). Writes benchmarks/results/build-memory.json (--out).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import machine
+from _common import REPO, headline, machine, results_header, write_results
 
 CHILD = r"""
 import json, resource, sys, time
@@ -47,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", default="4,16,64")
     parser.add_argument("--per-shard", type=int, default=8)
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "benchmarks" / "results" / "build-memory.json")
     args = parser.parse_args()
 
     from dahash_index.model.backbones import load_backbone
@@ -72,6 +75,14 @@ def main() -> None:
         label = "baseline" if n == base_n else "project"
         print(f"{n:>5} shards {r['rows']:>6} rows: peak RSS {r['peak_kib'] / 1024:8.1f} MiB "
               f"({growth:.3f}x the {base_n}-shard build; {label}), {r['seconds']:.0f}s")
+    figures = [headline(f"peak RSS, {base_n} shards (baseline)", [base["peak_kib"] / 1024],
+                        "MiB", "reported")]
+    for n, r in results[1:]:
+        growth = r["peak_kib"] / base["peak_kib"]
+        figures.append(headline(f"peak RSS, {n} shards / {base_n} shards", [growth], "x",
+                                "<= 1.1 (flat)", growth <= 1.1))
+    write_results(args.out, results_header(sys.argv) | {
+        "seed": 0, "builds": [{"shards": n, **r} for n, r in results], "headline": figures})
 
 
 if __name__ == "__main__":

@@ -2,16 +2,19 @@
 
     python benchmarks/cold_query.py [--index runs/ucmerced/index] [--repeat 3]
 
-1. ``dahash-index query IMG --top 50`` as a new process, wall clock (best and median).
-2. The same steps timed inside one new process: ``import torch``, the other imports (the
-   CLI module and what a query needs), ``SceneIndex.open``, the model load, the first
+1. ``dahash-index query IMG --top 50`` as a new process, wall clock, twice: with the index's
+   files (its model among them) and the backbone's cached weights in the page cache from the
+   run before (warm), and with them evicted
+   first (``posix_fadvise(DONTNEED)``: cold, as the first query after a reboot reads them).
+2. The same steps timed inside one new process (warm): ``import torch``, the other imports
+   (the CLI module and what a query needs), ``SceneIndex.open``, the model load, the first
    forward pass, the search with its metadata. The rest of the wall time is the
    interpreter's start and what the CLI does around them.
 3. ``dahash-index query IMG --top 50 --server URL`` against ``dahash-index serve`` on
    127.0.0.1 (warm), wall clock.
 
 The index defaults to runs/ucmerced/index (``make demo`` builds it); the query is a UC Merced
-JPEG.
+JPEG. Goals are judged on the median. Writes benchmarks/results/cold-query.json.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, UCMERCED, machine
+from _common import REPO, UCMERCED, evict, headline, machine, results_header, write_results
 
 GOALS = {"cold": 3.0, "server": 0.5}
 
@@ -51,9 +54,13 @@ print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
 
 
-def wall(command: list[str], repeat: int) -> list[float]:
+def wall(command: list[str], repeat: int, cold: list[Path] | None = None) -> list[float]:
+    """Wall seconds of each of ``repeat`` runs of ``command``; with the files under each of
+    ``cold`` evicted from the page cache before each run."""
     times = []
     for _ in range(repeat):
+        for root in cold or []:
+            evict(root)
         t = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         times.append(time.perf_counter() - t)
@@ -65,11 +72,20 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=REPO / "runs" / "ucmerced" / "index")
     parser.add_argument("--image", type=Path, default=UCMERCED / "harbor" / "harbor00.jpg")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "benchmarks" / "results" / "cold-query.json")
     args = parser.parse_args()
+    if not (args.index / "manifest.json").is_file():
+        raise SystemExit(f"{args.index}: no index there (make demo builds it)")
     cli = shutil.which("dahash-index") or str(REPO / ".venv" / "bin" / "dahash-index")
     query = [cli, "query", str(args.image), "--index", str(args.index), "--top", "50"]
 
-    cold = wall(query, args.repeat)
+    wall(query, 1)  # the page cache holds what a query reads
+    warm = wall(query, args.repeat)
+    from dahash_index.model.backbones import backbone_cache_dir
+
+    # the index holds its model; the backbone's weights are read from their cache
+    cold = wall(query, args.repeat, [args.index, backbone_cache_dir()])
     phases = np.array([
         json.loads(subprocess.run([sys.executable, "-c", PHASES, str(args.index),
                                    str(args.image)], check=True, capture_output=True,
@@ -96,22 +112,27 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
 
-    print(f"# benchmarks/cold_query.py --repeat {args.repeat}")
-    print(f"machine: {machine()}; index {args.index.name} ({args.index}), query "
-          f"{args.image.name}")
-    print(f"{'figure':<56}{'best / median':>16}   goal")
-    for what, times, goal in (("dahash-index query, new process, wall", cold, "cold"),
-                              ("dahash-index query --server (warm service), wall", served,
-                               "server")):
-        best, median = min(times), float(np.median(times))
-        print(f"{what:<56}{best:>7.2f} /{median:>5.2f} s   <= {GOALS[goal]:g} s "
-              f"{'met' if best <= GOALS[goal] else 'NOT met'}")
-    print("where a new process's time goes (median):")
+    figures = [
+        headline("dahash-index query, new process, files in the page cache (warm)", warm,
+                 "s", f"<= {GOALS['cold']:g} s"),
+        headline("dahash-index query, new process, index, model and backbone evicted (cold)", cold,
+                 "s", "reported"),
+        headline("dahash-index query --server (warm service), wall", served, "s",
+                 f"<= {GOALS['server']:g} s"),
+    ]
+    figures[0]["met"] = figures[0]["median"] <= GOALS["cold"]
+    figures[2]["met"] = figures[2]["median"] <= GOALS["server"]
     names = ("import torch", "other imports (dahash_index.cli.main, api)", "SceneIndex.open",
              "model load (cached mapped backbone weights)",
              "first encode (decode + forward)", "search + metadata")
-    for name, seconds in zip(names, np.median(phases, axis=0), strict=True):
-        print(f"  {name:<54}{seconds:>7.2f} s")
+    figures += [headline(f"new process, warm: {name}", phases[:, i], "s")
+                for i, name in enumerate(names)]
+    print(f"machine: {machine()}; index {args.index}, query {args.image.name}")
+    for f in figures:
+        print(f"{f['figure']:<72}{f['median']:>7.2f} s (median; min {f['min']:.2f})   "
+              f"{f['goal']}{ {True: ' met', False: ' NOT met', None: ''}[f['met']]}")
+    write_results(args.out, results_header(sys.argv) | {
+        "index": str(args.index), "query": args.image.name, "headline": figures})
 
 
 if __name__ == "__main__":

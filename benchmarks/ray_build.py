@@ -7,19 +7,22 @@ Baseline: ``build_index`` with the local engine (this process reads, decodes in 
 encodes). Project: ``build_index`` with ``engine="ray"``, which starts Ray on this machine,
 reads shards in Ray tasks, encodes them in an actor pool and commits here. Both are timed from
 the call to the finalized index (model loads, Ray's start and stop included) into a fresh
-index, alternately, ``--rounds`` times; the best round of each is compared. Goal on 2 cores:
-Ray >= 0.8 x local. The two indexes must hold the same codes for the same scenes.
+index, alternately, ``--rounds`` times; the medians are compared. Goal on 2 cores:
+Ray >= 0.8 x local. The two indexes must hold the same codes for the same scenes. Writes
+benchmarks/results/ray-build.json (--out).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, UCMERCED, machine, subset_shards
+import numpy as np
+from _common import REPO, UCMERCED, headline, machine, results_header, subset_shards, write_results
 
 from dahash_index import runtime
 
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--ray-threads", type=int, default=None,
                         help="torch threads per Ray CPU actor (one actor per that many cores) "
                              "[default: the engine's]")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "benchmarks" / "results" / "ray-build.json")
     args = parser.parse_args()
     runtime.configure_threads()  # as the CLI does: passive OpenMP waits
 
@@ -85,18 +90,24 @@ def main() -> None:
                                                    args.batch_size))
         same = codes_by_scene(tmp / "local") == codes_by_scene(tmp / "ray")
 
-    local, ray = (scenes / min(seconds[e]) for e in ("local", "ray"))
+    rates = {e: [scenes / t for t in seconds[e]] for e in seconds}
+    local, ray = (float(np.median(rates[e])) for e in ("local", "ray"))
     print(f"machine: {machine()}")
     print(f"data: {scenes} UC Merced scenes in {args.classes} shards; model {model_name}; "
           f"batch {args.batch_size}; Ray actors of {ray_runner.CPU_THREADS} torch thread(s); "
-          f"best of {args.rounds} round(s)")
-    rounds = ", ".join(f"{a:.1f}/{b:.1f}"
-                       for a, b in zip(seconds["local"], seconds["ray"], strict=True))
-    print(f"seconds per round, local/ray: {rounds}")
+          f"median of {args.rounds} round(s)")
     print(f"{'local engine (baseline)':<36} {local:8.2f} scenes/s")
     print(f"{'ray engine (project)':<36} {ray:8.2f} scenes/s  ratio {ray / local:.3f} "
           "(goal >= 0.80)")
     print(f"codes identical for every scene: {same}")
+    ratios = [r / b for r, b in zip(rates["ray"], rates["local"], strict=True)]
+    write_results(args.out, results_header(sys.argv) | {
+        "scenes": scenes, "model": model_name, "codes_identical": same, "headline": [
+            headline("local engine (baseline)", rates["local"], "scenes/s", "reported"),
+            headline("ray engine", rates["ray"], "scenes/s", "reported"),
+            headline("ray / local, per round", ratios, "x", ">= 0.80",
+                     bool(np.median(ratios) >= 0.8)),
+            headline("codes identical for every scene", [int(same)], "", "1", same)]})
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Each benchmark writes its results file (command, commit, date, machine, every ru
 and min) under benchmarks/results/; ``report.py`` then renders them all. ``--quick`` runs a
 subset at sizes that take minutes (about 10 on the 2-core development machine); without it,
 the sizes the goals are stated at (hours: scale.py at 100 M rows needs ~60 GB of disk).
-Benchmarks that need the trained model (``make demo``: runs/ucmerced/model.pt) or
-../shared/datasets are skipped, with a line saying so, when those are absent.
+Benchmarks that need the trained model or its index (``make demo``: runs/ucmerced/model.pt,
+runs/ucmerced/index) or ../shared/datasets are skipped, with a line saying so, when those
+are absent.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import time
 from _common import REPO, UCMERCED
 
 MODEL = REPO / "runs" / "ucmerced" / "model.pt"
+INDEX = REPO / "runs" / "ucmerced" / "index"
 
-# (script and arguments, what it needs: the trained model and UC Merced, UC Merced, nothing)
+# (script and arguments, what it needs: "index" make demo's index, "model" the trained model
+# and UC Merced, "data" UC Merced, None nothing)
 QUICK = [
     (["search.py", "--repeat", "5"], None),
     (["lookup_batch.py", "--parts", "2", "--repeat", "5"], None),
@@ -29,6 +32,7 @@ QUICK = [
     (["train_time.py", "--repeat", "3"], "data"),
     (["feature_extraction.py", "--repeat", "3"], "data"),
     (["build_throughput.py", "--rounds", "3"], "data"),
+    (["cold_query.py", "--repeat", "5"], "index"),
 ]
 FULL = [
     *QUICK[3:],
@@ -38,6 +42,10 @@ FULL = [
     (["lookup_batch.py", "--parts", "10", "--repeat", "7"], None),
     (["scale.py", "--rows", "10000000", "--repeat", "7"], "model"),
     (["scale.py", "--rows", "100000000", "--repeat", "7"], "model"),
+    (["serve.py"], "model"),
+    (["soak.py"], "model"),
+    (["ray_build.py", "--rounds", "3"], "data"),
+    (["build_memory.py"], None),
 ]
 
 
@@ -48,6 +56,9 @@ def main() -> None:
     here = REPO / "benchmarks"
     failed = []
     for argv, needs in QUICK if args.quick else FULL:
+        if needs == "index" and not (INDEX / "manifest.json").is_file():
+            print(f"skipped {' '.join(argv)}: needs {INDEX} (make demo)")
+            continue
         if needs == "model" and not (MODEL.is_file() and UCMERCED.is_dir()):
             print(f"skipped {' '.join(argv)}: needs {MODEL} (make demo) and {UCMERCED}")
             continue

@@ -11,7 +11,8 @@ checked: each hit has metadata (a non-null url), distances lie in [0, K] in rank
 are unique per query, a query gets min(top, rows) hits, and a code taken from the index finds
 its own row at distance 0 (unless ``top`` other rows tie at 0). Prints the queries answered,
 the errors (goal 0), the largest row count and the generations seen; exits 1 on any error, a
-failed build, or a largest row count seen that is not the build's final one.
+failed build, or a largest row count seen that is not the build's final one. Writes
+benchmarks/results/soak.json (--out).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from _common import REPO, UCMERCED, machine
+from _common import REPO, UCMERCED, headline, machine, results_header, write_results
 
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexReader
@@ -125,6 +126,7 @@ def main() -> int:
                         help="seconds to go on querying after the build exits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temp workdir")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.json")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)  # cheap searches: leave the cores to the build
 
@@ -195,6 +197,16 @@ def main() -> int:
     else:
         shutil.rmtree(work, ignore_errors=True)
     ok = stats["errors"] == 0 and code == 0 and stats["max_rows"] == final.row_count and resolved
+    write_results(args.out, results_header(sys.argv) | {"seed": args.seed, "headline": [
+        headline("queries answered during the build", [stats["answered"]], "codes", "reported"),
+        headline("errors", [stats["errors"]], "", "0", stats["errors"] == 0),
+        headline("hits without metadata", [stats["unresolved"]], "", "0", resolved),
+        headline("largest row count seen", [stats["max_rows"]], "rows",
+                 f"the final {final.row_count}", stats["max_rows"] == final.row_count),
+        headline("generations seen", [len(stats["generations"])], "",
+                 f"of {final.generation + 1}"),
+        headline("build wall time", [build_s], "s", f"exit code 0 (was {code})", code == 0),
+    ]})
     return 0 if ok else 1
 
 
