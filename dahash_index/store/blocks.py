@@ -4,9 +4,9 @@ A shard's lookup and vectors files are hundreds of MB (244 and 128 bytes a row).
 whole on its first use made a cold first query read and hash every such file its hits
 touched (0.6 s for each 1 M-row shard here). At commit the writer records, beside each file's
 SHA-256, the SHA-256 of each BLOCK_BYTES block (its first 128 bits, as hex, concatenated:
-``block_digests``); a reader then verifies a block the first time it reads from it
-(``BlockChecks``), and refuses the file in one line when one differs. ``check`` still hashes
-whole files.
+``file_digests``) and the block size; a reader then verifies a block the first time it reads
+from it (``BlockChecks``), and refuses the file in one line when one differs. ``check`` still
+hashes whole files.
 """
 
 from __future__ import annotations
@@ -19,16 +19,22 @@ import numpy as np
 
 from dahash_index.store.layout import checksum_error, unreadable
 
-BLOCK_BYTES = 1 << 20
+# A hit reads one row but verifies its whole block: 50 new hits of a 10 M-row index cost 50
+# blocks read and hashed (77 ms here with 1 MiB blocks, benchmarks/scale.py). Smaller blocks
+# cost digests in the manifest: 32 hex digits a block, 0.5 MB for a 10 M-row index at 256 KiB.
+BLOCK_BYTES = 1 << 18
+LEGACY_BLOCK_BYTES = 1 << 20  # entries committed before ``block_bytes`` was recorded
 DIGEST_HEX = 32  # hex digits kept of each block's SHA-256: 128 bits
 
 
-def file_digests(path: str | os.PathLike) -> tuple[str, str]:
-    """(hex SHA-256 of the whole file, its block digests) in one read."""
+def file_digests(path: str | os.PathLike, block_bytes: int | None = None) -> tuple[str, str]:
+    """(hex SHA-256 of the whole file, the digests of its blocks of ``block_bytes``, default
+    BLOCK_BYTES) in one read."""
+    block_bytes = block_bytes or BLOCK_BYTES
     whole = hashlib.sha256()
     blocks = []
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK_BYTES), b""):
+        for block in iter(lambda: f.read(block_bytes), b""):
             whole.update(block)
             blocks.append(hashlib.sha256(block).hexdigest()[:DIGEST_HEX])
     return whole.hexdigest(), "".join(blocks)
@@ -39,14 +45,18 @@ class BlockChecks:
     against the file lazily: ``verify`` hashes the blocks not verified yet. Safe to share
     between threads: two may verify one block, and each marks it only once it matched."""
 
-    def __init__(self, directory: Path, rel: str, digests: str) -> None:
+    def __init__(self, directory: Path, rel: str, digests: str,
+                 block_bytes: int | None = None) -> None:
+        """digests: ``file_digests``'s, of blocks of ``block_bytes`` (None: an entry from
+        before it was recorded, LEGACY_BLOCK_BYTES)."""
         self.directory, self.rel = directory, rel
         self._digests = digests
+        self.block_bytes = block_bytes or LEGACY_BLOCK_BYTES
         try:
             self._data = np.memmap(directory / rel, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as err:
             raise unreadable(directory, rel, err) from None
-        blocks = -(-len(self._data) // BLOCK_BYTES)
+        blocks = -(-len(self._data) // self.block_bytes)
         if len(digests) != blocks * DIGEST_HEX:
             self._refuse()  # the file is longer or shorter than at commit
         self._verified = np.zeros(blocks, dtype=bool)
@@ -63,14 +73,14 @@ class BlockChecks:
     def verify_range(self, start: int, end: int) -> None:
         """Verify the blocks holding bytes ``start .. end - 1``."""
         if end > start:
-            self.verify(np.arange(start // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1))
+            self.verify(np.arange(start // self.block_bytes, (end - 1) // self.block_bytes + 1))
 
     def verify_bytes(self, first: np.ndarray, last: np.ndarray) -> None:
         """Verify the blocks holding each span of bytes ``first[i] .. last[i]`` (int (m,),
         inclusive)."""
         if self.complete:
             return
-        low, high = first // BLOCK_BYTES, last // BLOCK_BYTES
+        low, high = first // self.block_bytes, last // self.block_bytes
         blocks = [low, high]
         for a, b in zip(low[high - low > 1].tolist(), high[high - low > 1].tolist(),
                         strict=True):  # a span over more than two blocks: rare
@@ -88,7 +98,7 @@ class BlockChecks:
         wanted = np.zeros(len(self._verified), dtype=bool)
         wanted[blocks] = True  # a scatter, not a sort: hits bring thousands of repeats
         for b in np.flatnonzero(wanted & ~self._verified).tolist():
-            chunk = self._data[b * BLOCK_BYTES:(b + 1) * BLOCK_BYTES]
+            chunk = self._data[b * self.block_bytes:(b + 1) * self.block_bytes]
             found = hashlib.sha256(chunk).hexdigest()[:DIGEST_HEX]
             if found != self._digests[b * DIGEST_HEX:(b + 1) * DIGEST_HEX]:
                 self._refuse()

@@ -73,16 +73,17 @@ class LookupFile:
     """An open lookup file of ``rows`` rows (memory-mapped; a few kB of footer in memory).
 
     Checked when opened: the schema and the number of batches; each batch read is checked for
-    its length. With ``blocks`` (``store.blocks`` digests) and ``batch_ends`` (what
+    its length. With ``blocks`` (``store.blocks`` digests of blocks of ``block_bytes``) and
+    ``batch_ends`` (what
     ``write_lookup`` returned), every byte is verified against its block's checksum before it
     is used: the file's head and footer at open, a batch's message before the batch is read,
     the hits' values before they are taken. Safe to share between threads.
     """
 
     def __init__(self, directory: Path, rel: str, rows: int, blocks: str | None = None,
-                 batch_ends: Sequence[int] | None = None) -> None:
+                 batch_ends: Sequence[int] | None = None, block_bytes: int | None = None) -> None:
         self.directory, self.rel, self.rows = directory, rel, rows
-        self._checks = BlockChecks(directory, rel, blocks) if blocks else None
+        self._checks = BlockChecks(directory, rel, blocks, block_bytes) if blocks else None
         self._batch_ends = list(batch_ends or [])
         try:
             if self._checks is not None:

@@ -80,6 +80,7 @@ class ShardEntry:
     lookup_blocks: str | None = None
     lookup_batches: list[int] | None = None
     vectors_blocks: str | None = None
+    block_bytes: int | None = None  # the blocks' size; absent: 1 MiB (``store.blocks``)
 
     def files(self) -> list[tuple[str, str]]:
         """(kind, relative path) of each file the entry names: "part", "errors", "lookup",
@@ -99,7 +100,7 @@ class ShardEntry:
 
 
 _OPTIONAL = ("lookup", "lookup_sha256", "precision", "vectors", "vectors_sha256", "lookup_blocks",
-             "lookup_batches", "vectors_blocks")
+             "lookup_batches", "vectors_blocks", "block_bytes")
 
 
 @dataclass(frozen=True)

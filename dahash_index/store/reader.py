@@ -274,7 +274,8 @@ class IndexReader:
             entry = self._manifest.shards[key]
             checks = None
             if entry.vectors_blocks:
-                checks = BlockChecks(self.path, entry.vectors, entry.vectors_blocks)
+                checks = BlockChecks(self.path, entry.vectors, entry.vectors_blocks,
+                                     entry.block_bytes)
                 checks.verify(np.array([0]))  # the .npy header: shape and dtype
             else:
                 verify_checksum(self.path, entry.vectors, entry.vectors_sha256)
@@ -345,7 +346,7 @@ class IndexReader:
             if not entry.lookup_blocks:  # committed before block checksums: the whole file
                 verify_checksum(self.path, entry.lookup, entry.lookup_sha256)
             lookup = LookupFile(self.path, entry.lookup, entry.rows, entry.lookup_blocks,
-                                entry.lookup_batches)
+                                entry.lookup_batches, entry.block_bytes)
             self._lookups[key] = lookup
         return lookup
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.indexes.binary import check_codes
 from dahash_index.model.identity import ModelIdentity
-from dahash_index.store.blocks import file_digests
+from dahash_index.store import blocks
 from dahash_index.store.directory import create_index_dir, lock_index_dir, remove_leftovers
 from dahash_index.store.faiss_file import plan_segments, remove_unreferenced, write_segments
 from dahash_index.store.geoparquet import with_footprints
@@ -203,12 +203,12 @@ class IndexWriter:
         if vectors is not None:
             files["vectors"] = (f"vectors/{generation:06d}.npy",
                                 lambda f: write_vectors(vectors, f))
-        checksums = {}
+        checksums = {"block_bytes": blocks.BLOCK_BYTES}
         for kind, (rel, write) in files.items():
             atomic_write(self.path / rel, write)
             if kind in ("lookup", "vectors"):  # large: readers verify them block by block
                 checksums[f"{kind}_sha256"], checksums[f"{kind}_blocks"] = \
-                    file_digests(self.path / rel)
+                    blocks.file_digests(self.path / rel, checksums["block_bytes"])
             else:
                 checksums[f"{kind}_sha256"] = sha256_file(self.path / rel)
         entry = ShardEntry(shard_name, fingerprint, files["part"][0], files["errors"][0], first,

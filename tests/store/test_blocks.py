@@ -43,7 +43,7 @@ def test_only_the_blocks_read_are_verified(tmp_path, small_blocks):
     (tmp_path / "f").write_bytes(bytes(range(160)))
     _, digests = file_digests(tmp_path / "f")
     flip(tmp_path / "f", 70)  # block 1
-    checks = BlockChecks(tmp_path, "f", digests)
+    checks = BlockChecks(tmp_path, "f", digests, BLOCK)
     checks.verify_range(0, 64)
     checks.verify_bytes(np.array([130]), np.array([159]))
     with pytest.raises(IndexStoreError, match=r"f: checksum differs from the one recorded at "
@@ -53,7 +53,7 @@ def test_only_the_blocks_read_are_verified(tmp_path, small_blocks):
         checks.verify(np.array([3]))  # past the end: a damaged structure pointed there
     (tmp_path / "g").write_bytes(bytes(100))
     with pytest.raises(IndexStoreError, match="g: checksum differs"):
-        BlockChecks(tmp_path, "g", digests)  # a file of another length
+        BlockChecks(tmp_path, "g", digests, BLOCK)  # a file of another length
 
 
 @pytest.fixture
@@ -67,6 +67,25 @@ def index(tmp_path, ckpts, small_blocks):
         writer.commit_shard("s", "s3://b/s", np.zeros((40, 2), np.uint8), rows, [],
                             vectors=vectors)
     return path
+
+
+def test_digests_without_a_block_size_are_of_1_mib_blocks(tmp_path):
+    # entries committed before block_bytes was recorded digested 1 MiB blocks
+    data = np.random.default_rng(0).integers(0, 256, 3 << 19, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)  # 1.5 MiB
+    _, legacy = file_digests(tmp_path / "f", 1 << 20)
+    assert len(legacy) == 2 * 32
+    BlockChecks(tmp_path, "f", legacy).verify(np.array([0, 1]))
+    _, digests = file_digests(tmp_path / "f")  # the writer's blocks: smaller
+    assert len(digests) == 32 * -(-len(data) // blocks_module.BLOCK_BYTES) > len(legacy)
+    with pytest.raises(IndexStoreError, match="checksum differs"):
+        BlockChecks(tmp_path, "f", digests)  # read as 1 MiB blocks: the count differs
+
+
+def test_the_block_size_is_recorded_in_the_entry(index):
+    entry = IndexReader.open(index).manifest.shards["s3://b/s"]
+    assert entry.block_bytes == BLOCK
+    assert entry.lookup_blocks == file_digests(index / entry.lookup, BLOCK)[1]
 
 
 def test_a_reader_verifies_blocks_not_whole_files(index, monkeypatch):

@@ -43,7 +43,7 @@ from dahash_index.store import (
     quick_check,
     repair_index,
 )
-from dahash_index.store.blocks import file_digests
+from dahash_index.store.blocks import BLOCK_BYTES, file_digests
 from dahash_index.store.manifest import ShardEntry
 
 
@@ -119,6 +119,7 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
         lookup_sha256=sha256_file(index_dir / "lookup/000002.arrow"),
         lookup_blocks=file_digests(index_dir / "lookup/000002.arrow")[1],
         lookup_batches=[],  # no rows: no batch
+        block_bytes=BLOCK_BYTES,
         first_row=3,
         rows=0,
         error_count=2,
