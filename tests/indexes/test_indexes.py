@@ -408,3 +408,32 @@ def test_faiss_threads_sets_and_restores():
     faiss.omp_set_num_threads(before)
     with pytest.raises(ValueError):
         faiss_threads(0)
+
+
+@pytest.mark.parametrize("budget", [64 << 20, 3000, 1])
+@pytest.mark.parametrize("bytes_per_code", [1, 2, 8, 16])
+def test_counting_search_equals_the_heap_search_and_brute_force(monkeypatch, budget,
+                                                               bytes_per_code):
+    # FAISS's counting search answers flat indexes whose scan order is the id order; a small
+    # budget splits the queries into batches, budget 1 leaves every query to the heap search.
+    from dahash_index.indexes import search
+
+    monkeypatch.setattr(search, "_COUNTING_BYTES", budget)
+    rng = np.random.default_rng(bytes_per_code)
+    # few distinct codes: long tie groups, cut at the k-th position
+    pool = rng.integers(0, 256, size=(12, bytes_per_code), dtype=np.uint8)
+    db = pool[rng.integers(0, 12, 400)]
+    queries = np.concatenate([pool[:3], rng.integers(0, 256, (20, bytes_per_code), np.uint8)])
+    plain = faiss.IndexBinaryFlat(8 * bytes_per_code)
+    plain.add(db)
+    ascending = new_index(8 * bytes_per_code)
+    add_codes(ascending, db, np.arange(400, dtype=np.int64) * 2 + 7)
+    for index, ids in ((plain, np.arange(400)), (ascending, np.arange(400) * 2 + 7)):
+        for k in (1, 7, 50, 400):
+            d, i = hamming_topk(index, queries, k)
+            ref_d, ref_i = _reference_topk(db, ids, queries, k)
+            np.testing.assert_array_equal(d, ref_d)
+            np.testing.assert_array_equal(i, ref_i)
+            heap_d, heap_i = index.search(queries, k)  # FAISS's own, heap search
+            np.testing.assert_array_equal(d, heap_d)
+            np.testing.assert_array_equal(i, heap_i)
