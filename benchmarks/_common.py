@@ -108,4 +108,5 @@ def headline(figure: str, runs: list[float], unit: str, goal: str = "",
     values = [float(r) * scale for r in runs]
     return {"figure": figure, "unit": unit, "runs": values,
             "median": float(np.median(values)) if values else None,
-            "min": min(values) if values else None, "goal": goal, "met": met}
+            "min": min(values) if values else None, "goal": goal,
+            "met": None if met is None else bool(met)}  # a numpy bool is no JSON
