@@ -172,10 +172,11 @@ def _exhaustive_search(index: faiss.IndexBinary, queries: np.ndarray,
 
     By FAISS's counting search when its memory allows: like the heap search it scans the rows
     in order and keeps the first k by (distance, position), so it returns the same rows in the
-    same order (``tests/test_indexes.py`` pins it), 1.4 x faster for a batch of 64-bit queries
-    and 3 x for one query on this machine (``benchmarks/search.py``). It reads the flat
-    index's codes in place (mapped or not) and changes nothing on the index, which threads
-    share."""
+    same order (``tests/indexes/test_indexes.py`` pins it), and on 1 M 64-bit codes it is
+    faster (``benchmarks/search.py`` times both). It is called directly, in large batches:
+    through ``IndexBinaryFlat.search`` (``use_heap=False``) it runs 32 queries at a time and
+    was slower than the heap search here. It reads the flat index's codes in place (mapped or
+    not) and changes nothing on the index, which threads share."""
     view = faiss.downcast_IndexBinary(index)
     id_map = None
     if isinstance(view, (faiss.IndexBinaryIDMap, faiss.IndexBinaryIDMap2)):
