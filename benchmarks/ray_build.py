@@ -65,10 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure_threads()  # as the CLI does: passive OpenMP waits
 
-    from dahash_index.build import ray_runner
+    from dahash_index.build import ray_engine
 
     if args.ray_threads:
-        ray_runner.CPU_THREADS = args.ray_threads
+        ray_engine.CPU_THREADS = args.ray_threads
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -94,7 +94,7 @@ def main() -> None:
     local, ray = (float(np.median(rates[e])) for e in ("local", "ray"))
     print(f"machine: {machine()}")
     print(f"data: {scenes} UC Merced scenes in {args.classes} shards; model {model_name}; "
-          f"batch {args.batch_size}; Ray actors of {ray_runner.CPU_THREADS} torch thread(s); "
+          f"batch {args.batch_size}; Ray actors of {ray_engine.CPU_THREADS} torch thread(s); "
           f"median of {args.rounds} round(s)")
     print(f"{'local engine (baseline)':<36} {local:8.2f} scenes/s")
     print(f"{'ray engine (project)':<36} {ray:8.2f} scenes/s  ratio {ray / local:.3f} "
