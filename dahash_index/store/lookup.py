@@ -168,12 +168,16 @@ class LookupFile:
                 strings.append((values[0], values[1], at))
         if first:
             self._checks.verify_bytes(np.concatenate(first), np.concatenate(last))
+        first, last = [], []
         for offsets, chars, at in strings:
             bounds = np.frombuffer(offsets, np.int32)
             start, end = bounds[at].astype(np.int64), bounds[at + 1].astype(np.int64)
             held = end > start
             base = chars.address - self._base
-            self._checks.verify_bytes(base + start[held], base + end[held] - 1)
+            first.append(base + start[held])
+            last.append(base + end[held] - 1)
+        if first:  # in one call: its blocks are read from the disk together
+            self._checks.verify_bytes(np.concatenate(first), np.concatenate(last))
 
     def read_all(self) -> pa.Table:
         """Every row, METADATA_SCHEMA (for ``check_index``)."""

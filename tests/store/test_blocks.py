@@ -4,6 +4,7 @@ vectors files, verified by readers for just the bytes a query reads."""
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,29 @@ def test_only_the_blocks_read_are_verified(tmp_path, small_blocks):
     (tmp_path / "g").write_bytes(bytes(100))
     with pytest.raises(IndexStoreError, match="g: checksum differs"):
         BlockChecks(tmp_path, "g", digests, BLOCK)  # a file of another length
+
+
+def test_the_blocks_to_verify_are_read_ahead_together(tmp_path):
+    page = mmap.PAGESIZE
+    (tmp_path / "f").write_bytes(bytes(8 * page + 10))  # 9 blocks of a page, the last short
+    _, digests = file_digests(tmp_path / "f", page)
+    checks = BlockChecks(tmp_path, "f", digests, page)
+    asked = []
+
+    class Mapping:  # records madvise; the hashing still reads the real mapping
+        def madvise(self, option, start, length):
+            asked.append((option, start, length))
+
+    real, checks._data._mmap = checks._data._mmap, Mapping()
+    checks.verify(np.array([8, 0, 2, 1, 5, 2, 7]))
+    checks._data._mmap = real
+    # one request per run of adjacent blocks, the last clipped to the file's end
+    assert asked == [(mmap.MADV_WILLNEED, 0, 3 * page), (mmap.MADV_WILLNEED, 5 * page, page),
+                     (mmap.MADV_WILLNEED, 7 * page, page + 10)]
+    asked.clear()
+    checks._data._mmap = Mapping()
+    checks.verify(np.array([0, 3]))  # block 0 is verified: one block left, nothing to ask
+    assert asked == [] and checks._verified[[0, 1, 2, 3, 5, 7, 8]].all()
 
 
 @pytest.fixture
