@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from dahash_index.store.layout import checksum_error, unreadable
 BLOCK_BYTES = 1 << 18
 LEGACY_BLOCK_BYTES = 1 << 20  # entries committed before ``block_bytes`` was recorded
 DIGEST_HEX = 32  # hex digits kept of each block's SHA-256: 128 bits
+# Threads hashing the blocks of one read: 50 new hits of a 100 M-row index hash ~1,500 blocks.
+HASH_THREADS = min(4, os.cpu_count() or 1)
 
 
 def file_digests(path: str | os.PathLike, block_bytes: int | None = None) -> tuple[str, str]:
@@ -100,14 +103,26 @@ class BlockChecks:
         wanted[blocks] = True  # a scatter, not a sort: hits bring thousands of repeats
         todo = np.flatnonzero(wanted & ~self._verified)
         self._prefetch(todo)
-        for b in todo.tolist():
-            chunk = self._data[b * self.block_bytes:(b + 1) * self.block_bytes]
-            found = hashlib.sha256(chunk).hexdigest()[:DIGEST_HEX]
-            if found != self._digests[b * DIGEST_HEX:(b + 1) * DIGEST_HEX]:
-                self._refuse()
-            self._verified[b] = True
+        threads = min(HASH_THREADS, len(todo) // 4)
+        if threads > 1:  # hashlib lets go of the GIL: the blocks of many hits, on every core
+            with ThreadPoolExecutor(threads) as pool:
+                matched = all(pool.map(self._matches, np.array_split(todo, threads)))
+        else:
+            matched = self._matches(todo)
+        if not matched:
+            self._refuse()
+        self._verified[todo] = True
         if self._verified.all():
             self.complete = True
+
+    def _matches(self, blocks: np.ndarray) -> bool:
+        """Whether every block of ``blocks`` (int) hashes to its digest."""
+        size = self.block_bytes
+        for b in blocks.tolist():
+            found = hashlib.sha256(self._data[b * size:(b + 1) * size]).hexdigest()[:DIGEST_HEX]
+            if found != self._digests[b * DIGEST_HEX:(b + 1) * DIGEST_HEX]:
+                return False
+        return True
 
     def _prefetch(self, blocks: np.ndarray) -> None:
         """Ask the kernel to read ``blocks`` (int, ascending) now, all at once: from a cold

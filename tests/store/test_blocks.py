@@ -80,6 +80,21 @@ def test_the_blocks_to_verify_are_read_ahead_together(tmp_path):
     assert asked == [] and checks._verified[[0, 1, 2, 3, 5, 7, 8]].all()
 
 
+def test_many_blocks_are_hashed_on_several_threads_and_a_bad_one_found(tmp_path, small_blocks,
+                                                                       monkeypatch):
+    monkeypatch.setattr(blocks_module, "HASH_THREADS", 3)
+    (tmp_path / "f").write_bytes(bytes(range(256)) * 10)  # 40 blocks
+    _, digests = file_digests(tmp_path / "f")
+    checks = BlockChecks(tmp_path, "f", digests, BLOCK)
+    checks.verify(np.arange(0, 40, 2))  # 20 blocks: 3 threads
+    assert checks._verified.sum() == 20
+    flip(tmp_path / "f", 37 * BLOCK + 5)
+    checks = BlockChecks(tmp_path, "f", digests, BLOCK)
+    with pytest.raises(IndexStoreError, match="f: checksum differs"):
+        checks.verify(np.arange(40))
+    assert not checks._verified.any()  # nothing of a failed read counts as verified
+
+
 @pytest.fixture
 def index(tmp_path, ckpts, small_blocks):
     path = tmp_path / "index"
