@@ -2,11 +2,16 @@
 
 A shard's lookup and vectors files are hundreds of MB (244 and 128 bytes a row). Hashing one
 whole on its first use made a cold first query read and hash every such file its hits
-touched (0.6 s for each 1 M-row shard here). At commit the writer records, beside each file's
-SHA-256, the SHA-256 of each BLOCK_BYTES block (its first 128 bits, as hex, concatenated:
-``file_digests``) and the block size; a reader then verifies a block the first time it reads
-from it (``BlockChecks``), and refuses the file in one line when one differs. ``check`` still
-hashes whole files.
+touched (0.6 s for each 1 M-row shard here). At commit the writer records each file's SHA-256
+and the SHA-256 of each of its BLOCK_BYTES blocks (the first 128 bits: ``file_digests``), the
+latter in the shard's digests file (``write_digests``: the lookup file's block digests, then
+the vectors file's), whose own SHA-256 the manifest keeps. A reader reads and checks a
+shard's digests file once (``read_digests``), then verifies a block of the lookup or vectors
+file the first time it reads from it (``BlockChecks``), and refuses the file in one line when
+one differs. ``check`` still hashes whole files.
+
+Entries committed before digests files keep their block digests in the manifest, as hex
+(``lookup_blocks``, ``vectors_blocks``), of blocks of their ``block_bytes``.
 """
 
 from __future__ import annotations
@@ -14,34 +19,68 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from dahash_index.store.layout import checksum_error, unreadable
+from dahash_index.store.layout import IndexStoreError, checksum_error, unreadable
 
-# A hit reads one row but verifies its whole block: 50 new hits of a 10 M-row index cost 50
-# blocks read and hashed (77 ms here with 1 MiB blocks, benchmarks/scale.py). Smaller blocks
-# cost digests in the manifest: 32 hex digits a block, 0.5 MB for a 10 M-row index at 256 KiB.
-BLOCK_BYTES = 1 << 18
+# A hit reads one row of each of ~30 columns, each in its own stretch of the lookup file, and
+# verifies each stretch's whole block: 50 new hits of a 100 M-row index hashed ~1,500 blocks,
+# 375 MB at 256 KiB (0.4 s here, benchmarks/scale.py), 24 MB at 16 KiB. Each 16 KiB costs 16
+# bytes in the digests file: 360 kB for a 1 M-row shard, read and hashed once per reader.
+BLOCK_BYTES = 1 << 14
 LEGACY_BLOCK_BYTES = 1 << 20  # entries committed before ``block_bytes`` was recorded
-DIGEST_HEX = 32  # hex digits kept of each block's SHA-256: 128 bits
+DIGEST_BYTES = 16  # kept of each block's SHA-256: 128 bits
 # Threads hashing the blocks of one read: 50 new hits of a 100 M-row index hash ~1,500 blocks.
 HASH_THREADS = min(4, os.cpu_count() or 1)
+_DIGESTS_MAGIC = b"DHDIGES1"
+_DIGESTS_HEADER = struct.Struct("<8sQQ")  # magic, lookup blocks, vectors blocks
 
 
-def file_digests(path: str | os.PathLike, block_bytes: int | None = None) -> tuple[str, str]:
-    """(hex SHA-256 of the whole file, the digests of its blocks of ``block_bytes``, default
-    BLOCK_BYTES) in one read."""
+def file_digests(path: str | os.PathLike, block_bytes: int | None = None) -> tuple[str, bytes]:
+    """(hex SHA-256 of the whole file, the DIGEST_BYTES digests of its blocks of
+    ``block_bytes``, default BLOCK_BYTES, concatenated) in one read."""
     block_bytes = block_bytes or BLOCK_BYTES
     whole = hashlib.sha256()
     blocks = []
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(block_bytes), b""):
             whole.update(block)
-            blocks.append(hashlib.sha256(block).hexdigest()[:DIGEST_HEX])
-    return whole.hexdigest(), "".join(blocks)
+            blocks.append(hashlib.sha256(block).digest()[:DIGEST_BYTES])
+    return whole.hexdigest(), b"".join(blocks)
+
+
+def write_digests(f: BinaryIO, lookup: bytes, vectors: bytes = b"") -> None:
+    """A shard's digests file into the open binary file ``f``: ``file_digests``'s block
+    digests of its lookup file and of its vectors file (none without vectors)."""
+    f.write(_DIGESTS_HEADER.pack(_DIGESTS_MAGIC, len(lookup) // DIGEST_BYTES,
+                                 len(vectors) // DIGEST_BYTES))
+    f.write(lookup)
+    f.write(vectors)
+
+
+def read_digests(directory: Path, rel: str, sha256: str | None) -> tuple[bytes, bytes]:
+    """A shard's digests file ``rel`` -> (the lookup file's block digests, the vectors
+    file's), checked against ``sha256`` (its SHA-256 at commit); IndexStoreError naming the
+    file when it is missing, unreadable, differs or is malformed."""
+    try:
+        data = (directory / rel).read_bytes()
+    except OSError as err:
+        raise unreadable(directory, rel, err) from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise checksum_error(directory, rel)
+    head = _DIGESTS_HEADER.size
+    if len(data) < head:
+        raise IndexStoreError(f"{directory}: {rel} is not a digests file (too short)")
+    magic, lookup, vectors = _DIGESTS_HEADER.unpack_from(data)
+    if magic != _DIGESTS_MAGIC or len(data) != head + (lookup + vectors) * DIGEST_BYTES:
+        raise IndexStoreError(f"{directory}: {rel} is not a digests file of this format")
+    split = head + lookup * DIGEST_BYTES
+    return data[head:split], data[split:]
 
 
 class BlockChecks:
@@ -49,19 +88,22 @@ class BlockChecks:
     against the file lazily: ``verify`` hashes the blocks not verified yet. Safe to share
     between threads: two may verify one block, and each marks it only once it matched."""
 
-    def __init__(self, directory: Path, rel: str, digests: str,
+    def __init__(self, directory: Path, rel: str, digests: bytes | str,
                  block_bytes: int | None = None) -> None:
-        """digests: ``file_digests``'s, of blocks of ``block_bytes`` (None: an entry from
-        before it was recorded, LEGACY_BLOCK_BYTES)."""
+        """digests: ``file_digests``'s (or, from a manifest, as hex), of blocks of
+        ``block_bytes`` (None: an entry from before it was recorded, LEGACY_BLOCK_BYTES)."""
         self.directory, self.rel = directory, rel
-        self._digests = digests
+        try:
+            self._digests = bytes.fromhex(digests) if isinstance(digests, str) else digests
+        except ValueError:
+            raise checksum_error(directory, rel) from None
         self.block_bytes = block_bytes or LEGACY_BLOCK_BYTES
         try:
             self._data = np.memmap(directory / rel, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as err:
             raise unreadable(directory, rel, err) from None
         blocks = -(-len(self._data) // self.block_bytes)
-        if len(digests) != blocks * DIGEST_HEX:
+        if len(self._digests) != blocks * DIGEST_BYTES:
             self._refuse()  # the file is longer or shorter than at commit
         self._verified = np.zeros(blocks, dtype=bool)
         self.complete = blocks == 0  # every block verified: nothing left to check
@@ -119,8 +161,8 @@ class BlockChecks:
         """Whether every block of ``blocks`` (int) hashes to its digest."""
         size = self.block_bytes
         for b in blocks.tolist():
-            found = hashlib.sha256(self._data[b * size:(b + 1) * size]).hexdigest()[:DIGEST_HEX]
-            if found != self._digests[b * DIGEST_HEX:(b + 1) * DIGEST_HEX]:
+            found = hashlib.sha256(self._data[b * size:(b + 1) * size]).digest()[:DIGEST_BYTES]
+            if found != self._digests[b * DIGEST_BYTES:(b + 1) * DIGEST_BYTES]:
                 return False
         return True
 

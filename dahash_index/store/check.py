@@ -24,6 +24,7 @@ from dahash_index.files import atomic_write, fsync_dir, sha256_file
 from dahash_index.indexes import load_index
 from dahash_index.indexes.binary import as_ivf
 from dahash_index.model.identity import ModelIdentity
+from dahash_index.store.blocks import read_digests
 from dahash_index.store.faiss_file import check_segment
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
@@ -119,6 +120,9 @@ def quick_check(path: str | os.PathLike) -> CheckReport:
                 if what == "vectors":
                     open_vectors(path, rel, entry.rows)  # its header's shape
                     continue
+                if what == "digests":
+                    (path / rel).stat()
+                    continue
                 found = pq.read_metadata(path / rel).num_rows
             except FileNotFoundError:
                 report.damage.append(Damage(rel, f"missing (named in {MANIFEST})", key))
@@ -209,8 +213,9 @@ def _strip(path: Path, err: Exception) -> str:
 
 
 def checksum_problem(path: Path, entry: ShardEntry, what: str) -> str | None:
-    """Why a shard's ``what`` file ("part", "errors", "lookup", "vectors") fails the checksum
-    recorded at commit, or None (also for files of format-1 indexes, which recorded none)."""
+    """Why a shard's ``what`` file ("part", "errors", "lookup", "vectors", "digests") fails the
+    checksum recorded at commit, or None (also for files of format-1 indexes, which recorded
+    none)."""
     return layout_checksum_problem(path, getattr(entry, what), entry.checksum(what))
 
 
@@ -232,6 +237,8 @@ def _check_shard_file(path: Path, manifest: Manifest, key: str, what: str, part_
             read_parquet(path, rel, ERRORS_SCHEMA, entry.error_count)
         elif what == "vectors":
             open_vectors(path, rel, entry.rows)
+        elif what == "digests":
+            read_digests(path, rel, None)  # its structure (its checksum is checked above)
         elif part_ok:
             return _lookup_problem(path, manifest, key)
         else:

@@ -58,9 +58,9 @@ def remove_leftovers(directory: Path, manifest: Manifest) -> None:
     reading that manifest, with the writer's lock held."""
     keep = {rel for entry in manifest.shards.values() for _, rel in entry.files()}
     for sub in SHARD_FILES.values():
-        (directory / sub).mkdir(exist_ok=True)  # an older index lacks lookup/, vectors/
+        (directory / sub).mkdir(exist_ok=True)  # an older index lacks lookup/, vectors/, ...
         for f in (directory / sub).iterdir():
-            stale = f.suffix in (".parquet", ".arrow", ".npy", ".tmp")
+            stale = f.suffix in (".parquet", ".arrow", ".npy", ".bin", ".tmp")
             if stale and f"{sub}/{f.name}" not in keep and f.is_file():
                 f.unlink()
     remove_unfinished(directory / STAGING)

@@ -150,4 +150,5 @@ def lacks_only_later_columns(found: pa.Schema, schema: pa.Schema) -> bool:
 
 
 # A shard's files: the manifest entry's field for each, and the folder that holds them.
-SHARD_FILES = {"part": "parts", "errors": "errors", "lookup": "lookup", "vectors": "vectors"}
+SHARD_FILES = {"part": "parts", "errors": "errors", "lookup": "lookup", "vectors": "vectors",
+               "digests": "digests"}

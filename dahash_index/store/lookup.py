@@ -80,7 +80,7 @@ class LookupFile:
     the hits' values before they are taken. Safe to share between threads.
     """
 
-    def __init__(self, directory: Path, rel: str, rows: int, blocks: str | None = None,
+    def __init__(self, directory: Path, rel: str, rows: int, blocks: bytes | str | None = None,
                  batch_ends: Sequence[int] | None = None, block_bytes: int | None = None) -> None:
         self.directory, self.rel, self.rows = directory, rel, rows
         self._checks = BlockChecks(directory, rel, blocks, block_bytes) if blocks else None

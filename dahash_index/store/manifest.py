@@ -81,10 +81,14 @@ class ShardEntry:
     lookup_batches: list[int] | None = None
     vectors_blocks: str | None = None
     block_bytes: int | None = None  # the blocks' size; absent: 1 MiB (``store.blocks``)
+    # the lookup and vectors files' block digests in a file of their own (``store.blocks``),
+    # in place of lookup_blocks and vectors_blocks; absent in entries committed before it
+    digests: str | None = None
+    digests_sha256: str | None = None
 
     def files(self) -> list[tuple[str, str]]:
         """(kind, relative path) of each file the entry names: "part", "errors", "lookup",
-        "vectors"."""
+        "vectors", "digests"."""
         return [(kind, getattr(self, kind)) for kind in SHARD_FILES if getattr(self, kind)]
 
     def checksum(self, kind: str) -> str | None:
@@ -100,7 +104,7 @@ class ShardEntry:
 
 
 _OPTIONAL = ("lookup", "lookup_sha256", "precision", "vectors", "vectors_sha256", "lookup_blocks",
-             "lookup_batches", "vectors_blocks", "block_bytes")
+             "lookup_batches", "vectors_blocks", "block_bytes", "digests", "digests_sha256")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pyarrow as pa
 from dahash_index.arrow_arrays import numeric_array
 from dahash_index.indexes import ShardedIndex
 from dahash_index.lru import BytesLru
-from dahash_index.store.blocks import BlockChecks
+from dahash_index.store.blocks import BlockChecks, read_digests
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
@@ -76,6 +76,7 @@ class IndexReader:
         self._index: ShardedIndex | None = None
         self._base = base
         self._vector_files: dict[str, tuple[np.memmap, BlockChecks | None]] = {}
+        self._digest_files: dict[str, tuple[bytes, bytes]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = False) -> IndexReader:
@@ -273,15 +274,28 @@ class IndexReader:
         if found is None:
             entry = self._manifest.shards[key]
             checks = None
-            if entry.vectors_blocks:
-                checks = BlockChecks(self.path, entry.vectors, entry.vectors_blocks,
-                                     entry.block_bytes)
+            digests = self._block_digests(key, "vectors")
+            if digests:
+                checks = BlockChecks(self.path, entry.vectors, digests, entry.block_bytes)
                 checks.verify(np.array([0]))  # the .npy header: shape and dtype
             else:
                 verify_checksum(self.path, entry.vectors, entry.vectors_sha256)
             found = (open_vectors(self.path, entry.vectors, entry.rows), checks)
             self._vector_files[key] = found
         return found
+
+    def _block_digests(self, key: str, kind: str) -> bytes | str | None:
+        """The block digests of a shard's "lookup" or "vectors" file: from its digests file
+        (read and checked once), or, for an entry from before digests files, the manifest's
+        hex; None for an entry from before block digests."""
+        entry = self._manifest.shards[key]
+        if not entry.digests:
+            return getattr(entry, f"{kind}_blocks")
+        found = self._digest_files.get(key)
+        if found is None:
+            found = read_digests(self.path, entry.digests, entry.digests_sha256)
+            self._digest_files[key] = found
+        return found[0] if kind == "lookup" else found[1]
 
     def errors(self) -> pa.Table:
         """The scenes that could not be indexed, of every committed shard (ERRORS_SCHEMA)."""
@@ -343,9 +357,10 @@ class IndexReader:
             entry = self._manifest.shards[key]
             if not entry.lookup:
                 return None
-            if not entry.lookup_blocks:  # committed before block checksums: the whole file
+            digests = self._block_digests(key, "lookup")
+            if not digests:  # committed before block checksums: the whole file
                 verify_checksum(self.path, entry.lookup, entry.lookup_sha256)
-            lookup = LookupFile(self.path, entry.lookup, entry.rows, entry.lookup_blocks,
+            lookup = LookupFile(self.path, entry.lookup, entry.rows, digests,
                                 entry.lookup_batches, entry.block_bytes)
             self._lookups[key] = lookup
         return lookup

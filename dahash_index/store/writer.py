@@ -204,17 +204,23 @@ class IndexWriter:
             files["vectors"] = (f"vectors/{generation:06d}.npy",
                                 lambda f: write_vectors(vectors, f))
         checksums = {"block_bytes": blocks.BLOCK_BYTES}
+        block_digests = {"lookup": b"", "vectors": b""}
         for kind, (rel, write) in files.items():
             atomic_write(self.path / rel, write)
-            if kind in ("lookup", "vectors"):  # large: readers verify them block by block
-                checksums[f"{kind}_sha256"], checksums[f"{kind}_blocks"] = \
+            if kind in block_digests:  # large: readers verify them block by block
+                checksums[f"{kind}_sha256"], block_digests[kind] = \
                     blocks.file_digests(self.path / rel, checksums["block_bytes"])
             else:
                 checksums[f"{kind}_sha256"] = sha256_file(self.path / rel)
+        digests = f"digests/{generation:06d}.bin"
+        atomic_write(self.path / digests,
+                     lambda f: blocks.write_digests(f, block_digests["lookup"],
+                                                    block_digests["vectors"]))
         entry = ShardEntry(shard_name, fingerprint, files["part"][0], files["errors"][0], first,
                            n, errs.num_rows, lookup=files["lookup"][0], precision=precision,
                            vectors=files["vectors"][0] if vectors is not None else None,
-                           lookup_batches=list(batches), **checksums)
+                           lookup_batches=list(batches), digests=digests,
+                           digests_sha256=sha256_file(self.path / digests), **checksums)
         # The renames must be durable before the manifest that references them is.
         for folder in SHARD_FILES.values():
             fsync_dir(self.path / folder)

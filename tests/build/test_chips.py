@@ -254,7 +254,8 @@ def test_index_from_before_chips_opens_and_answers(tiled, tmp_path, run_cli):
                 for batch in rows.to_batches(max_chunksize=LZ4_BATCH_ROWS):
                     w.write_batch(batch)
             entry["lookup_sha256"] = sha256_file(old / entry["lookup"])
-        for key in ("lookup_blocks", "lookup_batches", "vectors_blocks"):  # not in format 2
+        for key in ("lookup_blocks", "lookup_batches", "vectors_blocks", "block_bytes",
+                    "digests", "digests_sha256"):  # not in format 2
             entry.pop(key, None)
     manifest["format"] = "dahash-index/2"
     del manifest["checksum"]  # format 2 had none

@@ -4,6 +4,7 @@ vectors files, verified by readers for just the bytes a query reads."""
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 
 import numpy as np
@@ -15,7 +16,9 @@ from dahash_index.files import sha256_file
 from dahash_index.store import METADATA_SCHEMA, IndexReader, IndexStoreError, IndexWriter
 from dahash_index.store import blocks as blocks_module
 from dahash_index.store import reader as reader_module
-from dahash_index.store.blocks import BlockChecks, file_digests
+from dahash_index.store.blocks import BlockChecks, file_digests, read_digests, write_digests
+from dahash_index.store.check import check_index, repair_index
+from dahash_index.store.manifest import Manifest, write_manifest
 
 BLOCK = 64  # small blocks, so that a small index spans many
 
@@ -36,8 +39,8 @@ def test_digests_of_each_block_and_of_the_whole(tmp_path, small_blocks):
     (tmp_path / "f").write_bytes(data)
     whole, digests = file_digests(tmp_path / "f")
     assert whole == sha256_file(tmp_path / "f")
-    assert digests == "".join(hashlib.sha256(data[i:i + BLOCK]).hexdigest()[:32]
-                              for i in (0, 64, 128))
+    assert digests == b"".join(hashlib.sha256(data[i:i + BLOCK]).digest()[:16]
+                               for i in (0, 64, 128))
 
 
 def test_only_the_blocks_read_are_verified(tmp_path, small_blocks):
@@ -109,22 +112,60 @@ def index(tmp_path, ckpts, small_blocks):
 
 
 def test_digests_without_a_block_size_are_of_1_mib_blocks(tmp_path):
-    # entries committed before block_bytes was recorded digested 1 MiB blocks
+    # entries committed before block_bytes was recorded digested 1 MiB blocks, kept as hex in
+    # the manifest
     data = np.random.default_rng(0).integers(0, 256, 3 << 19, dtype=np.uint8).tobytes()
     (tmp_path / "f").write_bytes(data)  # 1.5 MiB
-    _, legacy = file_digests(tmp_path / "f", 1 << 20)
+    legacy = file_digests(tmp_path / "f", 1 << 20)[1].hex()
     assert len(legacy) == 2 * 32
     BlockChecks(tmp_path, "f", legacy).verify(np.array([0, 1]))
     _, digests = file_digests(tmp_path / "f")  # the writer's blocks: smaller
-    assert len(digests) == 32 * -(-len(data) // blocks_module.BLOCK_BYTES) > len(legacy)
+    assert len(digests) == 16 * -(-len(data) // blocks_module.BLOCK_BYTES) > len(legacy) // 2
     with pytest.raises(IndexStoreError, match="checksum differs"):
         BlockChecks(tmp_path, "f", digests)  # read as 1 MiB blocks: the count differs
+    with pytest.raises(IndexStoreError, match="f: checksum differs"):
+        BlockChecks(tmp_path, "f", "not hex" * 9, 1 << 20)
 
 
-def test_the_block_size_is_recorded_in_the_entry(index):
+def test_the_block_digests_are_in_the_shards_digests_file(index):
     entry = IndexReader.open(index).manifest.shards["s3://b/s"]
-    assert entry.block_bytes == BLOCK
-    assert entry.lookup_blocks == file_digests(index / entry.lookup, BLOCK)[1]
+    assert entry.block_bytes == BLOCK and entry.lookup_blocks is entry.vectors_blocks is None
+    assert entry.digests == "digests/000001.bin"
+    assert entry.digests_sha256 == sha256_file(index / entry.digests)
+    lookup, vectors = read_digests(index, entry.digests, entry.digests_sha256)
+    assert lookup == file_digests(index / entry.lookup, BLOCK)[1]
+    assert vectors == file_digests(index / entry.vectors, BLOCK)[1]
+
+
+def test_a_digests_file_is_checked_whole_and_for_its_structure(tmp_path):
+    with open(tmp_path / "d.bin", "wb") as f:
+        write_digests(f, b"a" * 32, b"b" * 16)
+    sha = sha256_file(tmp_path / "d.bin")
+    assert read_digests(tmp_path, "d.bin", sha) == (b"a" * 32, b"b" * 16)
+    flip(tmp_path / "d.bin", 30)
+    with pytest.raises(IndexStoreError, match=r"d.bin: checksum differs"):
+        read_digests(tmp_path, "d.bin", sha)
+    (tmp_path / "d.bin").write_bytes(b"DHDIGES1" + bytes(16) + b"x")  # one byte too many
+    with pytest.raises(IndexStoreError, match=r"d.bin is not a digests file of this format"):
+        read_digests(tmp_path, "d.bin", None)
+    with pytest.raises(IndexStoreError, match=r"e.bin is missing"):
+        read_digests(tmp_path, "e.bin", None)
+
+
+def test_an_entry_with_its_digests_in_the_manifest_still_reads(index):
+    # entries committed before digests files kept their block digests in the manifest, as hex
+    manifest = json.loads((index / "manifest.json").read_text())
+    entry = manifest["shards"]["s3://b/s"]
+    lookup, vectors = read_digests(index, entry.pop("digests"), entry.pop("digests_sha256"))
+    entry["lookup_blocks"], entry["vectors_blocks"] = lookup.hex(), vectors.hex()
+    write_manifest(index, Manifest.from_json(manifest))
+    (index / "digests/000001.bin").unlink()
+    reader = IndexReader.open(index)
+    assert reader.metadata(np.array([3]), ["url"])["url"].to_pylist() == ["s3://b/0003.tif"]
+    assert reader.vectors(np.array([2])).tolist() == [[8.0, 9.0, 10.0, 11.0]]
+    flip(index / entry["lookup"], (index / entry["lookup"]).read_bytes().index(b"0030.tif"))
+    with pytest.raises(IndexStoreError, match="checksum differs"):
+        IndexReader.open(index).metadata(np.array([30]), ["url"])
 
 
 def test_a_reader_verifies_blocks_not_whole_files(index, monkeypatch):
@@ -152,3 +193,14 @@ def test_a_flipped_byte_is_refused_where_it_is_read_and_only_there(index):
         reader.metadata(np.array([30]), ["url"])
     with pytest.raises(IndexStoreError, match=f"{entry.vectors}: checksum differs"):
         reader.vectors(np.array([30]))
+
+
+def test_check_finds_a_damaged_digests_file_and_repair_drops_its_shard(index, ckpts):
+    entry = IndexReader.open(index).manifest.shards["s3://b/s"]
+    flip(index / entry.digests, 40)
+    with pytest.raises(IndexStoreError, match=f"{entry.digests}: checksum differs"):
+        IndexReader.open(index).metadata(np.array([3]), ["url"])
+    report = check_index(index)
+    assert [(d.file, d.shard) for d in report.damage] == [(entry.digests, "s3://b/s")]
+    assert repair_index(report, ckpts["a"]) == ["s3://b/s"]
+    assert check_index(index).ok and IndexReader.open(index).row_count == 0

@@ -43,7 +43,7 @@ from dahash_index.store import (
     quick_check,
     repair_index,
 )
-from dahash_index.store.blocks import BLOCK_BYTES, file_digests
+from dahash_index.store.blocks import BLOCK_BYTES
 from dahash_index.store.manifest import ShardEntry
 
 
@@ -117,9 +117,10 @@ def test_commit_shards_and_read_back(index_dir, ckpts):
         errors_sha256=sha256_file(errors_file),
         lookup="lookup/000002.arrow",
         lookup_sha256=sha256_file(index_dir / "lookup/000002.arrow"),
-        lookup_blocks=file_digests(index_dir / "lookup/000002.arrow")[1],
         lookup_batches=[],  # no rows: no batch
         block_bytes=BLOCK_BYTES,
+        digests="digests/000002.bin",
+        digests_sha256=sha256_file(index_dir / "digests/000002.bin"),
         first_row=3,
         rows=0,
         error_count=2,
@@ -527,8 +528,8 @@ def test_refusals(tmp_path, index_dir, ckpts):
     empty = tmp_path / "empty"
     empty.mkdir()
     IndexWriter.open(empty, identity(ckpts["a"])).close()  # an empty directory is fine to create in
-    assert sorted(os.listdir(empty)) == ["errors", "lookup", "manifest.json", "manifests",
-                                        "model.pt", "parts", "vectors"]
+    assert sorted(os.listdir(empty)) == ["digests", "errors", "lookup", "manifest.json",
+                                        "manifests", "model.pt", "parts", "vectors"]
     assert not [p for p in os.listdir(tmp_path) if ".creating-" in p]
 
 
@@ -616,7 +617,8 @@ def test_drop_shards_and_repair(index_dir, ckpts):
     w.finalize()
     w.close()
     report = check_index(index_dir)
-    assert report.ok and report.rows == 6 and report.files == 3 * 3 + 2
+    # each shard's part, errors, lookup and digests files; the model and the FAISS file
+    assert report.ok and report.rows == 6 and report.files == 3 * 4 + 2
 
     m = IndexReader.open(index_dir).manifest
     part = index_dir / m.shards[url("s1")].part
