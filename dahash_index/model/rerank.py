@@ -149,7 +149,7 @@ def rerank_order(groups: np.ndarray, distance: np.ndarray, ids: np.ndarray,
     if mode == "none" or score is None:
         return lexsort_ints((ids, distance, groups))
     worse = descending_key(score)
-    if _in_order(groups, distance, ids):  # as a search gives them: one stable sort is enough
+    if in_search_order(groups, distance, ids):  # as a search gives them: one stable sort is enough
         return lexsort_ints((worse, distance, groups) if mode == "ties" else (worse, groups))
     if mode == "ties":
         return np.lexsort((ids, worse, distance, groups))
@@ -182,7 +182,8 @@ def descending_key(score: np.ndarray) -> np.ndarray:
     return (1 << 32) - 1 - ascending
 
 
-def _in_order(groups: np.ndarray, distance: np.ndarray, ids: np.ndarray) -> bool:
-    """Whether the hits are sorted by (group, distance, id)."""
+def in_search_order(groups: np.ndarray, distance: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether the hits (int (h,) each) are sorted by (group, distance, id), as a search
+    returns them."""
     g, d, i = (np.diff(np.asarray(a, np.int64)) for a in (groups, distance, ids))
     return bool(np.all((g > 0) | ((g == 0) & ((d > 0) | ((d == 0) & (i >= 0))))))

@@ -293,8 +293,12 @@ class SceneIndex:
                 keep = ranking.within_top_distance(query_of, hit_d, top)
                 query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
             if rerank != "none":
-                score = ranking.scores(query_of, hit_ids, owners, vectors, reader.vectors)
-                at = rerank_order(query_of, hit_d, hit_ids, score, rerank)
+                score = ranking.scores(query_of, hit_ids, owners, vectors,
+                                       lambda rows: reader.vectors(rows, np.float16))
+                if rerank == "full" and group_by is None and radius is None:
+                    at = ranking.best_by_score(query_of, hit_d, hit_ids, score, top)
+                else:
+                    at = rerank_order(query_of, hit_d, hit_ids, score, rerank)
                 query_of, hit_d, hit_ids, score = query_of[at], hit_d[at], hit_ids[at], score[at]
             if group_by == "scene":
                 meta = reader.metadata(hit_ids, ["url", "member"])

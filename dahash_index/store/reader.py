@@ -242,10 +242,10 @@ class IndexReader:
         shards = self._manifest.shards.values()
         return bool(shards) and all(e.vectors for e in shards)
 
-    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
-        """The re-rank vectors of ``row_ids`` (int (m,), committed rows), float32 (m, D), in
-        their order; from the shards' memory-mapped vectors files (a gather, no read of the
-        files). Requires ``has_vectors``."""
+    def vectors(self, row_ids: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
+        """The re-rank vectors of ``row_ids`` (int (m,), committed rows), (m, D) of ``dtype``
+        (float32, or float16 as stored), in their order; from the shards' memory-mapped vectors
+        files (a gather, no read of the files). Requires ``has_vectors``."""
         ids = np.asarray(row_ids, dtype=np.int64)
         if not self.has_vectors:
             raise IndexStoreError(f"{self.path}: this index keeps no re-rank vectors")
@@ -253,19 +253,26 @@ class IndexReader:
         part_of = np.searchsorted(self._starts, ids, side="right") - 1
         if len(ids) and (np.any(part_of < 0) or np.any(ids >= self._ends[np.maximum(part_of, 0)])):
             raise ValueError("row ids must be committed rows of this index")
-        out = None
-        for shard in np.unique(part_of):
+        if not len(ids):
+            return np.empty((0, 0), dtype)
+        by_shard = np.argsort(part_of, kind="stable")
+        counts = np.bincount(part_of, minlength=len(keys))
+        ends = np.cumsum(counts)
+        gathered = None  # float16, the rows by shard
+        for shard in np.flatnonzero(counts).tolist():
             mapped, checks = self._vectors(keys[shard])
-            if out is None:
-                out = np.empty((len(ids), mapped.shape[1]), np.float32)
-            at = np.flatnonzero(part_of == shard)
-            local = ids[at] - self._starts[shard]
+            if gathered is None:
+                gathered = np.empty((len(ids), mapped.shape[1]), mapped.dtype)
+            lo, hi = ends[shard] - counts[shard], ends[shard]
+            local = ids[by_shard[lo:hi]] - self._starts[shard]
             if checks is not None:  # the rows' bytes, verified before they are used
                 row_bytes = mapped.shape[1] * mapped.itemsize
                 first = mapped.offset + local * row_bytes
                 checks.verify_bytes(first, first + row_bytes - 1)
-            out[at] = mapped[local]
-        return out if out is not None else np.empty((0, 0), np.float32)
+            np.take(mapped.view(np.ndarray), local, axis=0, out=gathered[lo:hi])
+        out = np.empty(gathered.shape, dtype)
+        out[by_shard] = gathered
+        return out
 
     def _vectors(self, key: str) -> tuple[np.memmap, BlockChecks | None]:
         """A shard's vectors file, memory-mapped once, with its block checksums (None for a

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from helpers import identity, shard_rows
 
-from dahash_index.query.ranking import within_top_distance
+from dahash_index.model.rerank import in_search_order, rerank_order
+from dahash_index.query.ranking import (
+    best_by_score,
+    first_per_query,
+    merged,
+    within_top_distance,
+)
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.store import IndexWriter
 
@@ -103,3 +109,64 @@ def test_within_top_distance_keeps_the_top_and_its_ties():
     assert within_top_distance(query, d, 2).tolist() == [True] * 4 + [False, True]
     assert within_top_distance(query, d, 5).tolist() == [True] * 6
     assert within_top_distance(query, d, 1).tolist() == [True, False, False, False, False, True]
+
+
+def test_within_top_distance_and_first_per_query_of_no_hits():
+    none = np.zeros(0, np.int64)
+    assert within_top_distance(none, none, 3).tolist() == first_per_query(none, 3).tolist() == []
+
+
+def test_first_per_query_keeps_the_first_top_of_each_query():
+    query = np.array([0, 0, 0, 2, 2, 5, 5, 5, 5])
+    assert first_per_query(query, 2).tolist() == [1, 1, 0, 1, 1, 1, 1, 0, 0]
+    assert first_per_query(query, 1).tolist() == [1, 0, 0, 1, 0, 1, 0, 0, 0]
+
+
+def test_in_search_order_is_by_query_then_distance_then_id():
+    q, d, i = np.array([0, 0, 0, 1]), np.array([1, 1, 2, 0]), np.array([7, 9, 3, 8])
+    assert in_search_order(q, d, i)
+    assert not in_search_order(q, d, np.array([9, 7, 3, 8]))  # an id tie out of order
+    assert not in_search_order(q, np.array([1, 2, 1, 0]), i)
+    assert not in_search_order(np.array([1, 0, 0, 0]), d, i)
+
+
+def test_merged_keeps_a_search_order_and_sorts_any_other(monkeypatch):
+    from dahash_index.query import ranking
+
+    found = {}
+    monkeypatch.setattr(ranking.indexes, "hamming_topk", lambda index, codes, k, nprobe:
+                        found["hits"])
+    found["hits"] = (np.array([[0, 2, 2], [1, 1, 3]]), np.array([[4, 1, 5], [6, 7, -1]]))
+    q, d, i = merged(None, np.zeros((2, 2), np.uint8), np.array([0, 1]), 3, None, None)
+    assert (q.tolist(), d.tolist(), i.tolist()) == ([0, 0, 0, 1, 1], [0, 2, 2, 1, 1],
+                                                    [4, 1, 5, 6, 7])
+    # two codes of one query: each row once at its smallest distance, by (distance, id)
+    found["hits"] = (np.array([[0, 2], [1, 2]]), np.array([[4, 1], [1, 9]]))
+    q, d, i = merged(None, np.zeros((2, 2), np.uint8), np.array([0, 0]), 2, None, None)
+    assert (q.tolist(), d.tolist(), i.tolist()) == ([0, 0, 0], [0, 1, 2], [4, 1, 9])
+
+
+@pytest.mark.parametrize("sizes", [(6, 6, 6), (6, 3, 6), (2, 2)])
+def test_best_by_score_is_the_full_order_cut_at_top(sizes):
+    # scores with ties (two decimals), hits in search order: (query, distance, id)
+    rng = np.random.default_rng(len(sizes) + sum(sizes))
+    query = np.repeat(np.arange(len(sizes)), sizes)
+    d = np.concatenate([np.sort(rng.integers(0, 4, n)) for n in sizes])
+    ids = np.concatenate([np.lexsort((rng.permutation(n), dq)) * 10 + 5
+                          for n, dq in zip(sizes, np.split(d, np.cumsum(sizes)[:-1]),
+                                           strict=True)])
+    order = np.lexsort((ids, d, query))
+    query, d, ids = query[order], d[order], ids[order]
+    score = rng.integers(-3, 3, len(query)).astype(np.float32) / 4
+    for top in (1, 3, 5, 8):
+        at = rerank_order(query, d, ids, score, "full")
+        expected = at[first_per_query(query[at], top)]
+        assert best_by_score(query, d, ids, score, top).tolist() == expected.tolist()
+
+
+def test_best_by_score_by_hand():
+    # one query, 4 hits by distance; scores 0.5, 0.9, 0.5, 0.1: 0.9 first, then the two 0.5s
+    # in their (distance, id) order
+    query, d, ids = np.zeros(4, np.int64), np.array([0, 1, 1, 2]), np.array([7, 2, 4, 1])
+    score = np.array([0.5, 0.9, 0.5, 0.1], np.float32)
+    assert best_by_score(query, d, ids, score, 3).tolist() == [1, 0, 2]
