@@ -84,8 +84,10 @@ def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarra
         return query, d, ids
     redo = np.isin(query, [q for q, _ in cut])
     parts = [(query[~redo], d[~redo], ids[~redo])]
-    for q, within in cut:
-        mine = owners == q
+    # one range search for all the queries cut at the same distance: a pass over the codes,
+    # not one a query
+    for within in sorted({within for _, within in cut}):
+        mine = np.isin(owners, [q for q, w in cut if w == within])
         parts.append(merged(index, codes[mine], owners[mine], fetch, within, nprobe))
     query, d, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
     at = lexsort_ints((ids, d, query))

@@ -170,3 +170,24 @@ def test_best_by_score_by_hand():
     query, d, ids = np.zeros(4, np.int64), np.array([0, 1, 1, 2]), np.array([7, 2, 4, 1])
     score = np.array([0.5, 0.9, 0.5, 0.1], np.float32)
     assert best_by_score(query, d, ids, score, 3).tolist() == [1, 0, 2]
+
+
+def test_complete_ties_reads_every_row_tied_at_each_querys_top_distance():
+    import faiss
+
+    from dahash_index.query.ranking import complete_ties
+
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, (3000, 2), dtype=np.uint8)  # 16 bits: ties by the hundred
+    index = faiss.IndexBinaryFlat(16)
+    index.add(rows)
+    codes = rng.integers(0, 256, (6, 2), dtype=np.uint8)
+    owners, top, fetch = np.arange(6), 5, 8
+    q, d, ids = merged(index, codes, owners, fetch, None, None)
+    q, d, ids = complete_ties(index, codes, owners, q, d, ids, top, fetch, None)
+    every = np.unpackbits(codes[:, None] ^ rows[None], axis=2).sum(2)  # (6, 3000)
+    for query in range(6):
+        at_top = np.sort(every[query])[top - 1]
+        mine = (q == query) & (d <= at_top)
+        assert sorted(ids[mine].tolist()) == np.flatnonzero(every[query] <= at_top).tolist()
+        assert d[q == query].tolist() == sorted(d[q == query].tolist())
