@@ -107,6 +107,9 @@ class LookupFile:
             )
         if self._checks is not None and len(self._batch_ends) != batches:
             raise checksum_error(directory, rel)
+        # Rows whose values were verified (a bit each): a row read again costs no checks.
+        self._rows_verified = np.zeros(-(-rows // 8), np.uint8) if self._checks else None
+        self._batches: dict[int, pa.RecordBatch] = {}  # of the mapping: nothing copied
 
     def _verify_structure(self) -> None:
         """Verify what Arrow reads to open the file: its head (magic, schema message) and its
@@ -141,8 +144,12 @@ class LookupFile:
             # last can only come last: the k-th batch of the group starts at k * size.
             slot = np.searchsorted(group, batch_of[lo:hi])
             if self._checks is not None and not self._checks.complete:
+                mine = rows[lo:hi]
+                new = (self._rows_verified[mine >> 3] >> (mine & 7).astype(np.uint8)) & 1 == 0
                 for k, batch in enumerate(batches):
-                    self._verify_rows(batch, rows[lo:hi][slot == k] % size)
+                    self._verify_rows(batch, mine[new & (slot == k)] % size)
+                np.bitwise_or.at(self._rows_verified, mine[new] >> 3,
+                                 (1 << (mine[new] & 7)).astype(np.uint8))
             table = pa.Table.from_batches(batches, schema=METADATA_SCHEMA)
             pieces.append(table.take(numeric_array(slot * size + rows[lo:hi] % size)))
         return pa.concat_tables(pieces)
@@ -185,6 +192,9 @@ class LookupFile:
         return pa.Table.from_batches(batches, schema=METADATA_SCHEMA)
 
     def _batch(self, b: int) -> pa.RecordBatch:
+        found = self._batches.get(b)
+        if found is not None:
+            return found
         if self._checks is not None:  # the batch's message: where its buffers lie
             start = self._message_starts[b]
             self._checks.verify_range(start, start + 8)
@@ -201,4 +211,6 @@ class LookupFile:
                 f"{self.directory}: {self.rel} batch {b} holds {batch.num_rows} rows, not "
                 f"{expected}"
             )
+        if self._checks is not None:  # uncompressed: a view of the mapping, kept
+            self._batches[b] = batch
         return batch

@@ -217,15 +217,23 @@ class IndexReader:
         lows = np.searchsorted(wanted, self._starts)
         highs = np.searchsorted(wanted, self._ends)
         pieces: list[pa.Table] = []
+        # rows of lookup files, for wanted[taken_from:]: given their row ids and cast at once
+        taken: list[pa.Table] = []
+        taken_from = 0
         for key, start, lo, hi in zip(keys, self._starts, lows, highs, strict=True):
             if hi == lo:
                 continue
             lookup = self._lookup(key) if "code" not in columns else None
             if lookup is None:
+                if taken:
+                    pieces.append(_with_row_ids(taken, wanted[taken_from:lo], columns, relaxed))
+                    taken = []
                 pieces += self._take(key, wanted[lo:hi] - start, columns, relaxed)
+                taken_from = hi
             else:
-                pieces.append(_with_row_ids(lookup.take(wanted[lo:hi] - start), wanted[lo:hi],
-                                            columns, relaxed))
+                taken.append(lookup.take(wanted[lo:hi] - start))
+        if taken:
+            pieces.append(_with_row_ids(taken, wanted[taken_from:], columns, relaxed))
         if pieces:
             gathered = pa.concat_tables(pieces).combine_chunks()
         else:  # only -1s, or no ids: something for the masked take below to index
@@ -403,10 +411,11 @@ def _row_group_cache() -> BytesLru[pa.Table]:
     return BytesLru(ROW_GROUP_CACHE_BYTES, lambda table: table.nbytes)
 
 
-def _with_row_ids(table: pa.Table, ids: np.ndarray, columns: list[str], relaxed: pa.Schema
-                  ) -> pa.Table:
-    """Rows taken from a lookup file (METADATA_SCHEMA) with their row ids (int64 (m,)), as a
-    ``relaxed`` table of ``columns``."""
+def _with_row_ids(tables: list[pa.Table], ids: np.ndarray, columns: list[str],
+                  relaxed: pa.Schema) -> pa.Table:
+    """Rows taken from lookup files (METADATA_SCHEMA tables, in turn) with their row ids
+    (int64 (m,), one a row), as one ``relaxed`` table of ``columns``."""
+    table = pa.concat_tables(tables)
     row_ids = numeric_array(ids)
     return pa.table({c: row_ids if c == "row_id" else table[c] for c in columns}).cast(relaxed)
 

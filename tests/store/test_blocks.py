@@ -204,3 +204,18 @@ def test_check_finds_a_damaged_digests_file_and_repair_drops_its_shard(index, ck
     assert [(d.file, d.shard) for d in report.damage] == [(entry.digests, "s3://b/s")]
     assert repair_index(report, ckpts["a"]) == ["s3://b/s"]
     assert check_index(index).ok and IndexReader.open(index).row_count == 0
+
+
+def test_a_row_read_again_is_not_verified_again(index, monkeypatch):
+    reader = IndexReader.open(index)
+    reader.metadata(np.array([5, 7]), ["url"])
+    checked = []
+    real = BlockChecks.verify_bytes
+    monkeypatch.setattr(BlockChecks, "verify_bytes",
+                        lambda self, first, last: checked.append(len(first)) or real(self, first,
+                                                                                     last))
+    assert reader.metadata(np.array([7, 5]), ["url"])["url"].to_pylist() == [
+        "s3://b/0007.tif", "s3://b/0005.tif"]
+    assert sum(checked) == 0
+    reader.metadata(np.array([5, 9]), ["url"])  # row 9 is new: only its spans are checked
+    assert 0 < sum(checked) <= 2 * len(METADATA_SCHEMA)

@@ -78,12 +78,14 @@ def build(path: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def drop_lookups(path: Path) -> None:
-    """Make the index one written before lookup files: its hits are read from the parts."""
+def drop_lookups(path: Path, every: int = 1) -> None:
+    """Make the index one written before lookup files: its hits are read from the parts (of
+    every ``every``-th shard, from the second on, when ``every`` > 1: shards of both kinds)."""
     def drop(manifest: dict) -> None:
-        for entry in manifest["shards"].values():
-            (path / entry.pop("lookup")).unlink()
-            del entry["lookup_sha256"]
+        for i, entry in enumerate(manifest["shards"].values()):
+            if every == 1 or i % every == 1:
+                (path / entry.pop("lookup")).unlink()
+                del entry["lookup_sha256"]
 
     rewrite_manifest(path, drop, sealed=False)
 
@@ -95,12 +97,15 @@ def reseal(index: Path, shard: str) -> None:
         part_sha256=sha256_file(index / m["shards"][shard]["part"])))
 
 
-@pytest.fixture(params=["lookup files", "parts only"])
+@pytest.fixture(params=["lookup files", "parts only", "both"])
 def index(request, tmp_path, model, monkeypatch) -> Path:
-    """The index, read through its lookup files or (as one written before them) its parts."""
+    """The index, read through its lookup files or (as one written before them) its parts, or
+    some shards through each."""
     path = build(tmp_path / "index", model, monkeypatch)
     if request.param == "parts only":
         drop_lookups(path)
+    if request.param == "both":
+        drop_lookups(path, every=2)
     return path
 
 
