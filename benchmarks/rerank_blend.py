@@ -1,0 +1,123 @@
+"""Could one re-rank order serve both class retrieval and changed copies? A study on UC Merced.
+
+``ties`` keeps Hamming order between distances (class retrieval, where the codes carry the
+labels, stays as good as the codes); ``full`` orders a shortlist by the vectors alone (a
+re-encoded or rotated copy finds its original, but on the classes the model was trained for
+it ranks worse than the codes). This script scores, with a trained model and the cached
+backbone features of UC Merced (no index, no images decoded), a *blend*: the shortlist
+ordered by ``cosine - beta * distance / K``, for several beta, beside none, ties and full:
+
+- class retrieval on the model's split: mAP@20 (test vs test) and mAP@all (test vs train);
+- changed copies: each test scene's JPEG-50 copy, and its 90° rotation, queries all 2,100
+  originals; the share whose original comes first, and within the top 5.
+
+Nothing here is used by the project; it measures whether a blend is worth building.
+
+    python benchmarks/rerank_blend.py [--model runs/ucmerced/model.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, UCMERCED, results_header, write_results
+
+SHORTLIST = 500
+BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def order_of(d: np.ndarray, cos: np.ndarray, mode: str, beta: float = 0.0,
+             bits: int = 64) -> np.ndarray:
+    """Each row's database order (q, n): "none" by (distance, id); "ties" by (distance,
+    -cos, id); "full"/"blend": the SHORTLIST nearest by (distance, id) first, ordered by
+    -(cos - beta d / K), then distance, then id; the other rows after them by (distance, id)."""
+    n = d.shape[1]
+    ids = np.broadcast_to(np.arange(n), d.shape)
+    if mode == "none":
+        return np.lexsort((ids, d), axis=1)
+    if mode == "ties":
+        return np.lexsort((ids, -cos, d), axis=1)
+    near = np.lexsort((ids, d), axis=1)
+    rank = np.empty_like(near)
+    np.put_along_axis(rank, near, np.arange(n)[None, :].repeat(len(d), 0), 1)
+    outside = rank >= SHORTLIST
+    key = -(cos - beta * d / bits)
+    key = np.where(outside, np.inf, key)
+    return np.lexsort((ids, d, key, outside), axis=1)
+
+
+def mean_ap(order: np.ndarray, relevant: np.ndarray, k: int | None) -> float:
+    """mAP of each row's ``order`` (q, n) against ``relevant`` (q, n) bool, at ``k``."""
+    rel = np.take_along_axis(relevant, order, 1)
+    rel = rel if k is None else rel[:, :k]
+    hits = np.cumsum(rel, axis=1)
+    precision = hits / np.arange(1, rel.shape[1] + 1)
+    return float(np.mean((precision * rel).sum(1) / np.maximum(rel.sum(1), 1)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=REPO / "runs/ucmerced/model.pt")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "rerank-blend.json")
+    args = parser.parse_args()
+
+    from dahash_index.model.backbones import load_backbone
+    from dahash_index.model.checkpoint import load_checkpoint
+    from dahash_index.model.codes import hash_codes, unpack_codes
+    from dahash_index.model.encoder import BackboneEncoder
+    from dahash_index.train.data import scan_image_folder, split_per_class
+    from dahash_index.train.evaluate import hash_outputs
+    from dahash_index.train.features import cached_features
+
+    checkpoint = load_checkpoint(args.model)
+    net, bits = checkpoint.build_net(), checkpoint.net_config.bits
+    data = scan_image_folder(UCMERCED)
+    extractor = BackboneEncoder(load_backbone("tf2015"))
+    views = {"original": cached_features(extractor, data).features,
+             "90° rotation": cached_features(extractor, data, orientation=1).features,
+             "JPEG quality 50": cached_features(extractor, data, recompress=(50, 50)).features}
+    codes = {k: unpack_codes(hash_codes(hash_outputs(net, v))).astype(np.int32)
+             for k, v in views.items()}
+    vectors = {k: checkpoint.rerank(v).astype(np.float32) for k, v in views.items()}
+    train, test = split_per_class(data.labels, checkpoint.split_seed or 0)
+    labels = data.labels
+
+    def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return bits - (a @ b.T + (1 - a) @ (1 - b).T)
+
+    modes = [("none", 0.0), ("ties", 0.0), ("full", 0.0)] + [("blend", b) for b in BETAS]
+    rows = {}
+    c = codes["original"]
+    v = vectors["original"]
+    d_tt, cos_tt = distance(c[test], c[test]), v[test] @ v[test].T
+    np.fill_diagonal(d_tt, bits + 1)  # itself last
+    np.fill_diagonal(cos_tt, -2.0)
+    d_tr, cos_tr = distance(c[test], c[train]), v[test] @ v[train].T
+    for mode, beta in modes:
+        name = mode if mode != "blend" else f"blend, beta {beta:g}"
+        found = {
+            "map@20": mean_ap(order_of(d_tt, cos_tt, mode, beta, bits),
+                              labels[test][:, None] == labels[test][None, :], 20),
+            "map@all": mean_ap(order_of(d_tr, cos_tr, mode, beta, bits),
+                               labels[test][:, None] == labels[train][None, :], None)}
+        for copy in ("JPEG quality 50", "90° rotation"):
+            d = distance(codes[copy][test], c)
+            cos = vectors[copy][test] @ v.T
+            order = order_of(d, cos, mode, beta, bits)
+            rank = np.argmax(order == test[:, None], axis=1) + 1
+            found[f"{copy}: rank 1"] = float(np.mean(rank == 1))
+            found[f"{copy}: top 5"] = float(np.mean(rank <= 5))
+        rows[name] = found
+        print(f"{name:<16}" + "  ".join(f"{k} {x:.4f}" for k, x in found.items()), flush=True)
+    record = results_header(sys.argv) | {"model": str(args.model), "shortlist": SHORTLIST,
+                                         "queries": len(test), "rows": rows}
+    write_results(args.out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
