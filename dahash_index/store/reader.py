@@ -13,7 +13,7 @@ import pyarrow as pa
 from dahash_index.arrow_arrays import numeric_array
 from dahash_index.indexes import ShardedIndex
 from dahash_index.lru import BytesLru
-from dahash_index.store.blocks import BlockChecks, read_digests
+from dahash_index.store.blocks import read_digests
 from dahash_index.store.faiss_file import faiss_index
 from dahash_index.store.layout import (
     ERRORS_SCHEMA,
@@ -34,7 +34,7 @@ from dahash_index.store.parts import (
     read_parquet,
     read_row_groups,
 )
-from dahash_index.store.vectors import open_vectors
+from dahash_index.store.vectors import ShardVectors, gather_vectors
 
 # Decoded row groups a reader keeps (shared with the readers ``reopen`` makes): hits looked up
 # again (a result page shown twice, a scene's thumbnail after its row) read nothing. Bounded
@@ -75,7 +75,7 @@ class IndexReader:
         self._ends = self._starts + np.array([e.rows for e in entries], dtype=np.int64)
         self._index: ShardedIndex | None = None
         self._base = base
-        self._vector_files: dict[str, tuple[np.memmap, BlockChecks | None]] = {}
+        self._vector_files: dict[str, ShardVectors] = {}
         self._digest_files: dict[str, tuple[bytes, bytes]] = {}
 
     @classmethod
@@ -263,39 +263,16 @@ class IndexReader:
             raise ValueError("row ids must be committed rows of this index")
         if not len(ids):
             return np.empty((0, 0), dtype)
-        by_shard = np.argsort(part_of, kind="stable")
-        counts = np.bincount(part_of, minlength=len(keys))
-        ends = np.cumsum(counts)
-        gathered = None  # float16, the rows by shard
-        for shard in np.flatnonzero(counts).tolist():
-            mapped, checks = self._vectors(keys[shard])
-            if gathered is None:
-                gathered = np.empty((len(ids), mapped.shape[1]), mapped.dtype)
-            lo, hi = ends[shard] - counts[shard], ends[shard]
-            local = ids[by_shard[lo:hi]] - self._starts[shard]
-            if checks is not None:  # the rows' bytes, verified before they are used
-                row_bytes = mapped.shape[1] * mapped.itemsize
-                first = mapped.offset + local * row_bytes
-                checks.verify_bytes(first, first + row_bytes - 1)
-            np.take(mapped.view(np.ndarray), local, axis=0, out=gathered[lo:hi])
-        out = np.empty(gathered.shape, dtype)
-        out[by_shard] = gathered
-        return out
+        return gather_vectors(part_of, ids - self._starts[part_of], len(keys),
+                              lambda shard: self._vectors(keys[shard]), dtype)
 
-    def _vectors(self, key: str) -> tuple[np.memmap, BlockChecks | None]:
-        """A shard's vectors file, memory-mapped once, with its block checksums (None for a
-        shard committed before them: the whole file was verified instead)."""
+    def _vectors(self, key: str) -> ShardVectors:
+        """A shard's vectors file, opened once."""
         found = self._vector_files.get(key)
         if found is None:
             entry = self._manifest.shards[key]
-            checks = None
-            digests = self._block_digests(key, "vectors")
-            if digests:
-                checks = BlockChecks(self.path, entry.vectors, digests, entry.block_bytes)
-                checks.verify(np.array([0]))  # the .npy header: shape and dtype
-            else:
-                verify_checksum(self.path, entry.vectors, entry.vectors_sha256)
-            found = (open_vectors(self.path, entry.vectors, entry.rows), checks)
+            found = ShardVectors(self.path, entry.vectors, entry.rows, entry.vectors_sha256,
+                                 self._block_digests(key, "vectors"), entry.block_bytes)
             self._vector_files[key] = found
         return found
 
