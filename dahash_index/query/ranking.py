@@ -106,8 +106,7 @@ def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors
         code_of = np.full(int(owners.max()) + 1 if len(owners) else 0, -1, np.int64)
         code_of[owners] = np.arange(len(owners))
         # the hits come by query: whole queries' runs of hits, about SCORE_CHUNK at a time
-        starts = np.flatnonzero(np.concatenate(([True], query[1:] != query[:-1])))[:len(ids)]
-        ends = np.append(starts[1:], len(ids))
+        starts, ends = _runs(query)
         first = 0
         while first < len(starts):
             last = max(first + 1, int(np.searchsorted(starts, starts[first] + SCORE_CHUNK)))
@@ -143,8 +142,8 @@ def best_by_score(query: np.ndarray, distance: np.ndarray, ids: np.ndarray, scor
     score float32 (h,)) ordered by query. A shortlist of 500 needs only its best 50 sorted:
     when the hits are in search order and every query has as many, each query's are selected
     (a partition) and only those sorted."""
-    starts = np.flatnonzero(np.concatenate(([True], query[1:] != query[:-1])))[:len(query)]
-    sizes = np.diff(np.append(starts, len(query)))
+    starts, ends = _runs(query)
+    sizes = ends - starts
     n = int(sizes[0]) if len(sizes) else 0
     if n <= top or np.any(sizes != n) or not in_search_order(query, distance, ids):
         at = rerank_order(query, distance, ids, score, "full")
@@ -184,8 +183,14 @@ def first_per_query(query: np.ndarray, top: int) -> np.ndarray:
 def _query_bounds(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each entry of ``query`` (int (h,), sorted), where its query's entries start and
     end (int64 (h,) each), in one pass."""
+    starts, ends = _runs(query)
+    return np.repeat(starts, ends - starts), np.repeat(ends, ends - starts)
+
+
+def _runs(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each query's entries start and end in ``query`` (int (h,), sorted): int64 (q,)
+    each, one a query present."""
     if not len(query):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.flatnonzero(np.concatenate(([True], query[1:] != query[:-1])))
-    counts = np.diff(np.append(starts, len(query)))
-    return np.repeat(starts, counts), np.repeat(starts + counts, counts)
+    return starts, np.append(starts[1:], len(query))
