@@ -49,15 +49,6 @@ def order_of(d: np.ndarray, cos: np.ndarray, mode: str, beta: float = 0.0,
     return np.lexsort((ids, d, key, outside), axis=1)
 
 
-def mean_ap(order: np.ndarray, relevant: np.ndarray, k: int | None) -> float:
-    """mAP of each row's ``order`` (q, n) against ``relevant`` (q, n) bool, at ``k``."""
-    rel = np.take_along_axis(relevant, order, 1)
-    rel = rel if k is None else rel[:, :k]
-    hits = np.cumsum(rel, axis=1)
-    precision = hits / np.arange(1, rel.shape[1] + 1)
-    return float(np.mean((precision * rel).sum(1) / np.maximum(rel.sum(1), 1)))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "runs/ucmerced/model.pt")
@@ -72,6 +63,7 @@ def main() -> int:
     from dahash_index.train.data import scan_image_folder, split_per_class
     from dahash_index.train.evaluate import hash_outputs
     from dahash_index.train.features import cached_features
+    from dahash_index.train.metrics import mean_average_precision
 
     checkpoint = load_checkpoint(args.model)
     net, bits = checkpoint.build_net(), checkpoint.net_config.bits
@@ -94,16 +86,15 @@ def main() -> int:
     c = codes["original"]
     v = vectors["original"]
     d_tt, cos_tt = distance(c[test], c[test]), v[test] @ v[test].T
-    np.fill_diagonal(d_tt, bits + 1)  # itself last
-    np.fill_diagonal(cos_tt, -2.0)
     d_tr, cos_tr = distance(c[test], c[train]), v[test] @ v[train].T
     for mode, beta in modes:
         name = mode if mode != "blend" else f"blend, beta {beta:g}"
         found = {
-            "map@20": mean_ap(order_of(d_tt, cos_tt, mode, beta, bits),
-                              labels[test][:, None] == labels[test][None, :], 20),
-            "map@all": mean_ap(order_of(d_tr, cos_tr, mode, beta, bits),
-                               labels[test][:, None] == labels[train][None, :], None)}
+            "map@20": mean_average_precision(labels[test], labels[test],
+                                             order_of(d_tt, cos_tt, mode, beta, bits), k=20,
+                                             exclude_self=np.arange(len(test))),
+            "map@all": mean_average_precision(labels[test], labels[train],
+                                              order_of(d_tr, cos_tr, mode, beta, bits))}
         for copy in ("JPEG quality 50", "90° rotation"):
             d = distance(codes[copy][test], c)
             cos = vectors[copy][test] @ v.T
