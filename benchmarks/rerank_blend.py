@@ -5,11 +5,17 @@ labels, stays as good as the codes); ``full`` orders a shortlist by the vectors 
 re-encoded or rotated copy finds its original, but on the classes the model was trained for
 it ranks worse than the codes). This script scores, with a trained model and the cached
 backbone features of UC Merced (no index, no images decoded), a *blend*: the shortlist
-ordered by ``cosine - beta * distance / K``, for several beta, beside none, ties and full:
+ordered by ``cosine - beta * distance / K``, for several beta, beside none, ties and full;
+and ``near`` (the product's ``train.ranking.rerank_ranking``), which puts the shortlist's
+rows scoring a threshold or more first, for several thresholds:
 
 - class retrieval on the model's split: mAP@20 (test vs test) and mAP@all (test vs train);
 - changed copies: each test scene's JPEG-50 copy, and its 90° rotation, queries all 2,100
-  originals; the share whose original comes first, and within the top 5.
+  originals; the share whose original comes first, and within the top 5;
+- for each threshold, on the training part (train vs train, each scene's own row left out):
+  the share of scene pairs scoring that much or more that share a class. ``near``'s
+  threshold (``model.rerank.NEAR_SCORE``) was chosen from this alone: the lowest that keeps
+  99 % of such pairs in one class.
 
 Nothing here is used by the project; it measures whether a blend is worth building.
 
@@ -27,6 +33,7 @@ from _common import REPO, UCMERCED, results_header, write_results
 
 SHORTLIST = 500
 BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)
+NEAR_SCORES = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def order_of(d: np.ndarray, cos: np.ndarray, mode: str, beta: float = 0.0,
@@ -64,6 +71,7 @@ def main() -> int:
     from dahash_index.train.evaluate import hash_outputs
     from dahash_index.train.features import cached_features
     from dahash_index.train.metrics import mean_average_precision
+    from dahash_index.train.ranking import hamming_rank_all, rerank_ranking
 
     checkpoint = load_checkpoint(args.model)
     net, bits = checkpoint.build_net(), checkpoint.net_config.bits
@@ -72,8 +80,8 @@ def main() -> int:
     views = {"original": cached_features(extractor, data).features,
              "90° rotation": cached_features(extractor, data, orientation=1).features,
              "JPEG quality 50": cached_features(extractor, data, recompress=(50, 50)).features}
-    codes = {k: unpack_codes(hash_codes(hash_outputs(net, v))).astype(np.int32)
-             for k, v in views.items()}
+    packed = {k: hash_codes(hash_outputs(net, v)) for k, v in views.items()}
+    codes = {k: unpack_codes(p).astype(np.int32) for k, p in packed.items()}
     vectors = {k: checkpoint.rerank(v).astype(np.float32) for k, v in views.items()}
     train, test = split_per_class(data.labels, checkpoint.split_seed or 0)
     labels = data.labels
@@ -81,31 +89,58 @@ def main() -> int:
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return bits - (a @ b.T + (1 - a) @ (1 - b).T)
 
-    modes = [("none", 0.0), ("ties", 0.0), ("full", 0.0)] + [("blend", b) for b in BETAS]
+    modes = ([("none", 0.0), ("ties", 0.0), ("full", 0.0)] + [("blend", b) for b in BETAS]
+             + [("near", t) for t in NEAR_SCORES])
     rows = {}
     c = codes["original"]
     v = vectors["original"]
     d_tt, cos_tt = distance(c[test], c[test]), v[test] @ v[test].T
     d_tr, cos_tr = distance(c[test], c[train]), v[test] @ v[train].T
-    for mode, beta in modes:
-        name = mode if mode != "blend" else f"blend, beta {beta:g}"
+
+    def ordered(query: str, part: np.ndarray, db: np.ndarray, mode: str, param: float,
+                d: np.ndarray, cos: np.ndarray) -> np.ndarray:
+        """The database order (q, n) of the ``query`` view's scenes ``part`` against the
+        originals ``db``."""
+        if mode != "near":
+            return order_of(d, cos, mode, param, bits)
+        hd, ids = hamming_rank_all(packed["original"][db], packed[query][part])
+        return rerank_ranking(hd, ids, vectors[query][part], v[db], "near", SHORTLIST,
+                              near_score=param)[1]
+
+    everything = np.arange(len(labels))
+    for mode, param in modes:
+        name = {"blend": f"blend, beta {param:g}", "near": f"near, score >= {param:g}"}.get(
+            mode, mode)
         found = {
-            "map@20": mean_average_precision(labels[test], labels[test],
-                                             order_of(d_tt, cos_tt, mode, beta, bits), k=20,
-                                             exclude_self=np.arange(len(test))),
-            "map@all": mean_average_precision(labels[test], labels[train],
-                                              order_of(d_tr, cos_tr, mode, beta, bits))}
+            "map@20": mean_average_precision(
+                labels[test], labels[test], ordered("original", test, test, mode, param,
+                                                    d_tt, cos_tt),
+                k=20, exclude_self=np.arange(len(test))),
+            "map@all": mean_average_precision(
+                labels[test], labels[train], ordered("original", test, train, mode, param,
+                                                     d_tr, cos_tr))}
         for copy in ("JPEG quality 50", "90° rotation"):
             d = distance(codes[copy][test], c)
             cos = vectors[copy][test] @ v.T
-            order = order_of(d, cos, mode, beta, bits)
+            order = ordered(copy, test, everything, mode, param, d, cos)
             rank = np.argmax(order == test[:, None], axis=1) + 1
             found[f"{copy}: rank 1"] = float(np.mean(rank == 1))
             found[f"{copy}: top 5"] = float(np.mean(rank <= 5))
         rows[name] = found
-        print(f"{name:<16}" + "  ".join(f"{k} {x:.4f}" for k, x in found.items()), flush=True)
+        print(f"{name:<20}" + "  ".join(f"{k} {x:.4f}" for k, x in found.items()), flush=True)
+    # how often the training part's scene pairs at a score share a class (near's threshold)
+    cos_train = v[train] @ v[train].T
+    np.fill_diagonal(cos_train, -np.inf)
+    same = labels[train][:, None] == labels[train][None, :]
+    same_class = {}
+    for t in NEAR_SCORES:
+        above = cos_train >= t
+        same_class[f"{t:g}"] = float(same[above].mean()) if above.any() else None
+        print(f"training part, pairs scoring {t:g} or more: {above.sum() // 2} pairs, "
+              f"same class {same_class[f'{t:g}']:.4f}", flush=True)
     record = results_header(sys.argv) | {"model": str(args.model), "shortlist": SHORTLIST,
-                                         "queries": len(test), "rows": rows}
+                                         "queries": len(test), "rows": rows,
+                                         "same class above score (training part)": same_class}
     write_results(args.out, record)
     return 0
 

@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--index", type=Path, default=None, help="an index of the scenes")
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--rerank", default="ties,full,none")
+    parser.add_argument("--rerank", default="ties,near,full,none")
     parser.add_argument("--transforms", default=",".join(TRANSFORMS))
     parser.add_argument("--orientations", default="1", help="e.g. 1,4")
     parser.add_argument("--queries-per-class", type=int, default=None,

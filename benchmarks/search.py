@@ -9,9 +9,10 @@ counting search, which the project runs on flat indexes: the same rows in the sa
 timed beside it.
 Project: ``SceneIndex.query_codes`` on an on-disk index of the same codes and of random
 re-rank vectors (64 float16 a row): the search, the metadata lookup of every hit and the
-result table, with ``rerank`` none (Hamming distance alone), ties and full (a shortlist of
-500); one query at a time is timed as 20 different queries in a row, per query. Seed 0.
-Everything is timed in turn, ``--repeat`` rounds; the figures are medians (and
+result table, with each ``rerank``: none (Hamming distance alone), ties, near and full (a
+shortlist of 500; random vectors, so near finds no row scoring 0.8: its cost is the
+shortlist's scores); one query at a time is timed as 20 different queries in a row, per
+query. Seed 0. Everything is timed in turn, ``--repeat`` rounds; the figures are medians (and
 minima), written to --out with the command, commit, date and machine.
 """
 
@@ -28,6 +29,7 @@ import pyarrow as pa
 from _common import headline, machine, results_header, write_results
 
 from dahash_index import runtime
+from dahash_index.model.rerank import RERANKS
 
 SINGLE_QUERIES = 20  # single-query figures: the mean of this many queries in a row
 
@@ -118,7 +120,7 @@ def main() -> None:
         fns = [lambda: bare_index.search(queries, args.top),
                lambda: hamming_topk(bare_index, queries, args.top)]
         for n in (args.queries, 1):
-            for rerank in ("none", "ties", "full"):
+            for rerank in RERANKS:
                 names.append(f"query_codes, {n} quer{'ies' if n > 1 else 'y'}, rerank {rerank}")
                 fns.append(run(rerank, n))
         times = interleaved(args.repeat, *fns)
@@ -135,7 +137,7 @@ def main() -> None:
         print(f"{name:<48} {np.median(t) * 1000:9.1f} ms (min {min(t) * 1000:.1f})")
     for n in (args.queries, 1):
         plain = medians[f"query_codes, {n} quer{'ies' if n > 1 else 'y'}, rerank none"]
-        for rerank in ("ties", "full"):
+        for rerank in RERANKS[1:]:
             ratio = medians[f"query_codes, {n} quer{'ies' if n > 1 else 'y'}, rerank {rerank}"]
             print(f"re-rank {rerank}, {n} quer{'ies' if n > 1 else 'y'}: "
                   f"{ratio / plain:.3f} x rerank none (goal <= 1.3)")
@@ -143,7 +145,7 @@ def main() -> None:
     goal = 1.1 if args.rows >= 10_000_000 else 1.2
     bare_runs = np.array(seconds[names[0]])
     heads = [headline(f"bare FAISS, {args.queries} queries", bare_runs, "ms", scale=1e3)]
-    for rerank in ("none", "ties", "full"):
+    for rerank in RERANKS:
         runs = np.array(seconds[f"query_codes, {args.queries} queries, rerank {rerank}"])
         heads.append(headline(f"query_codes with metadata, {args.queries} queries, rerank "
                               f"{rerank}", runs, "ms", scale=1e3))
@@ -158,14 +160,14 @@ def main() -> None:
     heads.append(headline(f"indexes.hamming_topk on the same FAISS index (FAISS's counting "
                           f"search), {args.queries} queries", seconds[names[1]], "ms",
                           scale=1e3))
-    for rerank in ("none", "ties", "full"):
+    for rerank in RERANKS:
         heads.append(headline(f"query_codes, one query (of {SINGLE_QUERIES} in a row), rerank "
                               f"{rerank}", seconds[f"query_codes, 1 query, rerank {rerank}"],
                               "ms", scale=1e3))
     for n in (args.queries, 1):  # re-ranking's price against the Hamming-only query, per round
         what = f"{n} quer{'ies' if n > 1 else 'y'}"
         plain = np.array(seconds[f"query_codes, {what}, rerank none"])
-        for rerank in ("ties", "full"):
+        for rerank in RERANKS[1:]:
             ratio = headline(f"  rerank {rerank} / rerank none, {what}",
                              np.array(seconds[f"query_codes, {what}, rerank {rerank}"]) / plain,
                              "x", "<= 1.3")

@@ -21,7 +21,7 @@ from dahash_index.cli.options import (
 )
 from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
 from dahash_index.errors import printable
-from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
+from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, NEAR_SCORE, RERANKS
 from dahash_index.query.export import FORMATS
 
 
@@ -59,11 +59,14 @@ from dahash_index.query.export import FORMATS
 @click.option("--rerank", type=click.Choice(RERANKS), default=DEFAULT_RERANK,
               show_default=True,
               help="How the re-rank vectors order the hits: none (Hamming distance, then row "
-                   "id), ties (inside groups of equal distance), full (the --shortlist "
+                   "id), ties (inside groups of equal distance), near (rows of the "
+                   f"--shortlist scoring {NEAR_SCORE:g} or more, such as changed copies of "
+                   "the query, first by score; the others as ties), full (the --shortlist "
                    "nearest rows by Hamming distance, ordered by score). An index built "
                    "before re-rank vectors ranks by distance alone.")
 @click.option("--shortlist", type=click.IntRange(min=1), default=DEFAULT_SHORTLIST,
-              show_default=True, help="Rows re-ranked with --rerank full.")
+              show_default=True,
+              help="Rows re-ranked with --rerank full, searched for near rows with near.")
 @click.option("--orientations", type=click.Choice(["1", "4", "8"]), default="1",
               show_default=True,
               help="Search with each image in this many orientations (4: its rotations by "

@@ -9,6 +9,9 @@ codes finds, each at its smallest distance (``merged``). ``--rerank`` then order
   the query's and the row's vectors; a multi-code query's best), then row id. Rows at
   different distances keep their order. The group at the ``top``-th hit's distance is read
   whole (a range search when the shortlist cut it), so the hits kept are the best of it;
+- ``near``: the rows of a shortlist of the ``shortlist`` nearest by distance that score
+  ``model.rerank.NEAR_SCORE`` or more (changed copies of the query, and scenes nearly
+  alike) first, by score; then the others as ``ties`` orders them;
 - ``full``: a shortlist of the ``shortlist`` nearest by distance, ordered by score, then
   distance, then row id.
 """
@@ -21,7 +24,13 @@ import faiss
 import numpy as np
 
 from dahash_index import indexes
-from dahash_index.model.rerank import descending_key, in_search_order, lexsort_ints, rerank_order
+from dahash_index.model.rerank import (
+    NEAR_SCORE,
+    descending_key,
+    in_search_order,
+    lexsort_ints,
+    rerank_order,
+)
 
 SCORE_CHUNK = 16384  # hits scored at a time (16,384 x 64 float32: 4 MB)
 
@@ -30,7 +39,7 @@ def fetch_size(rerank: str, top: int, shortlist: int) -> int:
     """How many nearest rows to fetch per code: ``top`` for none; the shortlist for full; for
     ties, enough that the tie group at the ``top``-th distance is rarely cut (then it is
     completed by a range search, ``complete_ties``)."""
-    if rerank == "full":
+    if rerank in ("full", "near"):
         return max(top, shortlist)
     return top if rerank == "none" else 2 * top + 32
 
@@ -153,6 +162,22 @@ def best_by_score(query: np.ndarray, distance: np.ndarray, ids: np.ndarray, scor
     best = np.argpartition(key, top - 1, axis=1)[:, :top]
     best = np.take_along_axis(best, np.argsort(np.take_along_axis(key, best, 1), axis=1), 1)
     return (starts[:, None] + best).ravel()
+
+
+def best_near(query: np.ndarray, distance: np.ndarray, ids: np.ndarray, score: np.ndarray,
+              top: int, near_score: float = NEAR_SCORE) -> np.ndarray:
+    """The positions of each query's ``top`` first hits in the ``near`` order (int64), as
+    ``rerank_order(..., "near")`` then ``first_per_query`` give them; hits (int (h,) each, a
+    score float32 (h,)) ordered by query, then distance. Only the near hits and the others
+    within their query's ``top``-th distance among those can be kept: only they are sorted
+    (a shortlist of 500 has a few dozen)."""
+    near = score >= near_score
+    keep = near.copy()
+    far = np.flatnonzero(~near)
+    keep[far] = within_top_distance(query[far], distance[far], top)
+    at = np.flatnonzero(keep)
+    at = at[rerank_order(query[at], distance[at], ids[at], score[at], "near", near_score)]
+    return at[first_per_query(query[at], top)]
 
 
 def best_per_scene(query: np.ndarray, keys: list[tuple]) -> np.ndarray:

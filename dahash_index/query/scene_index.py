@@ -231,8 +231,8 @@ class SceneIndex:
         orientations: 1, 4 or 8: search with each query in that many orientations too (its
         rotations, and flips for 8; 4 or 8 backbone passes): a row's distance is its nearest
         orientation's, its score its best (overhead scenes have no "up").
-        rerank: "none", "ties" or "full", and shortlist: how the re-rank vectors order the
-        hits (``query.ranking``); an index or model without vectors ranks by distance alone.
+        rerank: "none", "ties", "near" or "full", and shortlist: how the re-rank vectors order
+        the hits (``query.ranking``); an index or model without vectors ranks by distance alone.
         names: what to call the queries in the result and its errors (default: the path or
         URL, "bytes i", "array i"). max_pixels: see ``encode``.
         window: (col_off, row_off, width, height): query with that part of each image only.
@@ -284,7 +284,7 @@ class SceneIndex:
         fetch = ranking.fetch_size(rerank, top, shortlist)
         while True:
             query_of, hit_d, hit_ids = ranking.merged(index, codes, owners, fetch, radius, nprobe)
-            if rerank == "ties" and radius is None:
+            if rerank in ("ties", "near") and radius is None:
                 query_of, hit_d, hit_ids = ranking.complete_ties(
                     index, codes, owners, query_of, hit_d, hit_ids, top, fetch, nprobe)
             score = None
@@ -297,6 +297,8 @@ class SceneIndex:
                                        lambda rows: reader.vectors(rows, np.float16))
                 if rerank == "full" and group_by is None and radius is None:
                     at = ranking.best_by_score(query_of, hit_d, hit_ids, score, top)
+                elif rerank == "near" and group_by is None and radius is None:
+                    at = ranking.best_near(query_of, hit_d, hit_ids, score, top)
                 else:
                     at = rerank_order(query_of, hit_d, hit_ids, score, rerank)
                 query_of, hit_d, hit_ids, score = query_of[at], hit_d[at], hit_ids[at], score[at]

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from dahash_index.columns import BOUNDS_COLUMNS, WGS84_COLUMNS, WINDOW_COLUMNS
-from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
+from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, NEAR_SCORE, RERANKS
 from dahash_index.serve.thumbnails import SIZES
 
 _ERROR = {"description": "an error", "content": {"application/json": {
@@ -100,10 +100,12 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
                 _param("group_by", "query", "scene: the best hit (chip) of each scene",
                        {"type": "string", "enum": ["scene"]}),
                 _param("rerank", "query", "how the re-rank vectors order the hits: none "
-                       "(Hamming distance, then row id), ties (inside equal distances), full "
-                       "(a shortlist of the nearest, by score)",
+                       "(Hamming distance, then row id), ties (inside equal distances), near "
+                       f"(the shortlist's rows scoring {NEAR_SCORE:g} or more first, by score; "
+                       "the others as ties), full (a shortlist of the nearest, by score)",
                        {"type": "string", "enum": list(RERANKS), "default": DEFAULT_RERANK}),
-                _param("shortlist", "query", "rows re-ranked with rerank=full",
+                _param("shortlist", "query", "rows re-ranked with rerank=full, searched for "
+                       "near rows with rerank=near",
                        {"type": "integer", "minimum": 1, "default": DEFAULT_SHORTLIST}),
                 _param("label", "query", "keep the hits with this label", {"type": "string"}),
                 _param("crs", "query", "keep the hits in this CRS", {"type": "string",

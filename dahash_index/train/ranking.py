@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dahash_index import indexes
+from dahash_index.model.rerank import DEFAULT_SHORTLIST, NEAR_SCORE
 
 
 def hamming_rank_all(db_codes: np.ndarray, query_codes: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -16,21 +17,27 @@ def hamming_rank_all(db_codes: np.ndarray, query_codes: np.ndarray) -> tuple[np.
 
 
 def rerank_ranking(distances: np.ndarray, ids: np.ndarray, query_vectors: np.ndarray,
-                   db_vectors: np.ndarray, mode: str, shortlist: int = 500
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   db_vectors: np.ndarray, mode: str, shortlist: int = DEFAULT_SHORTLIST,
+                   near_score: float = NEAR_SCORE) -> tuple[np.ndarray, np.ndarray]:
     """``hamming_rank_all``'s rankings (d, ids (q, n), by distance then row) reordered by the
     re-rank score (the cosine of the vectors, (q, D) and (n, D) unit rows) as the index's
-    queries order hits (``model.rerank.rerank_order``): "ties" inside equal distances,
-    "full" the first ``shortlist`` columns by score, the rest in Hamming order."""
+    queries order hits (``model.rerank.rerank_order``): "ties" inside equal distances;
+    "near" the first ``shortlist`` columns that score ``near_score`` or more by score, then
+    the rest as "ties"; "full" the first ``shortlist`` columns by score, the rest in Hamming
+    order."""
     score = np.take_along_axis(query_vectors @ db_vectors.T, ids, axis=1)
     score = np.clip(score, -1.0, 1.0)
     column = np.arange(ids.shape[1])[None, :]
     if mode == "ties":
         key = distances + 0.5 * (1.0 - score) / 2.0  # [d, d + 0.5): distance first
+    elif mode == "near":
+        near = (column < shortlist) & (score >= near_score)
+        key = np.where(near, (1.0 - score) / 2.0 + 1e-6 * distances,
+                       2.0 + distances + 0.5 * (1.0 - score) / 2.0)
     elif mode == "full":
         inside = column < shortlist
         key = np.where(inside, (1.0 - score) / 2.0 + 1e-6 * distances, 2.0 + distances)
     else:
-        raise ValueError(f"rerank must be ties or full, got {mode!r}")
+        raise ValueError(f"rerank must be ties, near or full, got {mode!r}")
     order = np.argsort(key + 1e-12 * column, axis=1, kind="stable")
     return np.take_along_axis(distances, order, axis=1), np.take_along_axis(ids, order, axis=1)

@@ -77,7 +77,14 @@ def test_the_order_of_each_mode_by_hand():
     # full: by score whatever the distance
     assert ids[rerank_order(groups, distance, ids, score, "full")].tolist() == [14, 11, 13, 12,
                                                                                  10]
-    with pytest.raises(ValueError, match="rerank must be one of none, ties, full"):
+    # near: the rows scoring 0.8 or more by score (14, 11, 13), then the others as ties: 10 at
+    # distance 0 before 12 at 1, although 12 scores more
+    assert ids[rerank_order(groups, distance, ids, score, "near")].tolist() == [14, 11, 13, 10,
+                                                                                 12]
+    # a threshold of 0.95 puts 14 alone first: the others as ties
+    assert ids[rerank_order(groups, distance, ids, score, "near", near_score=0.95)].tolist() \
+        == [14, 11, 10, 13, 12]
+    with pytest.raises(ValueError, match="rerank must be one of none, ties, near, full"):
         rerank_order(groups, distance, ids, score, "some")
 
 
@@ -96,7 +103,11 @@ def test_the_order_of_each_mode_from_hits_in_any_order():
     in_order = rerank_order(groups, distance, ids, None, "none")
     assert ids[in_order].tolist() == [4, 0, 1, 3, 2, 5]
     g, d, i, s = groups[in_order], distance[in_order], ids[in_order], score[in_order]
-    for mode in ("ties", "full"):  # the same from hits in search order
+    # near at 0.5: the 0.7s first (ids 1, 3: distance 1, a score tie broken by id), then
+    # query 0's others as ties: 4 (distance 0), 0 (distance 1)
+    assert ids[rerank_order(groups, distance, ids, score, "near", 0.5)].tolist() == [1, 3, 4,
+                                                                                      0, 2, 5]
+    for mode in ("ties", "near", "full"):  # the same from hits in search order
         assert i[rerank_order(g, d, i, s, mode)].tolist() == \
             ids[rerank_order(groups, distance, ids, score, mode)].tolist()
 

@@ -12,6 +12,7 @@ from helpers import identity, shard_rows
 from dahash_index.model.rerank import in_search_order, rerank_order
 from dahash_index.query.ranking import (
     best_by_score,
+    best_near,
     first_per_query,
     merged,
     within_top_distance,
@@ -65,6 +66,11 @@ def test_each_mode_orders_the_toy_index_by_hand(four):
     assert ranked(four, "full", vector=q) == [1, 3, 2, 0]
     # a shortlist of 3 leaves row 3 (the farthest by Hamming distance) out
     assert ranked(four, "full", vector=q, top=3, shortlist=3) == [1, 2, 0]
+    # near: the rows scoring 0.8 or more first, by score: 1 (1.0), 3 (0.995, at distance 8);
+    # then the others as ties: 0 (distance 0) before 2 (distance 1), which scores 0.707
+    assert ranked(four, "near", vector=q) == [1, 3, 0, 2]
+    # row 3 is not in a shortlist of 3: the ties order
+    assert ranked(four, "near", vector=q, top=3, shortlist=3) == [1, 0, 2]
 
 
 def test_scores_and_distances_come_with_the_hits(four):
@@ -96,7 +102,7 @@ def test_an_index_without_vectors_answers_by_distance(tmp_path, ckpts):
 
 
 def test_bad_rerank_arguments_are_refused(four):
-    with pytest.raises(ValueError, match="rerank must be one of none, ties, full"):
+    with pytest.raises(ValueError, match="rerank must be one of none, ties, near, full"):
         four.query_codes(A[None], rerank="best")
     with pytest.raises(ValueError, match="shortlist must be an integer >= 1"):
         four.query_codes(A[None], rerank="full", shortlist=0)
@@ -162,6 +168,24 @@ def test_best_by_score_is_the_full_order_cut_at_top(sizes):
         at = rerank_order(query, d, ids, score, "full")
         expected = at[first_per_query(query[at], top)]
         assert best_by_score(query, d, ids, score, top).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("sizes", [(6, 6, 6), (6, 3, 6), (2, 2), (9,)])
+def test_best_near_is_the_near_order_cut_at_top(sizes):
+    # scores with ties (quarters), some at the threshold; hits in search order
+    rng = np.random.default_rng(len(sizes) + sum(sizes))
+    query = np.repeat(np.arange(len(sizes)), sizes)
+    d = np.concatenate([np.sort(rng.integers(0, 4, n)) for n in sizes])
+    ids = rng.permutation(len(query)) * 10 + 5
+    order = np.lexsort((ids, d, query))
+    query, d, ids = query[order], d[order], ids[order]
+    score = rng.integers(-3, 5, len(query)).astype(np.float32) / 4
+    for near_score in (0.5, 0.75, 2.0):
+        for top in (1, 3, 5, 8):
+            at = rerank_order(query, d, ids, score, "near", near_score)
+            expected = at[first_per_query(query[at], top)]
+            assert best_near(query, d, ids, score, top, near_score).tolist() == \
+                expected.tolist()
 
 
 def test_best_by_score_by_hand():
