@@ -30,10 +30,11 @@ DEFAULT_RERANK = "near"
 DEFAULT_SHORTLIST = 500  # rows re-ranked by ``full`` and searched for near copies by ``near``
 # ``near`` puts first the rows of the shortlist whose score reaches NEAR_SCORE: a changed copy
 # of the query (re-encoded, cropped, brightened) lands a few bits from its original, behind the
-# whole group of its class at a smaller distance, but scores 0.84-0.99 with it. On UC Merced's
-# training part 99.4 % of the scene pairs scoring 0.8 or more share a class (98.3 % at 0.75,
-# 89.7 % at 0.6): the lowest threshold keeping 99 %, so that putting those rows first costs
-# class retrieval nothing (``benchmarks/rerank_blend.py``).
+# whole group of its class at a smaller distance, but scores 0.84 or more with it (99 % of UC
+# Merced's JPEG-50 copies). On UC Merced's training part 99.4 % of the scene pairs scoring 0.8
+# or more share a class (98.3 % at 0.75, 89.7 % at 0.6): the lowest threshold keeping 99 %,
+# so that putting those rows first costs class retrieval nothing
+# (``benchmarks/rerank_blend.py``).
 NEAR_SCORE = 0.8
 # The views ``train`` fits the projection on: each scene, its mirror image and its 90°
 # rotation (``model.orientations``: 4 and 1). Measured on UC Merced (10 classes held out as
