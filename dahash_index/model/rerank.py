@@ -161,7 +161,14 @@ def rerank_order(groups: np.ndarray, distance: np.ndarray, ids: np.ndarray,
     worse = descending_key(score)
     if mode == "near":
         near = np.asarray(score) >= near_score
-        return np.lexsort((ids, worse, distance, np.where(near, worse, 0), ~near, groups))
+        if not in_search_order(groups, distance, ids):
+            return np.lexsort((ids, worse, distance, np.where(near, worse, 0), ~near, groups))
+        # One stable sort of hits in search order, whose position breaks ties by id: a near
+        # hit's key is (score, distance), another's (distance, score), each packed in one int.
+        d = np.asarray(distance).astype(np.int64)
+        width = int(d.max()).bit_length() if len(d) else 0
+        return lexsort_ints((np.where(near, (worse << width) | d, (d << 32) | worse), ~near,
+                             groups))
     if in_search_order(groups, distance, ids):  # as a search gives them: one stable sort is enough
         return lexsort_ints((worse, distance, groups) if mode == "ties" else (worse, groups))
     if mode == "ties":

@@ -181,8 +181,12 @@ def test_best_near_is_the_near_order_cut_at_top(sizes):
     query, d, ids = query[order], d[order], ids[order]
     score = rng.integers(-3, 5, len(query)).astype(np.float32) / 4
     for near_score in (0.5, 0.75, 2.0):
+        near = score >= near_score
+        # the definition, sorted the slow way: near hits by (score, distance, id), then the
+        # others by (distance, score, id)
+        at = np.lexsort((ids, -score, d, np.where(near, -score, 0), ~near, query))
+        assert rerank_order(query, d, ids, score, "near", near_score).tolist() == at.tolist()
         for top in (1, 3, 5, 8):
-            at = rerank_order(query, d, ids, score, "near", near_score)
             expected = at[first_per_query(query[at], top)]
             assert best_near(query, d, ids, score, top, near_score).tolist() == \
                 expected.tolist()
