@@ -137,6 +137,12 @@ def uniform_words(n: int, rng: np.random.Generator) -> np.ndarray:
 # --- the metadata: pyarrow arrays from numpy ------------------------------------------------
 
 
+def unit_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """n random unit vectors (n, dim) as float16: stand-ins for re-rank vectors."""
+    v = rng.standard_normal((n, dim), dtype=np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
+
+
 def digits(values: np.ndarray, width: int) -> np.ndarray:
     """Non-negative int64 (n,) -> their last ``width`` decimal digits as ASCII uint8 (n, width)."""
     powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
