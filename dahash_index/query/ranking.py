@@ -80,8 +80,9 @@ def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarra
                   nprobe: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``merged``'s hits (each code's ``fetch`` nearest) with, for each query whose shortlist
     may have cut the group of rows tied at its ``top``-th distance, every row within that
-    distance (a range search). A one-code query's group is whole unless its ``fetch``-th hit
-    is still at that distance; a query of several codes (chips) is searched again anyway."""
+    distance (a range search); its hits farther than that stay (``near`` may lift them). A
+    one-code query's group is whole unless its ``fetch``-th hit is still at that distance; a
+    query of several codes (chips, orientations) is searched again anyway."""
     n = int(owners.max()) + 1 if len(owners) else 0
     starts = np.searchsorted(query, np.arange(n))
     ends = np.append(starts[1:], len(query))
@@ -91,14 +92,23 @@ def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarra
                                                       and d[hi - 1] == d[lo + top - 1]))]
     if not cut:
         return query, d, ids
-    redo = np.isin(query, [q for q, _ in cut])
-    parts = [(query[~redo], d[~redo], ids[~redo])]
+    cut_at = np.full(n, -1, np.int64)
+    cut_at[[q for q, _ in cut]] = [within for _, within in cut]
+    stay = d > cut_at[query]  # every hit of a query not cut, and those past the cut
+    parts = [(query[stay], d[stay], ids[stay])]
     # one range search for all the queries cut at the same distance: a pass over the codes,
     # not one a query
     for within in sorted({within for _, within in cut}):
         mine = np.isin(owners, [q for q, w in cut if w == within])
         parts.append(merged(index, codes[mine], owners[mine], fetch, within, nprobe))
     query, d, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    # A hit past the cut that the range search found nearer (by another of the query's
+    # codes) is kept once, at its smaller distance.
+    at = lexsort_ints((d, ids, query))
+    query, d, ids = query[at], d[at], ids[at]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
+    query, d, ids = query[first], d[first], ids[first]
     at = lexsort_ints((ids, d, query))
     return query[at], d[at], ids[at]
 

@@ -73,6 +73,21 @@ def test_each_mode_orders_the_toy_index_by_hand(four):
     assert ranked(four, "near", vector=q, top=3, shortlist=3) == [1, 0, 2]
 
 
+def test_near_lifts_rows_past_the_top_distance_for_a_query_of_several_codes(four):
+    # A query of two codes (chips, orientations) has its tie group read again by a range
+    # search within its top-th distance (0 here); row 3, at distance 8, scores 0.995 and must
+    # still be lifted: the shortlist's hits past the cut are kept.
+    q = unit(0, 1)
+    table = four.query_codes(np.stack([A, A]), top=2, owners=np.array([0, 0]),
+                             vectors=np.stack([q, q]), rerank="near")
+    assert table["row_id"].to_pylist() == [1, 3]
+    assert table["distance"].to_pylist() == [0, 8]
+    # the same query as ties: the two rows at distance 0, by score
+    table = four.query_codes(np.stack([A, A]), top=2, owners=np.array([0, 0]),
+                             vectors=np.stack([q, q]), rerank="ties")
+    assert table["row_id"].to_pylist() == [1, 0]
+
+
 def test_scores_and_distances_come_with_the_hits(four):
     table = four.query_codes(A[None], top=2, vectors=unit(0, 1)[None], rerank="ties")
     assert table["distance"].to_pylist() == [0, 0]
