@@ -33,6 +33,7 @@ QUICK = [
     (["feature_extraction.py", "--repeat", "3"], "data"),
     (["build_throughput.py", "--rounds", "3"], "data"),
     (["cold_query.py", "--repeat", "5"], "index"),
+    (["rerank_blend.py"], "model"),  # seconds with make demo's feature caches
 ]
 FULL = [
     *QUICK[3:],
@@ -46,6 +47,11 @@ FULL = [
     (["soak.py"], "model"),
     (["ray_build.py", "--rounds", "3"], "data"),
     (["build_memory.py"], None),
+    (["scene_checks.py", "--model", str(MODEL)], "model"),
+    (["scene_checks.py", "--model", str(MODEL), "--transforms", "rot90,jpeg50",
+      "--orientations", "1,4", "--rerank", "ties,near,full", "--queries-per-class", "20",
+      "--out", str(REPO / "benchmarks" / "results" / "scene-checks-orientations.json")],
+     "model"),
 ]
 
 
