@@ -64,11 +64,7 @@ def merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetc
         counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
     query = np.repeat(owners, counts)
     if len(np.unique(owners)) < len(owners):  # a row may be found by several codes of a query
-        order = lexsort_ints((d, ids, query))  # each (query, row) pair's smallest distance first
-        query, d, ids = query[order], d[order], ids[order]
-        first = np.ones(len(ids), dtype=bool)
-        first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
-        query, d, ids = query[first], d[first], ids[first]
+        query, d, ids = _each_row_once(query, d, ids)
     if in_search_order(query, d, ids):  # FAISS's order: each code's hits by (distance, id)
         return query, d.astype(np.int32), ids
     order = lexsort_ints((ids, d, query))
@@ -104,11 +100,7 @@ def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarra
     query, d, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
     # A hit past the cut that the range search found nearer (by another of the query's
     # codes) is kept once, at its smaller distance.
-    at = lexsort_ints((d, ids, query))
-    query, d, ids = query[at], d[at], ids[at]
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
-    query, d, ids = query[first], d[first], ids[first]
+    query, d, ids = _each_row_once(query, d, ids)
     at = lexsort_ints((ids, d, query))
     return query[at], d[at], ids[at]
 
@@ -213,6 +205,17 @@ def first_per_query(query: np.ndarray, top: int) -> np.ndarray:
     """bool mask of the first ``top`` entries of each query (``query`` sorted)."""
     start, _ = _query_bounds(query)
     return np.arange(len(query)) - start < top
+
+
+def _each_row_once(query: np.ndarray, d: np.ndarray, ids: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hits (int (h,) each) with each (query, row) pair once, at its smallest distance;
+    ordered by query, then row id."""
+    at = lexsort_ints((d, ids, query))
+    query, d, ids = query[at], d[at], ids[at]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = (query[1:] != query[:-1]) | (ids[1:] != ids[:-1])
+    return query[first], d[first], ids[first]
 
 
 def _query_bounds(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
