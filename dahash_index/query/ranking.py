@@ -36,9 +36,9 @@ SCORE_CHUNK = 16384  # hits scored at a time (16,384 x 64 float32: 4 MB)
 
 
 def fetch_size(rerank: str, top: int, shortlist: int) -> int:
-    """How many nearest rows to fetch per code: ``top`` for none; the shortlist for full; for
-    ties, enough that the tie group at the ``top``-th distance is rarely cut (then it is
-    completed by a range search, ``complete_ties``)."""
+    """How many nearest rows to fetch per code: ``top`` for none; the shortlist for full and
+    near; for ties, enough that the tie group at the ``top``-th distance is rarely cut (then
+    it is completed by a range search, ``complete_ties``)."""
     if rerank in ("full", "near"):
         return max(top, shortlist)
     return top if rerank == "none" else 2 * top + 32
