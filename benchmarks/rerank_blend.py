@@ -37,17 +37,12 @@ BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 NEAR_SCORES = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
-def order_of(d: np.ndarray, cos: np.ndarray, mode: str, beta: float = 0.0,
-             bits: int = 64) -> np.ndarray:
-    """Each row's database order (q, n): "none" by (distance, id); "ties" by (distance,
-    -cos, id); "full"/"blend": the SHORTLIST nearest by (distance, id) first, ordered by
-    -(cos - beta d / K), then distance, then id; the other rows after them by (distance, id)."""
+def blend_order(d: np.ndarray, cos: np.ndarray, beta: float, bits: int = 64) -> np.ndarray:
+    """Each row's database order (q, n) by the blend: the SHORTLIST nearest by (distance,
+    id) first, ordered by -(cos - beta d / K), then distance, then id; the other rows after
+    them by (distance, id)."""
     n = d.shape[1]
     ids = np.broadcast_to(np.arange(n), d.shape)
-    if mode == "none":
-        return np.lexsort((ids, d), axis=1)
-    if mode == "ties":
-        return np.lexsort((ids, -cos, d), axis=1)
     near = np.lexsort((ids, d), axis=1)
     rank = np.empty_like(near)
     np.put_along_axis(rank, near, np.arange(n)[None, :].repeat(len(d), 0), 1)
@@ -68,6 +63,7 @@ def main() -> int:
     from dahash_index.model.checkpoint import load_checkpoint
     from dahash_index.model.codes import hash_codes, unpack_codes
     from dahash_index.model.encoder import BackboneEncoder
+    from dahash_index.model.rerank import NEAR_SCORE
     from dahash_index.train.data import scan_image_folder, split_per_class
     from dahash_index.train.evaluate import hash_outputs
     from dahash_index.train.features import cached_features
@@ -101,12 +97,14 @@ def main() -> int:
     def ordered(query: str, part: np.ndarray, db: np.ndarray, mode: str, param: float,
                 d: np.ndarray, cos: np.ndarray) -> np.ndarray:
         """The database order (q, n) of the ``query`` view's scenes ``part`` against the
-        originals ``db``."""
-        if mode != "near":
-            return order_of(d, cos, mode, param, bits)
+        originals ``db``: the blend's, or the product's (``rerank_ranking``) for the modes."""
+        if mode == "blend":
+            return blend_order(d, cos, param, bits)
         hd, ids = hamming_rank_all(packed["original"][db], packed[query][part])
-        return rerank_ranking(hd, ids, vectors[query][part], v[db], "near", SHORTLIST,
-                              near_score=param)[1]
+        if mode == "none":
+            return ids
+        return rerank_ranking(hd, ids, vectors[query][part], v[db], mode, SHORTLIST,
+                              near_score=param if mode == "near" else NEAR_SCORE)[1]
 
     everything = np.arange(len(labels))
     for mode, param in modes:
