@@ -2,7 +2,8 @@
 
     python benchmarks/cold_query.py [--index runs/ucmerced/index] [--repeat 3]
 
-1. ``dahash-index query IMG --top 50`` as a new process, wall clock, twice: with the index's
+1. ``dahash-index query IMG --top 50`` as a new process (the image searched in its 4
+   rotations, the default; and with ``--orientations 1`` warm), wall clock, twice: with the index's
    files (its model among them) and the backbone's cached weights in the page cache from the
    run before (warm), and with them evicted
    first (``posix_fadvise(DONTNEED)``: cold, as the first query after a reboot reads them).
@@ -46,9 +47,10 @@ index = SceneIndex.open(sys.argv[1])
 t.append(time.perf_counter())
 index.encoder
 t.append(time.perf_counter())
-codes, _, _ = index.encode([sys.argv[2]])
+from dahash_index.model.orientations import DEFAULT_QUERY_ORIENTATIONS
+encoded = index.encode_chips([sys.argv[2]], whole=True, orientations=DEFAULT_QUERY_ORIENTATIONS)
 t.append(time.perf_counter())
-index.query_codes(codes, top=50)
+index.query_codes(encoded.codes, top=50, owners=encoded.owners, vectors=encoded.vectors)
 t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
@@ -82,6 +84,7 @@ def main() -> None:
 
     wall(query, 1)  # the page cache holds what a query reads
     warm = wall(query, args.repeat)
+    one_view = wall([*query, "--orientations", "1"], args.repeat)
     from dahash_index.model.backbones import backbone_cache_dir
 
     # the index holds its model; the backbone's weights are read from their cache
@@ -117,14 +120,17 @@ def main() -> None:
                  "s", f"<= {GOALS['cold']:g} s"),
         headline("dahash-index query, new process, index, model and backbone evicted (cold)", cold,
                  "s", "reported"),
+        headline("dahash-index query --orientations 1 (one backbone pass, not 4), warm",
+                 one_view, "s", "reported"),
         headline("dahash-index query --server (warm service), wall", served, "s",
                  f"<= {GOALS['server']:g} s"),
     ]
     figures[0]["met"] = figures[0]["median"] <= GOALS["cold"]
-    figures[2]["met"] = figures[2]["median"] <= GOALS["server"]
+    figures[3]["met"] = figures[3]["median"] <= GOALS["server"]
     names = ("import torch", "other imports (dahash_index.cli.main, api)", "SceneIndex.open",
              "model load (cached mapped backbone weights)",
-             "first encode (decode + forward)", "search + metadata")
+             "first encode (decode + a forward pass per orientation, the default's)",
+             "search + metadata")
     figures += [headline(f"new process, warm: {name}", phases[:, i], "s")
                 for i, name in enumerate(names)]
     print(f"machine: {machine()}; index {args.index}, query {args.image.name}")

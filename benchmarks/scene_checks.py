@@ -16,6 +16,7 @@ within the top 5, and writes them to --out (JSON: command, commit, date, machine
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import sys
 import tempfile
@@ -54,17 +55,23 @@ def changed(path: Path, transform: str, out: Path) -> Path:
     return target
 
 
-def ranks_of_originals(index, encoded, originals: list[str], rerank: str) -> np.ndarray:
-    """The rank (1..5, or 6 for beyond the top 5) of each query's original scene (its url):
-    ``SceneIndex.query`` of the queries' codes and vectors (``encode_chips``, done once for
-    every mode) with ``rerank``."""
+def ranks_of_originals(index, encoded, originals: list[str], rerank: str,
+                       content: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rank (1..5, or 6 for beyond the top 5) of each query's original scene: (by its
+    url, by the first hit whose file has the original's bytes, ``content``: url -> sha256; UC
+    Merced holds byte-identical twins). ``SceneIndex.query`` of the queries' codes and
+    vectors (``encode_chips``, done once for every mode) with ``rerank``."""
     ranks = np.full(len(originals), 6)
+    same_bytes = ranks.copy()
     table = index.query_codes(encoded.codes, top=5, owners=encoded.owners,
                               vectors=encoded.vectors, rerank=rerank).to_pylist()
     for row in table:
-        if row["url"] == originals[row["query"]]:
-            ranks[row["query"]] = min(ranks[row["query"]], row["rank"])
-    return ranks
+        q, original = row["query"], originals[row["query"]]
+        if row["url"] == original:
+            ranks[q] = min(ranks[q], row["rank"])
+        if content[row["url"]] == content[original]:
+            same_bytes[q] = min(same_bytes[q], row["rank"])
+    return ranks, same_bytes
 
 
 def main() -> int:
@@ -102,6 +109,8 @@ def main() -> int:
                   flush=True)
         index = SceneIndex.open(index_dir)
         originals = [str(shards.resolve() / p.parent.name / p.name) for p in scenes]
+        content = {str(shards.resolve() / p.parent.name / p.name):
+                   hashlib.sha256(p.read_bytes()).hexdigest() for p in indexed}
         results = {}
         for transform in args.transforms.split(","):
             queries = originals if transform == "self" else [
@@ -110,13 +119,17 @@ def main() -> int:
                 encoded = index.encode_chips(queries, orientations=turns)
                 assert not any(encoded.errors), encoded.errors
                 for rerank in args.rerank.split(","):
-                    ranks = ranks_of_originals(index, encoded, originals, rerank)
+                    ranks, same_bytes = ranks_of_originals(index, encoded, originals, rerank,
+                                                           content)
                     found = {"rank1": float(np.mean(ranks == 1)),
-                             "top5": float(np.mean(ranks <= 5)), "queries": len(queries),
+                             "top5": float(np.mean(ranks <= 5)),
+                             "rank1_same_bytes": float(np.mean(same_bytes == 1)),
+                             "queries": len(queries),
                              "missed": [originals[i] for i in np.flatnonzero(ranks > 1)][:20]}
                     key = rerank if turns == 1 else f"{rerank}, orientations {turns}"
                     results.setdefault(transform, {})[key] = found
                     print(f"{transform:<10} rerank {key:<20} rank 1 {found['rank1']:.4f}  "
+                          f"(same bytes {found['rank1_same_bytes']:.4f})  "
                           f"top 5 {found['top5']:.4f}  ({len(queries)} scenes)", flush=True)
     record = results_header(sys.argv) | {"model": str(args.model), "indexed": len(indexed),
                                          "scenes": len(scenes), "results": results}

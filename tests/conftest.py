@@ -124,14 +124,15 @@ def run_cli_process(cli_env):
 
 
 @contextlib.contextmanager
-def running_service(index: Path, env: dict[str, str], timeout: float = 120) -> Iterator[str]:
-    """``dahash-index serve --index INDEX`` on a free port of 127.0.0.1, as a user starts it;
-    yields its URL once it answers (any HTTP status), and stops it on exit."""
+def running_service(index: Path, env: dict[str, str], *options: str, timeout: float = 120
+                    ) -> Iterator[str]:
+    """``dahash-index serve --index INDEX [OPTIONS]`` on a free port of 127.0.0.1, as a user
+    starts it; yields its URL once it answers (any HTTP status), and stops it on exit."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([*cli_command(), "serve", "--index", str(index), "--port",
-                               str(port)], env=env, stdout=subprocess.PIPE,
+                               str(port), *options], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

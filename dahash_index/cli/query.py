@@ -21,6 +21,7 @@ from dahash_index.cli.options import (
 )
 from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
 from dahash_index.errors import printable
+from dahash_index.model.orientations import DEFAULT_QUERY_ORIENTATIONS
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, NEAR_SCORE, RERANKS
 from dahash_index.query.export import FORMATS
 
@@ -67,12 +68,12 @@ from dahash_index.query.export import FORMATS
 @click.option("--shortlist", type=click.IntRange(min=1), default=DEFAULT_SHORTLIST,
               show_default=True,
               help="Rows re-ranked with --rerank full, searched for near rows with near.")
-@click.option("--orientations", type=click.Choice(["1", "4", "8"]), default="1",
-              show_default=True,
-              help="Search with each image in this many orientations (4: its rotations by "
-                   "90°; 8: and their mirror images), one backbone pass each: a row's distance "
-                   "is its nearest orientation's, its score the best. Overhead scenes have no "
-                   "'up'. Not with --server.")
+@click.option("--orientations", type=click.Choice(["1", "4", "8"]), default=None,
+              help="Search with each image in this many orientations (1: as it is; 4: its "
+                   "rotations by 90°; 8: and their mirror images), one backbone pass each: a "
+                   "row's distance is its nearest orientation's, its score the best. Overhead "
+                   f"scenes have no 'up'. [default: {DEFAULT_QUERY_ORIENTATIONS}; with --server, "
+                   "the service's serve --orientations]")
 @storage_flags
 def query(images, index_dir, model, top, radius, nprobe, bands, as_json, fmt, out, mmap, server,
           window, group_by, rerank, shortlist, orientations, endpoint_url, storage_pairs):
@@ -92,7 +93,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, fmt, ou
     fmt = "json" if as_json else fmt
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet writes a file: give --out FILE")
-    if server is not None and (index_dir or model or mmap is not None or orientations != "1"):
+    if server is not None and (index_dir or model or mmap is not None or orientations):
         raise click.UsageError("--server answers from the service's index: no --index, "
                                "--model, --mmap or --orientations")
     storage = storage_options(storage_pairs, endpoint_url)
@@ -105,7 +106,7 @@ def query(images, index_dir, model, top, radius, nprobe, bands, as_json, fmt, ou
             from dahash_index.scenes.chips import parse_window
             from dahash_index.scenes.scene import parse_bands
 
-            search["orientations"] = int(orientations)
+            search["orientations"] = int(orientations or DEFAULT_QUERY_ORIENTATIONS)
             rows = _query_index(index_dir or default_index(), model, images, search, nprobe,
                                 parse_bands(bands) if bands else None, mmap is not False,
                                 storage, parse_window(window) if window else None)

@@ -10,7 +10,10 @@ orientation ``k`` is exactly ``backbone(orient(images, k))``.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: the --server client reads this module
+    import torch
 
 ORIENTATIONS = tuple(range(8))
 # Orientations a training scene is drawn in, by how many: identity; + left-right flip; the
@@ -28,6 +31,8 @@ def check_orientation(k: int) -> int:
 
 def orient(images: torch.Tensor, k: int) -> torch.Tensor:
     """(N, C, H, W) -> the same images in orientation k (H and W swap for odd rotations)."""
+    import torch
+
     k = check_orientation(k)
     x = images.flip(-1) if k >= 4 else images
     return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
@@ -36,11 +41,17 @@ def orient(images: torch.Tensor, k: int) -> torch.Tensor:
 # The orientations a query may be encoded in (``query --orientations N``): itself; its 4
 # rotations; the whole group.
 QUERY_ORIENTATIONS = {1: (0,), 4: (0, 1, 2, 3), 8: ORIENTATIONS}
+# An image query is searched in its 4 rotations unless told otherwise (``query``, ``serve``,
+# ``SceneIndex.query``): a scene turned by 90 degrees lands far from its original in the
+# codes and in the re-rank vectors alike, and only its turned-back view finds it.
+DEFAULT_QUERY_ORIENTATIONS = 4
 
 
 def orient_image(image, k: int):
     """An (H, W, C) image (numpy array or torch tensor) in orientation k, as ``orient`` turns
     a batch of network inputs."""
+    import torch
+
     k = check_orientation(k)
     if isinstance(image, torch.Tensor):
         x = image.flip(1) if k >= 4 else image

@@ -36,7 +36,11 @@ from dahash_index.arrow_arrays import numeric_array, string_array
 from dahash_index.errors import check_int
 from dahash_index.model.checkpoint import load_checkpoint
 from dahash_index.model.encoder import SceneEncoder
-from dahash_index.model.orientations import QUERY_ORIENTATIONS, orient_image
+from dahash_index.model.orientations import (
+    DEFAULT_QUERY_ORIENTATIONS,
+    QUERY_ORIENTATIONS,
+    orient_image,
+)
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS, rerank_order
 from dahash_index.query import ranking
 from dahash_index.query.inputs import load_query
@@ -225,7 +229,7 @@ class SceneIndex:
               names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
               window: Window | None = None, group_by: str | None = None,
               rerank: str = DEFAULT_RERANK, shortlist: int = DEFAULT_SHORTLIST,
-              orientations: int = 1) -> pa.Table:
+              orientations: int = DEFAULT_QUERY_ORIENTATIONS) -> pa.Table:
         """Rank the index for each query: the ``top`` nearest (default 50), or every row within
         Hamming distance ``radius`` (not both). Arguments are checked before any query is read.
         orientations: 1, 4 or 8: search with each query in that many orientations too (its

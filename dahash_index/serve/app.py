@@ -81,6 +81,11 @@ from dahash_index.serve.thumbnails import SIZES, Thumbnails, render_preview
 from dahash_index.serve.uploaded import UploadedQueries, image_id
 from dahash_index.store import IndexStoreError
 
+# An upload is searched as it is (one backbone pass), not in the 4 rotations ``query`` searches
+# by default: a service answers many users at once, and each orientation is one more backbone
+# pass per upload (benchmarks/serve.py's p50 goal, 150 ms, holds with one). ``serve
+# --orientations 4`` finds turned copies too.
+SERVE_ORIENTATIONS = 1
 MAX_SHORTLIST = 10_000  # rows a query may ask to re-rank (?shortlist=)
 ANSWER_FORMATS = ("json", "csv", "geojson")  # ?format=: the answer, or its hits as a file
 
@@ -96,10 +101,12 @@ class ServiceSettings:
     URLs) in one request. max_hits: the largest ``top``. max_answer_hits: the most hits one
     answer holds, all its queries together (a larger one gets 413). batch_window_s: how long
     an upload waits for those of concurrent requests, to be encoded with them
-    (``batching``). allow_url_queries: whether ``POST /query`` fetches ``{"urls": [...]}``
-    itself (any path or URL the service can read, with the index's storage options; at most
-    max_upload_bytes each). basemap: the page's map tiles, an XYZ URL template; None draws
-    footprints on a blank map, so that the page asks nothing of any other server."""
+    (``batching``). orientations: each uploaded image is searched in this many orientations
+    (``SceneIndex.query``'s; see ``SERVE_ORIENTATIONS``). allow_url_queries: whether
+    ``POST /query`` fetches ``{"urls": [...]}`` itself (any path or URL the service can read,
+    with the index's storage options; at most max_upload_bytes each). basemap: the page's
+    map tiles, an XYZ URL template; None draws footprints on a blank map, so that the page
+    asks nothing of any other server."""
 
     token: str | None = None
     max_upload_bytes: int = 32 << 20
@@ -108,6 +115,7 @@ class ServiceSettings:
     max_hits: int = 1000
     max_answer_hits: int = 20_000
     batch_window_s: float = 0.005
+    orientations: int = SERVE_ORIENTATIONS
     allow_url_queries: bool = False
     basemap: str | None = None  # a tile URL template for the page's map ({z}/{x}/{y})
 
@@ -130,9 +138,11 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             "generation": m.generation, "model_sha256": m.model_sha256,
             "backbone": m.backbone, "bands": m.extra.get("bands"),
             "updated": m.updated, "basemap": settings.basemap,
+            "orientations": settings.orientations,
         })
 
-    batcher = EncodeBatcher(index, settings.batch_window_s, settings.max_images)
+    batcher = EncodeBatcher(index, settings.batch_window_s, settings.max_images,
+                            settings.orientations)
     bands = index.reader.manifest.extra.get("bands")
     thumbnails = Thumbnails(tuple(bands) if bands else None, index.storage_options)
 

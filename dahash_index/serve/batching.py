@@ -36,8 +36,10 @@ class _Job:
 class EncodeBatcher:
     """``encode`` for many threads at once, batched (see the module docstring)."""
 
-    def __init__(self, index: SceneIndex, window: float = 0.005, max_images: int = 64) -> None:
+    def __init__(self, index: SceneIndex, window: float = 0.005, max_images: int = 64,
+                 orientations: int = 1) -> None:
         self.index, self.window, self.max_images = index, window, max_images
+        self.orientations = orientations  # each image is encoded in this many (4: rotations)
         self._jobs: list[_Job] = []
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -47,9 +49,10 @@ class EncodeBatcher:
                window: tuple[int, int, int, int] | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str | None], np.ndarray | None]:
         """-> (codes uint8 (m, K/8) of the images that decoded, in order, several for an image
-        cut into chips (``SceneIndex.encode_chips``); owners int64 (m,): the image of each
-        code; per image its error naming it by ``names``, or None; the codes' re-rank vectors
-        (m, D) or None). Blocks until its batch is encoded."""
+        cut into chips or encoded in several orientations (``SceneIndex.encode_chips``);
+        owners int64 (m,): the image of each code; per image its error naming it by
+        ``names``, or None; the codes' re-rank vectors (m, D) or None). Blocks until its batch
+        is encoded."""
         job = _Job(images, names, bands, max_pixels, window)
         with self._ready:
             if self._thread is None:
@@ -86,7 +89,8 @@ class EncodeBatcher:
         images = [image for job in jobs for image in job.images]
         try:
             encoded = self.index.encode_chips(images, bands, batch_size=len(images),
-                                              max_pixels=max_pixels, window=window)
+                                              max_pixels=max_pixels, window=window,
+                                              orientations=self.orientations)
             start = 0
             owners = encoded.owners
             for job in jobs:

@@ -19,6 +19,7 @@ from rasterio.transform import from_origin
 
 from dahash_index.columns import WINDOW_COLUMNS
 from dahash_index.files import sha256_file
+from dahash_index.model.orientations import DEFAULT_QUERY_ORIENTATIONS
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.scenes.chips import Tiling, parse_window, window_bounds
 from dahash_index.scenes.scene import is_tiff
@@ -349,7 +350,7 @@ def test_window_and_group_by_through_the_service(tiled, cli_env, run_cli):
     whole file) and prints what a local query prints; --group-by is passed on."""
     geo = tiled["shards"] / "scenes" / "geo.tif"
     index = tiled["root"] / "index"
-    with running_service(index, cli_env) as url:
+    with running_service(index, cli_env, "--orientations", str(DEFAULT_QUERY_ORIENTATIONS)) as url:
         for extra in (["--window", "256,0,256,256"], ["--group-by", "scene"],
                       ["--window", "0,256,300,200", "--group-by", "scene"]):
             local = run_cli("query", geo, "--index", index, "--top", "4", *extra, check=True)

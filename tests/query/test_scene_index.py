@@ -46,6 +46,20 @@ def test_api_query_matches_cli_json(small, run_cli):
     assert df["row_id"].between(0, len(GOOD) - 1).all()
 
 
+def test_a_turned_copy_finds_its_original_by_default(small, run_cli, tmp_path):
+    # query searches an image in its 4 rotations unless told otherwise: a copy turned by 90°
+    # is turned back by one of them, and that view's code is its original's.
+    original = small["shards"] / "good" / "s2.png"
+    turned = tmp_path / "turned.png"
+    Image.fromarray(np.rot90(np.asarray(Image.open(original).convert("RGB")))).save(turned)
+    hits = json_lines(run_cli("query", turned, "--index", small["index"], "--top", "3",
+                              "--json", check=True).stdout)
+    assert (hits[0]["url"], hits[0]["distance"]) == (str(original), 0)
+    index = SceneIndex.open(small["index"])
+    one_view = index.query([str(turned)], top=3, orientations=1).to_pylist()
+    assert one_view != index.query([str(turned)], top=3).to_pylist()
+
+
 def test_query_mmap_gives_the_same_hits(small, run_cli):
     path = small["shards"] / "more" / "m0.tif"
     args = ("query", path, "--index", small["index"], "--top", "4", "--json")

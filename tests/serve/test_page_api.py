@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from dahash_index.query.scene_index import SceneIndex
 from dahash_index.serve import app as app_module
-from dahash_index.serve.app import ServiceSettings, create_app
+from dahash_index.serve.app import SERVE_ORIENTATIONS, ServiceSettings, create_app
 from dahash_index.serve.hit_filters import HitFilters, page_of
 from dahash_index.serve.requests import ServiceError
 
@@ -121,6 +121,7 @@ def test_the_page_carries_its_map_and_asks_no_other_server(client):
     template = (Path(app_module.__file__).parent / "static" / "index.html").read_text()
     assert "http://" not in template and "https://" not in template  # no CDN, no tiles
     assert client.get("/info").json()["basemap"] == "https://tiles.example/{z}/{x}/{y}.png"
+    assert client.get("/info").json()["orientations"] == SERVE_ORIENTATIONS
 
 
 def test_hit_filters_by_hand():

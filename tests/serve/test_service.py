@@ -20,6 +20,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from dahash_index.columns import METADATA_COLUMNS
+from dahash_index.model.orientations import DEFAULT_QUERY_ORIENTATIONS
 from dahash_index.query.scene_index import EncodedQueries, SceneIndex
 from dahash_index.serve import thumbnails as thumbnails_module
 from dahash_index.serve.app import ServiceSettings, create_app
@@ -284,7 +285,9 @@ def test_read_scene_from_a_tar_member(tmp_path):
 
 
 def test_query_through_the_service_prints_what_a_local_query_prints(built, cli_env, run_cli):
-    with running_service(built["index"], cli_env) as url:
+    # The service searches an upload in query's default orientations when told to.
+    with running_service(built["index"], cli_env, "--orientations",
+                         str(DEFAULT_QUERY_ORIENTATIONS)) as url:
         broken = built["index"].parent / "broken.jpg"
         broken.write_bytes(b"\xff\xd8 not a jpeg")
         images = [built["shards"] / "a/s0.jpg", built["shards"] / "b/t1.jpg"]
@@ -300,6 +303,8 @@ def test_query_through_the_service_prints_what_a_local_query_prints(built, cli_e
         assert local.returncode == remote.returncode == 1
         assert remote.stdout == local.stdout
         assert remote.stderr.count("Error:") == 1 and str(broken) in remote.stderr
+        refused = run_cli("query", images[0], "--server", url, "--orientations", "1")
+        assert refused.returncode == 2 and "--orientations" in refused.stderr  # serve's own
         gone = run_cli("query", images[0], "--server", f"http://127.0.0.1:{free_port()}")
         assert_one_line_failure(gone, "cannot reach the service")
 
@@ -376,9 +381,11 @@ class SlowEncoder:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.orientations: list[int] = []
 
-    def encode_chips(self, images, bands, batch_size, max_pixels, window):
+    def encode_chips(self, images, bands, batch_size, max_pixels, window, orientations):
         self.calls.append(len(images))
+        self.orientations.append(orientations)
         time.sleep(0.2)
         names = [f"bytes {i}" for i in range(len(images))]
         errors = [f"bytes {i}: not an image" if data == b"bad" else None
@@ -390,7 +397,7 @@ class SlowEncoder:
 
 def test_concurrent_uploads_are_encoded_together():
     encoder = SlowEncoder()
-    batcher = EncodeBatcher(encoder, window=0.05, max_images=64)
+    batcher = EncodeBatcher(encoder, window=0.05, max_images=64, orientations=8)
     jobs = [[bytes([k]), b"bad"] if k == 3 else [bytes([k])] * (1 + k % 2) for k in range(8)]
     jobs[4] = [bytes([4, 40]), bytes([41])]  # two chips, then one
     results: dict[int, tuple] = {}
@@ -405,6 +412,7 @@ def test_concurrent_uploads_are_encoded_together():
     for t in threads:
         t.join()
     assert len(encoder.calls) < 8 and sum(encoder.calls) == sum(map(len, jobs))
+    assert set(encoder.orientations) == {8}  # the service's, for every batch
     for k, (codes, owners, errors, vectors) in results.items():
         assert vectors is None  # a model without re-rank vectors
         good = [(i, data) for i, data in enumerate(jobs[k]) if data != b"bad"]
