@@ -40,8 +40,8 @@ from dahash_index.errors import one_line
 @click.option("--orientations", type=click.Choice(["1", "4", "8"]), default="1",
               show_default=True,
               help="Search with each uploaded image in this many orientations, one backbone "
-                   "pass each (as query --orientations, whose default is 4: 4 finds a copy "
-                   "turned by 90°, at about 4 times an upload's encoding time).")
+                   "pass each (as query --orientations, whose default is 4, which finds a copy "
+                   "turned by 90°: 4 backbone passes an upload instead of 1).")
 @storage_flags
 def serve(index_dir, model, host, port, token, max_upload_mb, max_pixels, nprobe, mmap,
           allow_url_queries, basemap, orientations, endpoint_url, storage_pairs):
