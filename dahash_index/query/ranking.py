@@ -33,6 +33,7 @@ from dahash_index.model.rerank import (
 )
 
 SCORE_CHUNK = 16384  # hits scored at a time (16,384 x 64 float32: 4 MB)
+UNCUT = np.iinfo(np.int32).max  # the reach of a code whose search holds every row it can find
 
 
 def fetch_size(rerank: str, top: int, shortlist: int) -> int:
@@ -46,46 +47,50 @@ def fetch_size(rerank: str, top: int, shortlist: int) -> int:
 
 def merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetch: int,
            radius: int | None, nprobe: int | None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Search every code; the hits of each query's codes as one list -> (query int64 (h,),
-    distance int32 (h,), row id int64 (h,)), by query, then distance, then row id; a row
-    found by several codes of a query once, at its smallest distance. With ``radius``
-    every row within it, else each code's ``fetch`` nearest (enough: a row among a query's
-    ``fetch`` nearest by smallest distance is among the ``fetch`` nearest of the code that
-    gives it)."""
+    distance int32 (h,), row id int64 (h,), reach int32 (m,)), by query, then distance, then
+    row id; a row found by several codes of a query once, at its smallest distance. With
+    ``radius`` every row within it, else each code's ``fetch`` nearest (enough: a row among a
+    query's ``fetch`` nearest by smallest distance is among the ``fetch`` nearest of the code
+    that gives it). reach: per code, the distance of its ``fetch``-th hit, up to which its
+    hits may have been cut (rows tied there left out), or ``UNCUT`` when it found fewer or
+    searched a radius."""
     if radius is not None:
         found = indexes.hamming_radius(index, codes, radius, nprobe)
         counts = np.array([len(i) for _, i in found], dtype=np.int64)
         d = np.concatenate([d for d, _ in found]) if found else np.empty(0, np.int32)
         ids = np.concatenate([i for _, i in found]) if found else np.empty(0, np.int64)
+        reach = np.full(len(codes), UNCUT, np.int32)
     else:
         d, ids = indexes.hamming_topk(index, codes, fetch, nprobe)
+        reach = np.where(ids[:, -1] >= 0, d[:, -1], UNCUT).astype(np.int32)  # (m, fetch)
         valid = ids >= 0  # row-major boolean indexing keeps each code's rank order
         counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
     query = np.repeat(owners, counts)
     if len(np.unique(owners)) < len(owners):  # a row may be found by several codes of a query
         query, d, ids = _each_row_once(query, d, ids)
     if in_search_order(query, d, ids):  # FAISS's order: each code's hits by (distance, id)
-        return query, d.astype(np.int32), ids
+        return query, d.astype(np.int32), ids, reach
     order = lexsort_ints((ids, d, query))
-    return query[order], d[order].astype(np.int32), ids[order]
+    return query[order], d[order].astype(np.int32), ids[order], reach
 
 
 def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray,
-                  query: np.ndarray, d: np.ndarray, ids: np.ndarray, top: int, fetch: int,
-                  nprobe: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``merged``'s hits (each code's ``fetch`` nearest) with, for each query whose shortlist
-    may have cut the group of rows tied at its ``top``-th distance, every row within that
-    distance (a range search); its hits farther than that stay (``near`` may lift them). A
-    one-code query's group is whole unless its ``fetch``-th hit is still at that distance; a
-    query of several codes (chips, orientations) is searched again anyway."""
+                  query: np.ndarray, d: np.ndarray, ids: np.ndarray, reach: np.ndarray,
+                  top: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``merged``'s hits (query, d, ids and each code's reach) with, for each query whose
+    search may have cut the group of rows tied at its ``top``-th distance, every row within
+    that distance (a range search); its hits farther than that stay (``near`` may lift them).
+    A query's group is whole unless one of its codes (chips, orientations) reached no farther
+    than that distance: every row nearer than a code's reach is among that code's hits."""
     n = int(owners.max()) + 1 if len(owners) else 0
     starts = np.searchsorted(query, np.arange(n))
     ends = np.append(starts[1:], len(query))
-    codes_of = np.bincount(owners, minlength=n)
+    shortest = np.full(n, UNCUT, np.int64)
+    np.minimum.at(shortest, owners, reach)
     cut = [(q, int(d[lo + top - 1])) for q, (lo, hi) in enumerate(zip(starts, ends, strict=True))
-           if hi - lo >= top and (codes_of[q] > 1 or (hi - lo == fetch
-                                                      and d[hi - 1] == d[lo + top - 1]))]
+           if hi - lo >= top and shortest[q] <= d[lo + top - 1]]
     if not cut:
         return query, d, ids
     cut_at = np.full(n, -1, np.int64)
@@ -96,7 +101,7 @@ def complete_ties(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarra
     # not one a query
     for within in sorted({within for _, within in cut}):
         mine = np.isin(owners, [q for q, w in cut if w == within])
-        parts.append(merged(index, codes[mine], owners[mine], fetch, within, nprobe))
+        parts.append(merged(index, codes[mine], owners[mine], 0, within, nprobe)[:3])
     query, d, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
     # A hit past the cut that the range search found nearer (by another of the query's
     # codes) is kept once, at its smaller distance.

@@ -287,10 +287,11 @@ class SceneIndex:
             rerank = "none"
         fetch = ranking.fetch_size(rerank, top, shortlist)
         while True:
-            query_of, hit_d, hit_ids = ranking.merged(index, codes, owners, fetch, radius, nprobe)
+            query_of, hit_d, hit_ids, reach = ranking.merged(index, codes, owners, fetch, radius,
+                                                             nprobe)
             if rerank in ("ties", "near") and radius is None:
                 query_of, hit_d, hit_ids = ranking.complete_ties(
-                    index, codes, owners, query_of, hit_d, hit_ids, top, fetch, nprobe)
+                    index, codes, owners, query_of, hit_d, hit_ids, reach, top, nprobe)
             score = None
             if rerank == "ties" and radius is None and group_by is None:
                 # rows beyond a query's top-th distance cannot be among its hits: not scored

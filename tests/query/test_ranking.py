@@ -11,6 +11,7 @@ from helpers import identity, shard_rows
 
 from dahash_index.model.rerank import in_search_order, rerank_order
 from dahash_index.query.ranking import (
+    UNCUT,
     best_by_score,
     best_near,
     first_per_query,
@@ -158,13 +159,17 @@ def test_merged_keeps_a_search_order_and_sorts_any_other(monkeypatch):
     monkeypatch.setattr(ranking.indexes, "hamming_topk", lambda index, codes, k, nprobe:
                         found["hits"])
     found["hits"] = (np.array([[0, 2, 2], [1, 1, 3]]), np.array([[4, 1, 5], [6, 7, -1]]))
-    q, d, i = merged(None, np.zeros((2, 2), np.uint8), np.array([0, 1]), 3, None, None)
+    q, d, i, reach = merged(None, np.zeros((2, 2), np.uint8), np.array([0, 1]), 3, None, None)
     assert (q.tolist(), d.tolist(), i.tolist()) == ([0, 0, 0, 1, 1], [0, 2, 2, 1, 1],
                                                     [4, 1, 5, 6, 7])
+    # the first code's 3rd hit is at distance 2, where rows may have been cut; the second
+    # found fewer than 3: every row it can find
+    assert reach.tolist() == [2, UNCUT]
     # two codes of one query: each row once at its smallest distance, by (distance, id)
     found["hits"] = (np.array([[0, 2], [1, 2]]), np.array([[4, 1], [1, 9]]))
-    q, d, i = merged(None, np.zeros((2, 2), np.uint8), np.array([0, 0]), 2, None, None)
+    q, d, i, reach = merged(None, np.zeros((2, 2), np.uint8), np.array([0, 0]), 2, None, None)
     assert (q.tolist(), d.tolist(), i.tolist()) == ([0, 0, 0], [0, 1, 2], [4, 1, 9])
+    assert reach.tolist() == [2, 2]
 
 
 @pytest.mark.parametrize("sizes", [(6, 6, 6), (6, 3, 6), (2, 2)])
@@ -215,7 +220,11 @@ def test_best_by_score_by_hand():
     assert best_by_score(query, d, ids, score, 3).tolist() == [1, 0, 2]
 
 
-def test_complete_ties_reads_every_row_tied_at_each_querys_top_distance():
+@pytest.mark.parametrize("owners", [[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 2]])
+@pytest.mark.parametrize("fetch", [8, 400])
+def test_complete_ties_reads_every_row_tied_at_each_querys_top_distance(owners, fetch):
+    # queries of one code, and of several (orientations, chips): a row's distance is its
+    # nearest code's
     import faiss
 
     from dahash_index.query.ranking import complete_ties
@@ -225,12 +234,14 @@ def test_complete_ties_reads_every_row_tied_at_each_querys_top_distance():
     index = faiss.IndexBinaryFlat(16)
     index.add(rows)
     codes = rng.integers(0, 256, (6, 2), dtype=np.uint8)
-    owners, top, fetch = np.arange(6), 5, 8
-    q, d, ids = merged(index, codes, owners, fetch, None, None)
-    q, d, ids = complete_ties(index, codes, owners, q, d, ids, top, fetch, None)
-    every = np.unpackbits(codes[:, None] ^ rows[None], axis=2).sum(2)  # (6, 3000)
-    for query in range(6):
-        at_top = np.sort(every[query])[top - 1]
+    owners, top = np.array(owners), 5
+    q, d, ids, reach = merged(index, codes, owners, fetch, None, None)
+    q, d, ids = complete_ties(index, codes, owners, q, d, ids, reach, top, None)
+    per_code = np.unpackbits(codes[:, None] ^ rows[None], axis=2).sum(2)  # (6, 3000)
+    for query in np.unique(owners):
+        every = per_code[owners == query].min(axis=0)
+        at_top = np.sort(every)[top - 1]
         mine = (q == query) & (d <= at_top)
-        assert sorted(ids[mine].tolist()) == np.flatnonzero(every[query] <= at_top).tolist()
+        assert sorted(ids[mine].tolist()) == np.flatnonzero(every <= at_top).tolist()
+        assert d[mine].tolist() == every[ids[mine]].tolist()
         assert d[q == query].tolist() == sorted(d[q == query].tolist())
