@@ -64,7 +64,7 @@ def merged(index: faiss.IndexBinary, codes: np.ndarray, owners: np.ndarray, fetc
         reach = np.full(len(codes), UNCUT, np.int32)
     else:
         d, ids = indexes.hamming_topk(index, codes, fetch, nprobe)
-        reach = np.where(ids[:, -1] >= 0, d[:, -1], UNCUT).astype(np.int32)  # (m, fetch)
+        reach = np.where(ids[:, -1] >= 0, d[:, -1], UNCUT).astype(np.int32)  # d, ids: (m, fetch)
         valid = ids >= 0  # row-major boolean indexing keeps each code's rank order
         counts, d, ids = valid.sum(axis=1), d[valid], ids[valid]
     query = np.repeat(owners, counts)

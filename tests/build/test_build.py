@@ -774,7 +774,8 @@ def test_query_original_tifs_return_their_class(s3_index, run_cli):
     assert len(tifs) == 2 * N_CLASSES
     # In Hamming order (ties), whose distances are checked against the codes below: the
     # default, near, also lifts rows whose vectors are nearly the query's from farther away
-    # (with this model, forest00.tif finds golfcourse01.jpg at 32 bits, scoring 0.82).
+    # (with this model, forest00.tif finds golfcourse01.jpg at 32 bits, scoring 0.82). And
+    # each TIFF as it is: by default a row's distance is its nearest rotation's.
     result = run_cli(
         "query",
         *tifs,
@@ -782,6 +783,8 @@ def test_query_original_tifs_return_their_class(s3_index, run_cli):
         "10",
         "--rerank",
         "ties",
+        "--orientations",
+        "1",
         "--json",
         "--index",
         s3_index["index"],
