@@ -10,7 +10,7 @@ codes finds, each at its smallest distance (``merged``). ``--rerank`` then order
   different distances keep their order. The group at the ``top``-th hit's distance is read
   whole (a range search when the shortlist cut it), so the hits kept are the best of it;
 - ``near``: the rows of a shortlist of the ``shortlist`` nearest by distance that score
-  ``model.rerank.NEAR_SCORE`` or more (changed copies of the query, and scenes nearly
+  ``model.rerank.near_score_of(D)`` or more (changed copies of the query, and scenes nearly
   alike) first, by score; then the others as ``ties`` orders them;
 - ``full``: a shortlist of the ``shortlist`` nearest by distance, ordered by score, then
   distance, then row id.
@@ -25,7 +25,6 @@ import numpy as np
 
 from dahash_index import indexes
 from dahash_index.model.rerank import (
-    NEAR_SCORE,
     descending_key,
     in_search_order,
     lexsort_ints,
@@ -114,7 +113,7 @@ def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors
            row_vectors: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """The re-rank score of each hit, float32 (h,): the cosine of the row's vector and its
     query's (the best over a query's codes). query_vectors: (m, D), row i for code i;
-    row_vectors: row ids (n,) -> their vectors (n, D), float16 or float32. Computed about
+    row_vectors: row ids (n,) -> their unit vectors (n, D) float32. Computed about
     SCORE_CHUNK hits at a time: the gathered vectors stay in the CPU's cache."""
     q_vectors = np.asarray(query_vectors, np.float32)
     out = np.full(len(ids), -np.inf, np.float32)
@@ -127,28 +126,16 @@ def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors
         while first < len(starts):
             last = max(first + 1, int(np.searchsorted(starts, starts[first] + SCORE_CHUNK)))
             lo, hi = int(starts[first]), int(ends[last - 1])
-            rows = as_float32(row_vectors(ids[lo:hi]))
+            rows = row_vectors(ids[lo:hi])
             for s, e in zip(starts[first:last].tolist(), ends[first:last].tolist(), strict=True):
                 out[s:e] = rows[s - lo:e - lo] @ q_vectors[code_of[query[s]]]
             first = last
-        return np.clip(out, -1.0, 1.0)  # float16 rounding
-    rows = as_float32(row_vectors(ids)) if len(ids) else np.empty((0, q_vectors.shape[1]),
-                                                                  np.float32)
+        return np.clip(out, -1.0, 1.0)  # rounding
+    rows = row_vectors(ids) if len(ids) else np.empty((0, q_vectors.shape[1]), np.float32)
     for code, q in enumerate(owners):
         mine = query == q
         out[mine] = np.maximum(out[mine], rows[mine] @ q_vectors[code])
     return np.clip(out, -1.0, 1.0)
-
-
-def as_float32(rows: np.ndarray) -> np.ndarray:
-    """``rows`` (n, D) float16 or float32 as float32. numpy converts float16 one value at a
-    time; torch (loaded with the encoder) with vector instructions: for the 500,000 rows of
-    1,000 queries' shortlists of 500, 58 ms against about 20."""
-    if rows.dtype == np.float32:
-        return rows
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
 
 
 def best_by_score(query: np.ndarray, distance: np.ndarray, ids: np.ndarray, score: np.ndarray,
@@ -172,10 +159,11 @@ def best_by_score(query: np.ndarray, distance: np.ndarray, ids: np.ndarray, scor
 
 
 def best_near(query: np.ndarray, distance: np.ndarray, ids: np.ndarray, score: np.ndarray,
-              top: int, near_score: float = NEAR_SCORE) -> np.ndarray:
+              top: int, near_score: float) -> np.ndarray:
     """The positions of each query's ``top`` first hits in the ``near`` order (int64), as
     ``rerank_order(..., "near")`` then ``first_per_query`` give them; hits (int (h,) each, a
-    score float32 (h,)) ordered by query, then distance. Only the near hits and the others
+    score float32 (h,)) ordered by query, then distance; near_score: ``near``'s threshold
+    (``model.rerank.near_score_of``). Only the near hits and the others
     within their query's ``top``-th distance among those can be kept: only they are sorted
     (a shortlist of 500 has a few dozen)."""
     near = score >= near_score

@@ -41,7 +41,13 @@ from dahash_index.model.orientations import (
     QUERY_ORIENTATIONS,
     orient_image,
 )
-from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS, rerank_order
+from dahash_index.model.rerank import (
+    DEFAULT_RERANK,
+    DEFAULT_SHORTLIST,
+    RERANKS,
+    near_score_of,
+    rerank_order,
+)
 from dahash_index.query import ranking
 from dahash_index.query.inputs import load_query
 from dahash_index.scenes.chips import Tiling, Window
@@ -299,13 +305,15 @@ class SceneIndex:
                 query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
             if rerank != "none":
                 score = ranking.scores(query_of, hit_ids, owners, vectors,
-                                       lambda rows: reader.vectors(rows, np.float16))
+                                       reader.vectors)
                 if rerank == "full" and group_by is None and radius is None:
                     at = ranking.best_by_score(query_of, hit_d, hit_ids, score, top)
                 elif rerank == "near" and group_by is None and radius is None:
-                    at = ranking.best_near(query_of, hit_d, hit_ids, score, top)
+                    at = ranking.best_near(query_of, hit_d, hit_ids, score, top,
+                                           near_score_of(vectors.shape[1]))
                 else:
-                    at = rerank_order(query_of, hit_d, hit_ids, score, rerank)
+                    at = rerank_order(query_of, hit_d, hit_ids, score, rerank,
+                                      near_score_of(vectors.shape[1]))
                 query_of, hit_d, hit_ids, score = query_of[at], hit_d[at], hit_ids[at], score[at]
             if group_by == "scene":
                 meta = reader.metadata(hit_ids, ["url", "member"])

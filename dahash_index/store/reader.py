@@ -250,10 +250,10 @@ class IndexReader:
         shards = self._manifest.shards.values()
         return bool(shards) and all(e.vectors for e in shards)
 
-    def vectors(self, row_ids: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
-        """The re-rank vectors of ``row_ids`` (int (m,), committed rows), (m, D) of ``dtype``
-        (float32, or float16 as stored), in their order; from the shards' memory-mapped vectors
-        files (a gather, no read of the files). Requires ``has_vectors``."""
+    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+        """The re-rank vectors of ``row_ids`` (int (m,), committed rows), unit rows (m, D)
+        float32, in their order; from the shards' memory-mapped vectors files (a gather, no
+        read of the files). Requires ``has_vectors``."""
         ids = np.asarray(row_ids, dtype=np.int64)
         if not self.has_vectors:
             raise IndexStoreError(f"{self.path}: this index keeps no re-rank vectors")
@@ -262,9 +262,9 @@ class IndexReader:
         if len(ids) and (np.any(part_of < 0) or np.any(ids >= self._ends[np.maximum(part_of, 0)])):
             raise ValueError("row ids must be committed rows of this index")
         if not len(ids):
-            return np.empty((0, 0), dtype)
+            return np.empty((0, 0), np.float32)
         return gather_vectors(part_of, ids - self._starts[part_of], len(keys),
-                              lambda shard: self._vectors(keys[shard]), dtype)
+                              lambda shard: self._vectors(keys[shard]))
 
     def _vectors(self, key: str) -> ShardVectors:
         """A shard's vectors file, opened once."""

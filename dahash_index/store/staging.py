@@ -158,7 +158,8 @@ def read_rows(result: StagedResult) -> tuple[np.ndarray, pa.Table, pa.Table]:
 
 
 def read_vectors(result: StagedResult) -> np.ndarray | None:
-    """A result's re-rank vectors, float16 (n, D), or None when it has none."""
+    """A result's re-rank vectors as stored (int8 (n, D), ``store.vectors``), or None when it
+    has none."""
     if result.vector_dim is None:
         return None
     try:

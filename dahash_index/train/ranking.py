@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dahash_index import indexes
-from dahash_index.model.rerank import DEFAULT_SHORTLIST, NEAR_SCORE
+from dahash_index.model.rerank import DEFAULT_SHORTLIST, near_score_of
 
 
 def hamming_rank_all(db_codes: np.ndarray, query_codes: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -18,13 +18,15 @@ def hamming_rank_all(db_codes: np.ndarray, query_codes: np.ndarray) -> tuple[np.
 
 def rerank_ranking(distances: np.ndarray, ids: np.ndarray, query_vectors: np.ndarray,
                    db_vectors: np.ndarray, mode: str, shortlist: int = DEFAULT_SHORTLIST,
-                   near_score: float = NEAR_SCORE) -> tuple[np.ndarray, np.ndarray]:
+                   near_score: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``hamming_rank_all``'s rankings (d, ids (q, n), by distance then row) reordered by the
     re-rank score (the cosine of the vectors, (q, D) and (n, D) unit rows) as the index's
     queries order hits (``model.rerank.rerank_order``): "ties" inside equal distances;
     "near" the first ``shortlist`` columns that score ``near_score`` or more by score, then
     the rest as "ties"; "full" the first ``shortlist`` columns by score, the rest in Hamming
-    order."""
+    order. near_score: by default the vectors' (``model.rerank.near_score_of``)."""
+    if near_score is None:
+        near_score = near_score_of(query_vectors.shape[1])
     score = np.take_along_axis(query_vectors @ db_vectors.T, ids, axis=1)
     score = np.clip(score, -1.0, 1.0)
     column = np.arange(ids.shape[1])[None, :]

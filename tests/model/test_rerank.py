@@ -9,12 +9,14 @@ import pytest
 from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
 from dahash_index.model.network import dahash_net
 from dahash_index.model.rerank import (
+    NEAR_SCORE,
     RerankProjection,
     descending_key,
     fit_invariant,
     fit_pca,
     fit_projection,
     lexsort_ints,
+    near_score_of,
     rerank_order,
     unit_rows,
 )
@@ -56,6 +58,14 @@ def test_vectors_are_unit_float16_and_travel_in_the_checkpoint(tmp_path, tf2015_
     np.testing.assert_array_equal(back.mean, p.mean)
     save_checkpoint(tmp_path / "old.pt", dahash_net(16), tf2015_spec, [], 0, {})
     assert load_checkpoint(tmp_path / "old.pt").rerank is None  # a model from before them
+
+
+def test_the_near_threshold_follows_the_vectors_dimension():
+    # 128 dimensions (models trained since int8 vectors) score lower than the 64 of those
+    # trained before, and of ``adapt``; any other dimension takes the current one's
+    assert near_score_of(128) == NEAR_SCORE == 0.7
+    assert near_score_of(64) == 0.8
+    assert near_score_of(8) == NEAR_SCORE
 
 
 def test_unit_rows_leaves_a_zero_row_zero():

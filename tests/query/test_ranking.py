@@ -47,7 +47,7 @@ def toy_index(path, ckpt, codes, vectors) -> SceneIndex:
 def four(tmp_path, ckpts) -> SceneIndex:
     # rows 0, 1 at distance 0 from A; row 2 at 1; row 3 at 8 but nearest by vector
     codes = [A, A, flipped(A, 1), flipped(A, 8)]
-    vectors = [unit(1), unit(0, 1), unit(1, 1), unit(0.1, 1)]
+    vectors = [unit(1), unit(0, 1), unit(1.2, 1), unit(0.1, 1)]
     return toy_index(tmp_path / "I", ckpts["a"], codes, vectors)
 
 
@@ -63,12 +63,13 @@ def test_each_mode_orders_the_toy_index_by_hand(four):
     # ties: row 1 (score 1) before row 0 (score 0) at distance 0; row 2 stays below both
     # although it scores above row 0, and row 3 stays last at distance 8
     assert ranked(four, "ties", vector=q) == [1, 0, 2, 3]
-    # full: all four by score: 1 (1.0), 3 (0.995), 2 (0.707), 0 (0.0)
+    # full: all four by score: 1 (1.0), 3 (0.995), 2 (0.640), 0 (0.0)
     assert ranked(four, "full", vector=q) == [1, 3, 2, 0]
     # a shortlist of 3 leaves row 3 (the farthest by Hamming distance) out
     assert ranked(four, "full", vector=q, top=3, shortlist=3) == [1, 2, 0]
-    # near: the rows scoring 0.8 or more first, by score: 1 (1.0), 3 (0.995, at distance 8);
-    # then the others as ties: 0 (distance 0) before 2 (distance 1), which scores 0.707
+    # near: the rows scoring NEAR_SCORE (0.7) or more first, by score: 1 (1.0), 3 (0.995, at
+    # distance 8); then the others as ties: 0 (distance 0) before 2 (distance 1), which scores
+    # 0.640
     assert ranked(four, "near", vector=q) == [1, 3, 0, 2]
     # row 3 is not in a shortlist of 3: the ties order
     assert ranked(four, "near", vector=q, top=3, shortlist=3) == [1, 0, 2]

@@ -19,6 +19,7 @@ from dahash_index.store import reader as reader_module
 from dahash_index.store.blocks import BlockChecks, file_digests, read_digests, write_digests
 from dahash_index.store.check import check_index, repair_index
 from dahash_index.store.manifest import Manifest, write_manifest
+from dahash_index.store.vectors import decode_vectors, quantize_vectors
 
 BLOCK = 64  # small blocks, so that a small index spans many
 
@@ -98,16 +99,23 @@ def test_many_blocks_are_hashed_on_several_threads_and_a_bad_one_found(tmp_path,
     assert not checks._verified.any()  # nothing of a failed read counts as verified
 
 
+VECTORS = np.arange(40 * 4, dtype=np.float32).reshape(40, 4)
+
+
+def read_back(row: int) -> list[list[float]]:
+    """Row ``row`` of VECTORS as a reader gives it: stored as int8, back at unit length."""
+    return decode_vectors(quantize_vectors(VECTORS[row:row + 1])).tolist()
+
+
 @pytest.fixture
 def index(tmp_path, ckpts, small_blocks):
     path = tmp_path / "index"
     rows = pa.Table.from_pylist(
         [{"url": f"s3://b/{i:04d}.tif", "shard": "s", "width": i, "height": 2, "bands": 3,
           "dtype": "uint8"} for i in range(40)], schema=METADATA_SCHEMA)
-    vectors = np.arange(40 * 4, dtype=np.float32).reshape(40, 4)
     with IndexWriter.open(path, identity(ckpts["a"])) as writer:
         writer.commit_shard("s", "s3://b/s", np.zeros((40, 2), np.uint8), rows, [],
-                            vectors=vectors)
+                            vectors=VECTORS)
     return path
 
 
@@ -162,7 +170,7 @@ def test_an_entry_with_its_digests_in_the_manifest_still_reads(index):
     (index / "digests/000001.bin").unlink()
     reader = IndexReader.open(index)
     assert reader.metadata(np.array([3]), ["url"])["url"].to_pylist() == ["s3://b/0003.tif"]
-    assert reader.vectors(np.array([2])).tolist() == [[8.0, 9.0, 10.0, 11.0]]
+    assert reader.vectors(np.array([2])).tolist() == read_back(2)
     flip(index / entry["lookup"], (index / entry["lookup"]).read_bytes().index(b"0030.tif"))
     with pytest.raises(IndexStoreError, match="checksum differs"):
         IndexReader.open(index).metadata(np.array([30]), ["url"])
@@ -176,7 +184,7 @@ def test_a_reader_verifies_blocks_not_whole_files(index, monkeypatch):
     reader = IndexReader.open(index)
     assert reader.metadata(np.array([39, 3]), ["url", "width"]).to_pylist() == [
         {"url": "s3://b/0039.tif", "width": 39}, {"url": "s3://b/0003.tif", "width": 3}]
-    assert reader.vectors(np.array([2])).tolist() == [[8.0, 9.0, 10.0, 11.0]]
+    assert reader.vectors(np.array([2])).tolist() == read_back(2)
 
 
 def test_a_flipped_byte_is_refused_where_it_is_read_and_only_there(index):
@@ -185,10 +193,10 @@ def test_a_flipped_byte_is_refused_where_it_is_read_and_only_there(index):
     at = lookup.read_bytes().index(b"s3://b/0030.tif")
     flip(lookup, at + 8)
     vectors = index / entry.vectors
-    flip(vectors, 128 + 30 * 8)  # row 30's first float16
+    flip(vectors, 128 + 30 * 4)  # row 30's first int8
     reader = IndexReader.open(index)
     assert reader.metadata(np.array([1]), ["url"])["url"].to_pylist() == ["s3://b/0001.tif"]
-    assert reader.vectors(np.array([1])).tolist() == [[4.0, 5.0, 6.0, 7.0]]
+    assert reader.vectors(np.array([1])).tolist() == read_back(1)
     with pytest.raises(IndexStoreError, match=f"{entry.lookup}: checksum differs"):
         reader.metadata(np.array([30]), ["url"])
     with pytest.raises(IndexStoreError, match=f"{entry.vectors}: checksum differs"):
