@@ -8,12 +8,13 @@ FAISS's defaults (its heap search). ``indexes.hamming_topk`` on that same index 
 counting search, which the project runs on flat indexes: the same rows in the same order) is
 timed beside it.
 Project: ``SceneIndex.query_codes`` on an on-disk index of the same codes and of random
-re-rank vectors (64 float16 a row): the search, the metadata lookup of every hit and the
-result table, with each ``rerank``: none (Hamming distance alone), ties, near and full (a
-shortlist of 500; random vectors, so near finds no row scoring 0.8: its cost is the
-shortlist's scores); one query at a time is timed as 20 different queries in a row, per
-query. Seed 0. Everything is timed in turn, ``--repeat`` rounds; the figures are medians (and
-minima), written to --out with the command, commit, date and machine.
+re-rank vectors (``model.rerank.DIM`` dimensions, int8 on disk): the search, the metadata
+lookup of every hit and the result table, with each ``rerank``: none (Hamming distance alone),
+ties, near and full (a shortlist of 500; random vectors, so near finds next to no row scoring
+``NEAR_SCORE``: its cost is the shortlist's scores); one query at a time is timed as 20
+different queries in a row, per query. Seed 0. Everything is timed in turn, ``--repeat``
+rounds; the figures are medians (and minima), written to --out with the command, commit, date
+and machine.
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ def main() -> None:
     from dahash_index.model.backbones import BackboneSpec
     from dahash_index.model.checkpoint import load_checkpoint, save_checkpoint
     from dahash_index.model.network import dahash_net
+    from dahash_index.model.rerank import DIM as RERANK_DIM
     from dahash_index.query.scene_index import SceneIndex
     from dahash_index.store import IndexWriter
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, size=(args.rows, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, size=(args.queries, 8), dtype=np.uint8)
-    vectors = rng.standard_normal((args.rows, 64)).astype(np.float32)
+    vectors = rng.standard_normal((args.rows, RERANK_DIM)).astype(np.float32)
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
     query_vectors = vectors[rng.integers(0, args.rows, args.queries)]
 
@@ -131,7 +133,7 @@ def main() -> None:
 
     medians = {name: float(np.median(t)) for name, t in zip(names, times, strict=True)}
     print(f"machine: {machine()}; FAISS threads {args.threads}; {args.rows} random 64-bit codes "
-          f"and 64-d float16 re-rank vectors ({vector_bytes / args.rows:.1f} bytes a row on "
+          f"and {RERANK_DIM}-d re-rank vectors ({vector_bytes / args.rows:.1f} bytes a row on "
           f"disk); {args.queries} queries, top {args.top}, median of {args.repeat}")
     for name, t in zip(names, times, strict=True):
         print(f"{name:<48} {np.median(t) * 1000:9.1f} ms (min {min(t) * 1000:.1f})")

@@ -22,7 +22,13 @@ from dahash_index.cli.options import (
 from dahash_index.columns import WGS84_COLUMNS, WINDOW_COLUMNS
 from dahash_index.errors import printable
 from dahash_index.model.orientations import DEFAULT_QUERY_ORIENTATIONS
-from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, NEAR_SCORE, RERANKS
+from dahash_index.model.rerank import (
+    DEFAULT_RERANK,
+    DEFAULT_SHORTLIST,
+    NEAR_SCORE,
+    NEAR_SCORES,
+    RERANKS,
+)
 from dahash_index.query.export import FORMATS
 
 
@@ -61,7 +67,8 @@ from dahash_index.query.export import FORMATS
               show_default=True,
               help="How the re-rank vectors order the hits: none (Hamming distance, then row "
                    "id), ties (inside groups of equal distance), near (rows of the "
-                   f"--shortlist scoring {NEAR_SCORE:g} or more, such as changed copies of "
+                   f"--shortlist scoring {NEAR_SCORE:g} or more ({NEAR_SCORES[64]:g} with "
+                   "64-d vectors), such as changed copies of "
                    "the query, first by score; the others as ties), full (the --shortlist "
                    "nearest rows by Hamming distance, ordered by score). An index built "
                    "before re-rank vectors ranks by distance alone.")

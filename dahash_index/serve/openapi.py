@@ -7,7 +7,13 @@ import html
 from typing import Any
 
 from dahash_index.columns import BOUNDS_COLUMNS, WGS84_COLUMNS, WINDOW_COLUMNS
-from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, NEAR_SCORE, RERANKS
+from dahash_index.model.rerank import (
+    DEFAULT_RERANK,
+    DEFAULT_SHORTLIST,
+    NEAR_SCORE,
+    NEAR_SCORES,
+    RERANKS,
+)
 from dahash_index.serve.thumbnails import SIZES
 
 _ERROR = {"description": "an error", "content": {"application/json": {
@@ -101,7 +107,8 @@ def openapi_schema(max_hits: int, url_queries: bool) -> dict[str, Any]:
                        {"type": "string", "enum": ["scene"]}),
                 _param("rerank", "query", "how the re-rank vectors order the hits: none "
                        "(Hamming distance, then row id), ties (inside equal distances), near "
-                       f"(the shortlist's rows scoring {NEAR_SCORE:g} or more first, by score; "
+                       f"(the shortlist's rows scoring {NEAR_SCORE:g} or more "
+                       f"({NEAR_SCORES[64]:g} with 64-d vectors) first, by score; "
                        "the others as ties), full (a shortlist of the nearest, by score)",
                        {"type": "string", "enum": list(RERANKS), "default": DEFAULT_RERANK}),
                 _param("shortlist", "query", "rows re-ranked with rerank=full, searched for "

@@ -87,8 +87,8 @@ def test_the_order_of_each_mode_by_hand():
     # full: by score whatever the distance
     assert ids[rerank_order(groups, distance, ids, score, "full")].tolist() == [14, 11, 13, 12,
                                                                                  10]
-    # near: the rows scoring 0.8 or more by score (14, 11, 13), then the others as ties: 10 at
-    # distance 0 before 12 at 1, although 12 scores more
+    # near: the rows scoring NEAR_SCORE (0.7) or more by score (14, 11, 13), then the others as
+    # ties: 10 at distance 0 before 12 at 1, although 12 scores more
     assert ids[rerank_order(groups, distance, ids, score, "near")].tolist() == [14, 11, 13, 10,
                                                                                  12]
     # a threshold of 0.95 puts 14 alone first: the others as ties
