@@ -55,16 +55,19 @@ def changed(path: Path, transform: str, out: Path) -> Path:
     return target
 
 
-def ranks_of_originals(index, encoded, originals: list[str], rerank: str,
+def ranks_of_originals(index, encoded, queries: list[str], originals: list[str], rerank: str,
                        content: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """The rank (1..5, or 6 for beyond the top 5) of each query's original scene: (by its
     url, by the first hit whose file has the original's bytes, ``content``: url -> sha256; UC
-    Merced holds byte-identical twins). ``SceneIndex.query`` of the queries' codes and
-    vectors (``encode_chips``, done once for every mode) with ``rerank``."""
+    Merced holds byte-identical twins). ``SceneIndex.query`` of the queries (files) as their
+    codes and vectors (``encode_chips``, done once for every mode) with ``rerank``."""
+    from dahash_index.query.scene_index import own_files_first
+
     ranks = np.full(len(originals), 6)
     same_bytes = ranks.copy()
-    table = index.query_codes(encoded.codes, top=5, owners=encoded.owners,
-                              vectors=encoded.vectors, rerank=rerank).to_pylist()
+    table = own_files_first(index.query_codes(encoded.codes, top=5, owners=encoded.owners,
+                                              vectors=encoded.vectors, rerank=rerank),
+                            queries).to_pylist()
     for row in table:
         q, original = row["query"], originals[row["query"]]
         if row["url"] == original:
@@ -119,8 +122,8 @@ def main() -> int:
                 encoded = index.encode_chips(queries, orientations=turns)
                 assert not any(encoded.errors), encoded.errors
                 for rerank in args.rerank.split(","):
-                    ranks, same_bytes = ranks_of_originals(index, encoded, originals, rerank,
-                                                           content)
+                    ranks, same_bytes = ranks_of_originals(index, encoded, queries, originals,
+                                                           rerank, content)
                     found = {"rank1": float(np.mean(ranks == 1)),
                              "top5": float(np.mean(ranks <= 5)),
                              "rank1_same_bytes": float(np.mean(same_bytes == 1)),

@@ -225,3 +225,29 @@ def _runs(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.flatnonzero(np.concatenate(([True], query[1:] != query[:-1])))
     return starts, np.append(starts[1:], len(query))
+
+
+def own_file_first(query: np.ndarray, urls: list, distance: np.ndarray, score: np.ndarray,
+                   locations: list) -> np.ndarray:
+    """The order of a result's rows (int64 (r,)) that puts each query's own file first when it
+    ties exactly with the query's first hit: a byte-identical copy of the file elsewhere in
+    the index has the same code and vector, and the search left the two in row-id order.
+    query int (r,): each row's query, rows grouped by query in rank order; urls (r,) str or
+    None; distance (r,), score float (r,) (NaN where none); locations: per query, the path
+    or URL its image was read from (absolute), or None. Any other row keeps its place."""
+    order = np.arange(len(query), dtype=np.int64)
+    if not len(query):
+        return order
+    starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
+    first = np.repeat(starts, np.diff(np.r_[starts, len(query)]))
+    same = np.array([u is not None and u == locations[q] for u, q in zip(urls, query.tolist(),
+                                                                          strict=True)])
+    tied = (distance == distance[first]) & ((score == score[first])
+                                            | (np.isnan(score) & np.isnan(score[first])))
+    for row in np.flatnonzero(same & tied & (order != first)).tolist():
+        if same[first[row]]:  # the first hit is the query's file already
+            continue
+        lo = int(first[row])
+        order[lo:row + 1] = np.r_[row, order[lo:row]]
+        same[lo] = True  # one move a query
+    return order

@@ -260,8 +260,9 @@ class SceneIndex:
             errors = [None if e is None else renamed_error(e, old, new)
                       for e, old, new in zip(errors, found, names, strict=True)]
             found = list(names)
-        return self._search(encoded.codes, found, errors, top, radius, nprobe, encoded.owners,
-                            group_by, encoded.vectors, rerank, shortlist)
+        return own_files_first(self._search(encoded.codes, found, errors, top, radius, nprobe,
+                                            encoded.owners, group_by, encoded.vectors, rerank,
+                                            shortlist), queries)
 
     def query_codes(self, codes: np.ndarray, top: int | None = None, radius: int | None = None,
                     nprobe: int | None = None, names: Sequence[str] | None = None,
@@ -398,6 +399,29 @@ def _check_search(top: int | None, radius: int | None, nprobe: int | None,
     if nprobe is not None:
         check_int("nprobe", nprobe, 1)
     return check_int("top", 50 if top is None else top, 1)
+
+
+def own_files_first(table: pa.Table, queries: Sequence[QueryInput]) -> pa.Table:
+    """A result table (``SceneIndex.query``'s, of ``queries``) with each query's own file
+    first among the hits tied exactly with its first (``ranking.own_file_first``), ranks
+    unchanged."""
+    if not table.num_rows:
+        return table
+    order = ranking.own_file_first(
+        table["query"].to_numpy(), table["url"].to_pylist(),
+        table["distance"].fill_null(-1).to_numpy(),
+        table["score"].cast(pa.float64()).fill_null(np.nan).to_numpy(),
+        [_location(q) for q in queries])
+    return table.take(order).set_column(table.schema.get_field_index("rank"), "rank",
+                                        table["rank"])
+
+
+def _location(query) -> str | None:
+    """Where a query's image was read from, as the index names its scenes' files (an absolute
+    local path, or the URL), or None for bytes and arrays."""
+    if isinstance(query, Path) or (isinstance(query, str) and "://" not in query):
+        return os.path.abspath(query)
+    return query if isinstance(query, str) else None
 
 
 def _stat(path: Path) -> tuple | None:

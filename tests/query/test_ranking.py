@@ -16,6 +16,7 @@ from dahash_index.query.ranking import (
     best_near,
     first_per_query,
     merged,
+    own_file_first,
     within_top_distance,
 )
 from dahash_index.query.scene_index import SceneIndex
@@ -246,3 +247,17 @@ def test_complete_ties_reads_every_row_tied_at_each_querys_top_distance(owners, 
         assert sorted(ids[mine].tolist()) == np.flatnonzero(every <= at_top).tolist()
         assert d[mine].tolist() == every[ids[mine]].tolist()
         assert d[q == query].tolist() == sorted(d[q == query].tolist())
+
+
+def test_own_file_first_moves_only_an_exact_tie_of_the_first_hit():
+    nan = float("nan")
+    query = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    urls = ["/x", "/q0", "/y", "/z", "/w", "/q1", "/v", "/q2"]
+    distance = np.array([0, 0, 0, 0, 0, 2, 1, 1])
+    score = np.array([1.0, 1.0, 0.9, 1.0, 0.5, 1.0, nan, nan])
+    locations = ["/q0", "/q1", "/q2"]
+    order = own_file_first(query, urls, distance, score, locations)
+    # query 0: /q0 ties /x (distance 0, score 1): first; query 1: /q1 is farther: stays;
+    # query 2: no scores, the same distance: first
+    assert order.tolist() == [1, 0, 2, 3, 4, 5, 7, 6]
+    assert own_file_first(query, urls, distance, score, [None] * 3).tolist() == list(range(8))

@@ -134,3 +134,26 @@ def test_api_query_from_four_threads_equals_serial(small):
         assert got["error"].null_count == got.num_rows
 
 
+
+
+def test_a_file_queried_comes_before_its_byte_identical_twin(tmp_path, quick_checkpoint,
+                                                              run_cli):
+    # Two files with the same bytes have the same code and vector: the search leaves them in
+    # row-id order, and each queried by its own path must come back first.
+    shards = tmp_path / "shards" / "good"
+    shards.mkdir(parents=True)
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        Image.fromarray(synthetic_scene(seed)).save(shards / name)
+    (shards / "twin.png").write_bytes((shards / "a.png").read_bytes())
+    run_cli("build", "--shards", tmp_path / "shards", "--index", tmp_path / "index", "--model",
+            quick_checkpoint, check=True)
+    index = SceneIndex.open(tmp_path / "index")
+    for name in ("a.png", "twin.png"):
+        hits = index.query([str(shards / name)], top=3).to_pylist()
+        assert hits[0]["url"] == str(shards / name)
+        assert [h["rank"] for h in hits] == [1, 2, 3]
+        assert hits[0]["distance"] == hits[1]["distance"] == 0
+    # an array of the same image has no file: the search's order stands
+    array = np.asarray(Image.open(shards / "a.png").convert("RGB"))
+    first = index.query([array], top=2).to_pylist()
+    assert {h["url"] for h in first} == {str(shards / "a.png"), str(shards / "twin.png")}
