@@ -82,6 +82,9 @@ def test_the_walk_through_runs_as_written(scenes, run_cli, cli_env, monkeypatch)
                                   for h in hits[1:])
     assert "beach00.jpg" in hits[1]  # the scene itself first: re-ranking breaks its tie
     assert re.search(r"^rows +40 from 8 committed shard\(s\)$", outputs["info"], re.M)
+    # the walk-through's model keeps 128-d re-rank vectors, stored as int8
+    assert re.search(r"^re-rank +every row keeps a re-rank vector \(128-d int8; query --rerank\)$",
+                     outputs["info"], re.M)
 
     # The Python example, as written, against the index just built.
     exec(compile(fenced("The Python API", "python"), "README.md", "exec"), {})

@@ -81,7 +81,8 @@ def info(index_dir, as_json):
             click.echo("precision  " + ", ".join(f"{p} ({n} shard(s))"
                                                  for p, n in sorted(precisions.items())))
         if reader.has_vectors:
-            click.echo("re-rank    every row keeps a re-rank vector (query --rerank)")
+            click.echo("re-rank    every row keeps a re-rank vector ("
+                       + ", ".join(reader.vector_forms()) + "; query --rerank)")
         elif m.shards:
             click.echo("re-rank    none: this index was built before re-rank vectors (or with "
                        "a model without them); queries rank by Hamming distance alone")

@@ -34,7 +34,7 @@ from dahash_index.store.parts import (
     read_parquet,
     read_row_groups,
 )
-from dahash_index.store.vectors import ShardVectors, gather_vectors
+from dahash_index.store.vectors import ShardVectors, gather_vectors, open_vectors
 
 # Decoded row groups a reader keeps (shared with the readers ``reopen`` makes): hits looked up
 # again (a result page shown twice, a scene's thumbnail after its row) read nothing. Bounded
@@ -249,6 +249,16 @@ class IndexReader:
         with a model without them, has none: its queries rank by Hamming distance alone)."""
         shards = self._manifest.shards.values()
         return bool(shards) and all(e.vectors for e in shards)
+
+    def vector_forms(self) -> list[str]:
+        """How the shards store their re-rank vectors, e.g. ["128-d int8"] (["64-d float16"]
+        for an index from before int8; both after appending to one), from the files' headers.
+        Requires ``has_vectors``."""
+        forms = set()
+        for entry in self._manifest.shards.values():  # the headers only: nothing is verified
+            mapped = open_vectors(self.path, entry.vectors, entry.rows)
+            forms.add(f"{mapped.shape[1]}-d {mapped.dtype}")
+        return sorted(forms)
 
     def vectors(self, row_ids: np.ndarray) -> np.ndarray:
         """The re-rank vectors of ``row_ids`` (int (m,), committed rows), unit rows (m, D)
