@@ -30,6 +30,7 @@ from dahash_index.model.rerank import (
     lexsort_ints,
     rerank_order,
 )
+from dahash_index.store.vectors import cosine_scores, decode_vectors
 
 SCORE_CHUNK = 16384  # hits scored at a time (16,384 x 64 float32: 4 MB)
 UNCUT = np.iinfo(np.int32).max  # the reach of a code whose search holds every row it can find
@@ -113,8 +114,9 @@ def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors
            row_vectors: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """The re-rank score of each hit, float32 (h,): the cosine of the row's vector and its
     query's (the best over a query's codes). query_vectors: (m, D), row i for code i;
-    row_vectors: row ids (n,) -> their unit vectors (n, D) float32. Computed about
-    SCORE_CHUNK hits at a time: the gathered vectors stay in the CPU's cache."""
+    row_vectors: row ids (n,) -> their vectors (n, D) as stored (``store.vectors``).
+    Gathered about SCORE_CHUNK hits at a time, and decoded a query at a time
+    (``cosine_scores``): the floats stay in the CPU's cache."""
     q_vectors = np.asarray(query_vectors, np.float32)
     out = np.full(len(ids), -np.inf, np.float32)
     if len(np.unique(owners)) == len(owners):  # one code a query: one product a query
@@ -128,10 +130,11 @@ def scores(query: np.ndarray, ids: np.ndarray, owners: np.ndarray, query_vectors
             lo, hi = int(starts[first]), int(ends[last - 1])
             rows = row_vectors(ids[lo:hi])
             for s, e in zip(starts[first:last].tolist(), ends[first:last].tolist(), strict=True):
-                out[s:e] = rows[s - lo:e - lo] @ q_vectors[code_of[query[s]]]
+                out[s:e] = cosine_scores(rows[s - lo:e - lo], q_vectors[code_of[query[s]]])
             first = last
         return np.clip(out, -1.0, 1.0)  # rounding
-    rows = row_vectors(ids) if len(ids) else np.empty((0, q_vectors.shape[1]), np.float32)
+    rows = (decode_vectors(row_vectors(ids)) if len(ids)
+            else np.empty((0, q_vectors.shape[1]), np.float32))
     for code, q in enumerate(owners):
         mine = query == q
         out[mine] = np.maximum(out[mine], rows[mine] @ q_vectors[code])

@@ -306,7 +306,7 @@ class SceneIndex:
                 query_of, hit_d, hit_ids = query_of[keep], hit_d[keep], hit_ids[keep]
             if rerank != "none":
                 score = ranking.scores(query_of, hit_ids, owners, vectors,
-                                       reader.vectors)
+                                       lambda rows: reader.vectors(rows, as_stored=True))
                 if rerank == "full" and group_by is None and radius is None:
                     at = ranking.best_by_score(query_of, hit_d, hit_ids, score, top)
                 elif rerank == "near" and group_by is None and radius is None:

@@ -34,7 +34,12 @@ from dahash_index.store.parts import (
     read_parquet,
     read_row_groups,
 )
-from dahash_index.store.vectors import ShardVectors, gather_vectors, open_vectors
+from dahash_index.store.vectors import (
+    ShardVectors,
+    decode_vectors,
+    gather_vectors,
+    open_vectors,
+)
 
 # Decoded row groups a reader keeps (shared with the readers ``reopen`` makes): hits looked up
 # again (a result page shown twice, a scene's thumbnail after its row) read nothing. Bounded
@@ -260,10 +265,11 @@ class IndexReader:
             forms.add(f"{mapped.shape[1]}-d {mapped.dtype}")
         return sorted(forms)
 
-    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+    def vectors(self, row_ids: np.ndarray, as_stored: bool = False) -> np.ndarray:
         """The re-rank vectors of ``row_ids`` (int (m,), committed rows), unit rows (m, D)
         float32, in their order; from the shards' memory-mapped vectors files (a gather, no
-        read of the files). Requires ``has_vectors``."""
+        read of the files). as_stored: as the files hold them (``store.vectors``; int8 since
+        int8), for ``cosine_scores``. Requires ``has_vectors``."""
         ids = np.asarray(row_ids, dtype=np.int64)
         if not self.has_vectors:
             raise IndexStoreError(f"{self.path}: this index keeps no re-rank vectors")
@@ -273,8 +279,9 @@ class IndexReader:
             raise ValueError("row ids must be committed rows of this index")
         if not len(ids):
             return np.empty((0, 0), np.float32)
-        return gather_vectors(part_of, ids - self._starts[part_of], len(keys),
-                              lambda shard: self._vectors(keys[shard]))
+        stored = gather_vectors(part_of, ids - self._starts[part_of], len(keys),
+                                lambda shard: self._vectors(keys[shard]))
+        return stored if as_stored else decode_vectors(stored)
 
     def _vectors(self, key: str) -> ShardVectors:
         """A shard's vectors file, opened once."""

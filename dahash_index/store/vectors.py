@@ -97,9 +97,11 @@ class ShardVectors:
 
 def gather_vectors(shard_of: np.ndarray, rows: np.ndarray, shards: int,
                    shard: Callable[[int], ShardVectors]) -> np.ndarray:
-    """The vectors of row ``rows[i]`` of shard ``shard_of[i]`` (int64 (m,) each, m > 0), as
-    unit rows (m, D) float32: gathered shard by shard as stored, then decoded and put in
-    order. ``shard``: a shard's number (of ``shards``) -> its vectors."""
+    """The vectors of row ``rows[i]`` of shard ``shard_of[i]`` (int64 (m,) each, m > 0), in
+    order, as stored (m, D): int8, or float16 from an index before int8; unit float32 rows
+    when shards of both kinds are asked for. Gathered shard by shard, then put in order in
+    one pass over the stored bytes (decoding is left to the caller: ``decode_vectors``,
+    ``cosine_scores``). ``shard``: a shard's number (of ``shards``) -> its vectors."""
     by_shard = np.argsort(shard_of, kind="stable")
     counts = np.bincount(shard_of, minlength=shards)
     ends = np.cumsum(counts)
@@ -110,8 +112,18 @@ def gather_vectors(shard_of: np.ndarray, rows: np.ndarray, shards: int,
         part = np.empty((hi - lo, vectors.mapped.shape[1]), vectors.mapped.dtype)
         vectors.take(rows[by_shard[lo:hi]], part)
         parts.append(part)
-    # decoded part by part: a shard written before int8 holds float16
-    decoded = np.concatenate([decode_vectors(p) for p in parts])
-    out = np.empty(decoded.shape, np.float32)
-    out[by_shard] = decoded
+    if len({p.dtype for p in parts}) > 1:  # float16 shards beside int8 ones
+        parts = [decode_vectors(p) for p in parts]
+    gathered = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    out = np.empty_like(gathered)
+    out[by_shard] = gathered
     return out
+
+
+def cosine_scores(stored: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The cosine of each stored vector (n, D: int8, float16 or float32, as
+    ``gather_vectors`` gives them) with a unit query vector (D,) -> float32 (n,). Decoded
+    here, a query's shortlist at a time, so that the floats stay in the CPU's cache."""
+    x = stored.astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return (x @ np.asarray(query, np.float32)) / np.maximum(norms, 1e-30)

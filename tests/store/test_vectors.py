@@ -10,6 +10,7 @@ from dahash_index.files import sha256_file
 from dahash_index.store.vectors import (
     ShardVectors,
     check_vectors,
+    cosine_scores,
     decode_vectors,
     gather_vectors,
     quantize_vectors,
@@ -62,3 +63,14 @@ def test_shards_of_int8_and_of_float16_gather_together(tmp_path):
                                    None, None))
     got = gather_vectors(np.array([1, 0, 1, 0]), np.array([2, 1, 0, 0]), 2, shards.__getitem__)
     np.testing.assert_allclose(got, [[0, -1], [0.6, 0.8], [1, 0], [0, 1]], atol=1e-6)
+
+
+def test_int8_shards_gather_as_stored_and_score_as_cosines(tmp_path):
+    stored = np.array([[3, 4], [0, 127], [-5, 0]], np.int8)
+    np.save(tmp_path / "v.npy", stored)
+    shard = ShardVectors(tmp_path, "v.npy", 3, sha256_file(tmp_path / "v.npy"), None, None)
+    got = gather_vectors(np.zeros(2, np.int64), np.array([2, 0]), 1, lambda s: shard)
+    assert got.dtype == np.int8 and got.tolist() == [[-5, 0], [3, 4]]
+    # cosines with (1, 0): -1 and 3/5; with (0.6, 0.8): -0.6 and 1
+    np.testing.assert_allclose(cosine_scores(got, np.array([1.0, 0.0])), [-1.0, 0.6])
+    np.testing.assert_allclose(cosine_scores(got, np.array([0.6, 0.8])), [-0.6, 1.0], atol=1e-6)
