@@ -407,13 +407,18 @@ def own_files_first(table: pa.Table, queries: Sequence[QueryInput]) -> pa.Table:
     unchanged."""
     if not table.num_rows:
         return table
+    # lists and numpy-built arrays: pyarrow's conversions from and to numpy (to_numpy,
+    # fill_null, take of an ndarray) import pandas, seconds of a CLI query
     order = ranking.own_file_first(
-        table["query"].to_numpy(), table["url"].to_pylist(),
-        table["distance"].fill_null(-1).to_numpy(),
-        table["score"].cast(pa.float64()).fill_null(np.nan).to_numpy(),
+        np.array(table["query"].to_pylist()), table["url"].to_pylist(),
+        np.array([-1 if d is None else d for d in table["distance"].to_pylist()]),
+        np.array(table["score"].to_pylist(), dtype=np.float64),  # None -> NaN
         [_location(q) for q in queries])
-    return table.take(order).set_column(table.schema.get_field_index("rank"), "rank",
-                                        table["rank"])
+    if np.array_equal(order, np.arange(len(order))):
+        return table
+    at = table.schema.get_field_index("rank")
+    return table.take(numeric_array(order, pa.int64())).set_column(
+        at, table.schema.field(at), table["rank"])
 
 
 def _location(query) -> str | None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dahash_index.columns import WGS84_COLUMNS
 from dahash_index.errors import one_line
 from dahash_index.model.rerank import DEFAULT_RERANK, DEFAULT_SHORTLIST, RERANKS
-from dahash_index.query.scene_index import SceneIndex
+from dahash_index.query.scene_index import SceneIndex, own_files_first
 from dahash_index.scenes.chips import parse_window
 from dahash_index.scenes.scene import DEFAULT_MAX_PIXELS, SceneDecodeError, parse_bands
 from dahash_index.serve.batching import EncodeBatcher
@@ -241,6 +242,9 @@ def create_app(index: SceneIndex, settings: ServiceSettings | None = None) -> St
             raise
         except ValueError as err:  # the search arguments (radius, nprobe)
             raise ServiceError(422, one_line(err)) from None
+        if image_ids is not None:  # an upload named by its absolute path or URL (the CLI's)
+            table = own_files_first(table, [n if "://" in n or os.path.isabs(n) else None
+                                            for n in names])
         if table.num_rows > settings.max_answer_hits:  # a radius query found that many
             raise ServiceError(413, f"{table.num_rows} hits within radius {radius}, above the "
                                     f"limit of {settings.max_answer_hits} hits an answer; "

@@ -8,6 +8,7 @@ Standard library only (urllib), so the command needs nothing the service does no
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,7 +45,10 @@ def query_service(
         if data is None:
             rows.append(_error_row(number, name, problem or "cannot be read"))
             continue
-        status, answer = _post_image(endpoint, name, data, token)
+        # a local file goes by its absolute path, as the index names its scenes: the service
+        # then puts the file itself first among hits tied with it, as a local query does
+        sent = name if "://" in name else os.path.abspath(name)
+        status, answer = _post_image(endpoint, sent, data, token)
         if status != 200:
             rows.append(_error_row(number, name, answer.get("error", f"HTTP {status}")))
             continue
