@@ -9,7 +9,8 @@ Layout of an index directory::
     lookup/<NNNNNN>.arrow    one per committed shard: its metadata again, addressable by row,
                              for the hits of queries (``lookup``; absent in older indexes)
     vectors/<NNNNNN>.npy     one per committed shard of a model with re-rank vectors: its
-                             rows' vectors, float16 (``vectors``; absent in older indexes)
+                             rows' vectors, int8 (``vectors``; float16 in older indexes, absent
+                             in the oldest)
     staging/<id>.result/     shard results written by workers, waiting to be adopted
     index.faiss/<G>-<i>.faiss  the FAISS side written by ``finalize`` (a cache of the parts):
                              segments of whole shards, searched as one, memory-mappable
