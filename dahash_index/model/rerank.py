@@ -24,7 +24,7 @@ import numpy as np
 # 128 dimensions, one int8 each on disk. Measured on UC Merced (10 classes held out as an
 # unseen archive, 3 splits): the vectors alone rank it at mAP@20 0.822 / 0.892 / 0.853 with
 # 64 dimensions and 0.838 / 0.901 / 0.871 with 128, whose int8 copy ranks as well
-# (``benchmarks/rerank_choices.py``). Models trained before keep their 64.
+# (``benchmarks/rerank_dims.py``, ``rerank-dims.json``). Models trained before keep their 64.
 DIM = 128
 DTYPE = np.float16  # of the vectors in memory, from the projection to the store
 # How hits are re-ranked (``rerank_order``); this module imports no torch at the top, as the

@@ -307,14 +307,13 @@ class SceneIndex:
             if rerank != "none":
                 score = ranking.scores(query_of, hit_ids, owners, vectors,
                                        lambda rows: reader.vectors(rows, as_stored=True))
+                near_score = near_score_of(vectors.shape[1])
                 if rerank == "full" and group_by is None and radius is None:
                     at = ranking.best_by_score(query_of, hit_d, hit_ids, score, top)
                 elif rerank == "near" and group_by is None and radius is None:
-                    at = ranking.best_near(query_of, hit_d, hit_ids, score, top,
-                                           near_score_of(vectors.shape[1]))
+                    at = ranking.best_near(query_of, hit_d, hit_ids, score, top, near_score)
                 else:
-                    at = rerank_order(query_of, hit_d, hit_ids, score, rerank,
-                                      near_score_of(vectors.shape[1]))
+                    at = rerank_order(query_of, hit_d, hit_ids, score, rerank, near_score)
                 query_of, hit_d, hit_ids, score = query_of[at], hit_d[at], hit_ids[at], score[at]
             if group_by == "scene":
                 meta = reader.metadata(hit_ids, ["url", "member"])

@@ -268,8 +268,9 @@ class IndexReader:
     def vectors(self, row_ids: np.ndarray, as_stored: bool = False) -> np.ndarray:
         """The re-rank vectors of ``row_ids`` (int (m,), committed rows), unit rows (m, D)
         float32, in their order; from the shards' memory-mapped vectors files (a gather, no
-        read of the files). as_stored: as the files hold them (``store.vectors``; int8 since
-        int8), for ``cosine_scores``. Requires ``has_vectors``."""
+        read of the files). as_stored: as the files hold them (``store.vectors``: int8, or
+        float16 in an index from before int8), for ``cosine_scores``. Requires
+        ``has_vectors``."""
         ids = np.asarray(row_ids, dtype=np.int64)
         if not self.has_vectors:
             raise IndexStoreError(f"{self.path}: this index keeps no re-rank vectors")

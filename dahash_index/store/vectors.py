@@ -30,11 +30,16 @@ def quantize_vectors(vectors: np.ndarray) -> np.ndarray:
     return np.rint(v * (127.0 / np.maximum(peak, 1e-30))).astype(STORED)
 
 
+def _floats_and_norms(stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors (n, D) -> (a float32 copy (n, D), each row's length (n,))."""
+    x = np.asarray(stored).astype(np.float32)
+    return x, np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
 def decode_vectors(stored: np.ndarray) -> np.ndarray:
     """Stored vectors (n, D), int8 or float16 -> unit rows (n, D) float32 (a zero row stays
     zero). Scaled in place: a query's shortlist is decoded thousands of rows at a time."""
-    x = np.asarray(stored).astype(np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x, norms = _floats_and_norms(stored)
     x /= np.maximum(norms, 1e-30)[:, None]
     return x
 
@@ -105,16 +110,20 @@ def gather_vectors(shard_of: np.ndarray, rows: np.ndarray, shards: int,
     by_shard = np.argsort(shard_of, kind="stable")
     counts = np.bincount(shard_of, minlength=shards)
     ends = np.cumsum(counts)
-    parts = []
-    for s in np.flatnonzero(counts).tolist():
-        vectors = shard(s)
+    present = {s: shard(s) for s in np.flatnonzero(counts).tolist()}
+    dtypes = {v.mapped.dtype for v in present.values()}
+    dim = next(iter(present.values())).mapped.shape[1]
+    # one dtype (the usual case): gathered as stored into one array; float16 shards beside
+    # int8 ones: each decoded to unit floats
+    gathered = np.empty((len(rows), dim), dtypes.pop() if len(dtypes) == 1 else np.float32)
+    for s, vectors in present.items():
         lo, hi = ends[s] - counts[s], ends[s]
-        part = np.empty((hi - lo, vectors.mapped.shape[1]), vectors.mapped.dtype)
-        vectors.take(rows[by_shard[lo:hi]], part)
-        parts.append(part)
-    if len({p.dtype for p in parts}) > 1:  # float16 shards beside int8 ones
-        parts = [decode_vectors(p) for p in parts]
-    gathered = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if vectors.mapped.dtype == gathered.dtype:
+            vectors.take(rows[by_shard[lo:hi]], gathered[lo:hi])
+        else:
+            part = np.empty((hi - lo, dim), vectors.mapped.dtype)
+            vectors.take(rows[by_shard[lo:hi]], part)
+            gathered[lo:hi] = decode_vectors(part)
     out = np.empty_like(gathered)
     out[by_shard] = gathered
     return out
@@ -124,6 +133,5 @@ def cosine_scores(stored: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The cosine of each stored vector (n, D: int8, float16 or float32, as
     ``gather_vectors`` gives them) with a unit query vector (D,) -> float32 (n,). Decoded
     here, a query's shortlist at a time, so that the floats stay in the CPU's cache."""
-    x = stored.astype(np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x, norms = _floats_and_norms(stored)
     return (x @ np.asarray(query, np.float32)) / np.maximum(norms, 1e-30)

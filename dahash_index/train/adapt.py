@@ -44,7 +44,7 @@ SHRINKAGE = 0.3  # of the within-scene covariance (``fit_invariant``): measured,
 # The re-rank vectors' dimension. Unlike ``train``'s projection (``model.rerank.DIM``), this
 # one, fitted on the archive itself, ranks its unseen classes no better with 128: mAP@20
 # 0.902 / 0.945 / 0.917 with 64 and 0.901 / 0.941 / 0.916 with 128, mAP@all 0.01 lower
-# (UC Merced, 10 classes held out as the archive, 3 splits).
+# (UC Merced, 10 classes held out as the archive, 3 splits: ``benchmarks/rerank_dims.py``).
 ADAPT_DIM = 64
 # The views besides the scene itself: its mirror image and its 90° rotation.
 ADAPT_ORIENTATIONS = RERANK_ORIENTATIONS
